@@ -1,0 +1,290 @@
+"""Drive the Debezium Postgres connector through the Kafka Connect REST API.
+
+`apply` checks the source first (logical replication enabled, tables exist and have a
+primary key, slot not held by someone else), validates the rendered config with Connect,
+creates or updates the connector, and waits until its task is streaming from the slot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import psycopg
+
+from tidelog.errors import ConnectorError, SourceError
+from tidelog.settings import Settings
+
+__all__ = [
+    "ConnectorSpec",
+    "TEMPLATE",
+    "render_config",
+    "preflight",
+    "apply",
+    "connector_status",
+    "delete",
+    "restart",
+    "wait_streaming",
+]
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "connectors" / "postgres.json"
+TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    name: str
+    tables: tuple[str, ...]
+    topic_prefix: str
+
+    @property
+    def slot_name(self) -> str:
+        return re.sub(r"[^a-z0-9_]", "_", self.name.lower())
+
+    @property
+    def publication_name(self) -> str:
+        return f"{self.slot_name}_pub"
+
+    def topic(self, table: str) -> str:
+        return f"{self.topic_prefix}.{table}"
+
+    @property
+    def transaction_topic(self) -> str:
+        return f"{self.topic_prefix}.transaction"
+
+
+def parse_tables(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    tables = tuple(t.strip() for t in items if t.strip())
+    if not tables:
+        raise ConnectorError("no tables given: pass --tables schema.table[,schema.table...]")
+    bad = [t for t in tables if not TABLE_RE.match(t)]
+    if bad:
+        raise ConnectorError(
+            f"table names must be schema-qualified identifiers like public.orders, got {bad}"
+        )
+    return tables
+
+
+def render_config(settings: Settings, spec: ConnectorSpec, template: Path = TEMPLATE
+                  ) -> dict[str, Any]:
+    dsn = urlparse(settings.require("postgres_dsn"))
+    values = {
+        "name": spec.name,
+        "pg_host": dsn.hostname or "127.0.0.1",
+        "pg_port": str(dsn.port or 5432),
+        "pg_user": dsn.username or "postgres",
+        "pg_password": dsn.password or "",
+        "pg_dbname": (dsn.path or "/postgres").lstrip("/"),
+        "topic_prefix": spec.topic_prefix,
+        # table.include.list is a list of regular expressions: escape the dot.
+        "tables": ",".join(re.escape(t) for t in spec.tables),
+        "slot_name": spec.slot_name,
+        "publication_name": spec.publication_name,
+        "replication_factor": "1",
+    }
+    text = Template(template.read_text()).substitute(
+        {k: json.dumps(v)[1:-1] for k, v in values.items()}
+    )
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def preflight(dsn: str, spec: ConnectorSpec) -> None:
+    """Fail early, naming the setting to change, when Postgres cannot feed the connector."""
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot connect to Postgres at {_redact(dsn)}: {exc}") from exc
+    with conn:
+        settings = dict(conn.execute(
+            "select name, setting from pg_settings where name in "
+            "('wal_level', 'max_replication_slots', 'max_wal_senders')"
+        ).fetchall())
+        if settings.get("wal_level") != "logical":
+            raise SourceError(
+                f"Postgres has wal_level={settings.get('wal_level')}; logical decoding needs "
+                "wal_level=logical: set it in postgresql.conf (ALTER SYSTEM SET wal_level = "
+                "logical) and restart the server"
+            )
+        for name in ("max_replication_slots", "max_wal_senders"):
+            if int(settings.get(name, "0")) < 1:
+                raise SourceError(f"Postgres has {name}=0; set it to at least 4 and restart")
+        for table in spec.tables:
+            schema, name = table.split(".", 1)
+            row = conn.execute(
+                "select c.oid, (select count(*) from pg_index i where i.indrelid = c.oid "
+                "and i.indisprimary) from pg_class c join pg_namespace n on n.oid = "
+                "c.relnamespace where n.nspname = %s and c.relname = %s and c.relkind in "
+                "('r', 'p')", (schema, name)).fetchone()
+            if row is None:
+                raise SourceError(f"table {table} does not exist in {_redact(dsn)}")
+            if row[1] == 0:
+                raise SourceError(
+                    f"table {table} has no primary key: tidelog materialises tables by key; "
+                    f"add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or leave it out"
+                )
+        slot = conn.execute(
+            "select active, plugin, database from pg_replication_slots where slot_name = %s",
+            (spec.slot_name,)).fetchone()
+        if slot is not None:
+            active, plugin, database = slot
+            if plugin != "pgoutput":
+                raise SourceError(
+                    f"replication slot {spec.slot_name} exists with plugin {plugin}; drop it "
+                    f"(select pg_drop_replication_slot('{spec.slot_name}')) or use --name"
+                )
+            if active and not _slot_held_by_us(conn, spec):
+                raise SourceError(
+                    f"replication slot {spec.slot_name} is in use by another client; stop "
+                    "that client, or choose another connector name with --name"
+                )
+
+
+def _slot_held_by_us(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> bool:
+    # Debezium names its replication connection after the connector's slot/app name.
+    row = conn.execute(
+        "select a.application_name from pg_replication_slots s join pg_stat_activity a "
+        "on a.pid = s.active_pid where s.slot_name = %s", (spec.slot_name,)).fetchone()
+    return bool(row and "Debezium" in (row[0] or ""))
+
+
+def _redact(dsn: str) -> str:
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
+
+
+class _Connect:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return httpx.request(method, f"{self.url}{path}", timeout=30, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ConnectorError(
+                f"Kafka Connect at {self.url} is unreachable ({exc}); is it running? "
+                "(`tidelog stack status`, or check TIDELOG_CONNECT_URL)"
+            ) from exc
+
+
+def _validate(connect: _Connect, config: dict[str, Any]) -> None:
+    cls = config["connector.class"].rsplit(".", 1)[-1]
+    resp = connect.request("PUT", f"/connector-plugins/{cls}/config/validate", json=config)
+    if resp.status_code != 200:
+        raise ConnectorError(f"Kafka Connect rejected the config: {resp.text}")
+    body = resp.json()
+    if body.get("error_count", 0):
+        errors = [
+            f"{c['value']['name']}: {'; '.join(c['value']['errors'])}"
+            for c in body.get("configs", []) if c["value"].get("errors")
+        ]
+        raise ConnectorError("Kafka Connect rejected the config: " + " | ".join(errors))
+
+
+def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
+    """Create or update the connector and wait until its task streams from the slot."""
+    dsn = settings.require("postgres_dsn")
+    preflight(dsn, spec)
+    config = {**render_config(settings, spec)["config"], "name": spec.name}
+    connect = _Connect(settings.require("connect_url"))
+    _validate(connect, config)
+    resp = connect.request("PUT", f"/connectors/{spec.name}/config", json=config)
+    if resp.status_code not in (200, 201):
+        raise ConnectorError(
+            f"Kafka Connect refused connector {spec.name}: HTTP {resp.status_code} {resp.text}"
+        )
+    return wait_streaming(settings, spec, timeout)
+
+
+def connector_status(settings: Settings, name: str) -> dict[str, Any]:
+    connect = _Connect(settings.require("connect_url"))
+    resp = connect.request("GET", f"/connectors/{name}/status")
+    if resp.status_code == 404:
+        raise ConnectorError(f"no connector named {name}; create it with `tidelog connector apply`")
+    if resp.status_code != 200:
+        raise ConnectorError(f"Kafka Connect status of {name} failed: {resp.text}")
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _slot_streaming(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        row = conn.execute(
+            "select r.state from pg_replication_slots s join pg_stat_replication r on "
+            "r.pid = s.active_pid where s.slot_name = %s", (slot,)).fetchone()
+    return bool(row and row[0] == "streaming")
+
+
+def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
+                   ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            status = connector_status(settings, spec.name)
+        except ConnectorError:
+            time.sleep(0.3)
+            continue
+        tasks = status.get("tasks", [])
+        failed = [t for t in tasks if t.get("state") == "FAILED"]
+        if status.get("connector", {}).get("state") == "FAILED" or failed:
+            trace = (failed[0] if failed else status["connector"]).get("trace", "")
+            raise ConnectorError(
+                f"connector {spec.name} failed: {_first_cause(trace)}; "
+                f"fix the cause, then `tidelog connector restart --name {spec.name}`",
+                trace=trace,
+            )
+        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and _slot_streaming(
+            settings.require("postgres_dsn"), spec.slot_name
+        ):
+            return status
+        time.sleep(0.3)
+    raise ConnectorError(
+        f"connector {spec.name} was not streaming after {timeout:.0f}s (last status: "
+        f"{json.dumps(status)}); see the Connect worker's log"
+    )
+
+
+def _first_cause(trace: str) -> str:
+    lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.startswith("Caused by:")]
+    return (causes[-1] if causes else (lines[0] if lines else "unknown error"))[:500]
+
+
+def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> None:
+    """Remove the connector; with drop_slot also its slot and publication (frees WAL)."""
+    connect = _Connect(settings.require("connect_url"))
+    resp = connect.request("DELETE", f"/connectors/{spec.name}")
+    if resp.status_code not in (204, 404):
+        raise ConnectorError(f"deleting connector {spec.name} failed: {resp.text}")
+    if not drop_slot:
+        return
+    dsn = settings.require("postgres_dsn")
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("select active from pg_replication_slots where slot_name = %s",
+                               (spec.slot_name,)).fetchone()
+            if row is None:
+                break
+            if not row[0]:
+                conn.execute("select pg_drop_replication_slot(%s)", (spec.slot_name,))
+                break
+            time.sleep(0.2)
+        else:
+            raise ConnectorError(f"slot {spec.slot_name} stayed active after the delete")
+        conn.execute(f'drop publication if exists "{spec.publication_name}"')
+
+
+def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
+    connect = _Connect(settings.require("connect_url"))
+    resp = connect.request("POST", f"/connectors/{spec.name}/restart",
+                           params={"includeTasks": "true"})
+    if resp.status_code not in (200, 202, 204):
+        raise ConnectorError(f"restarting connector {spec.name} failed: {resp.text}")
+    return wait_streaming(settings, spec, timeout)

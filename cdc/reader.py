@@ -1,0 +1,156 @@
+"""Read CDC topics as raw messages, bounded by offsets, with the log's identity.
+
+Where the end of a partition is needed we consume until librdkafka reports partition
+EOF (which it derives from fetch responses), rather than trusting ListOffsets(LATEST):
+that is right on Apache Kafka and on Tansu alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from tidelog.errors import BrokerError, CutError
+from tidelog.settings import Settings
+
+__all__ = ["LogIdentity", "RawMessage", "log_identity", "list_partitions", "read_range",
+           "TopicPartitionKey"]
+
+TopicPartitionKey = tuple[str, int]
+_LOG = logging.getLogger("tidelog.kafka")
+
+
+@dataclass(frozen=True)
+class LogIdentity:
+    """Which log an offset belongs to: a recreated topic or a new cluster changes it."""
+
+    cluster_id: str
+    topic_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"cluster_id": self.cluster_id, "topic_id": self.topic_id}
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config(), logger=_LOG)  # type: ignore[arg-type]
+
+
+def log_identity(settings: Settings, topics: list[str]) -> dict[str, LogIdentity]:
+    admin = _admin(settings)
+    try:
+        cluster = admin.describe_cluster(request_timeout=15).result(timeout=20)
+        described = admin.describe_topics(TopicCollection(topics), request_timeout=15)
+        result = {}
+        for topic, future in described.items():
+            desc = future.result(timeout=20)
+            result[topic] = LogIdentity(str(cluster.cluster_id), str(desc.topic_id))
+        return result
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise CutError(f"topic missing from the broker: {err.str()}") from exc
+        raise BrokerError(f"cannot describe topics {topics}: {err}") from exc
+
+
+def list_partitions(settings: Settings, topics: list[str]) -> list[TopicPartitionKey]:
+    admin = _admin(settings)
+    try:
+        metadata = admin.list_topics(timeout=15)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot list topics on {settings.bootstrap_servers}: {exc}") from exc
+    result = []
+    for topic in topics:
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise CutError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
+        result.extend((topic, p) for p in sorted(meta.partitions))
+    return result
+
+
+def read_range(
+    settings: Settings,
+    start: dict[TopicPartitionKey, int],
+    end: dict[TopicPartitionKey, int] | None = None,
+    *,
+    idle_timeout: float = 30.0,
+    batch_size: int = 10_000,
+) -> Iterator[list[RawMessage]]:
+    """Yield batches of messages from `start` (inclusive) to `end` (exclusive).
+
+    Without `end`, read each partition up to its end as seen now (partition EOF).
+    A partition whose first available offset is above its start raises CutError: the
+    offsets were deleted by retention and cannot be read from Kafka any more.
+    """
+    pending = {
+        tp: (end or {}).get(tp) for tp, offset in start.items()
+        if end is None or offset < end.get(tp, offset)
+    }
+    if not pending:
+        return
+    consumer = Consumer(
+        settings.kafka_config(**{
+            "group.id": "tidelog-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "error",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 262144,
+        }),
+        logger=_LOG,
+    )
+    try:
+        consumer.assign([TopicPartition(t, p, start[(t, p)]) for (t, p) in pending])
+        last_progress = time.monotonic()
+        while pending:
+            messages = consumer.consume(num_messages=batch_size, timeout=0.5)
+            batch: list[RawMessage] = []
+            for msg in messages:
+                tp = (msg.topic(), msg.partition())
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if tp in pending and pending[tp] is None:
+                            del pending[tp]
+                        continue
+                    if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                        raise CutError(
+                            f"offset {start.get(tp)} of {tp[0]}[{tp[1]}] is no longer on the "
+                            "broker (retention or a recreated topic); read it from the archive"
+                        )
+                    raise BrokerError(f"reading {tp[0]}[{tp[1]}]: {err.str()}")
+                if tp not in pending:
+                    continue
+                stop = pending[tp]
+                if stop is not None and msg.offset() >= stop:
+                    del pending[tp]
+                    continue
+                batch.append(RawMessage(tp[0], tp[1], msg.offset(), msg.key(), msg.value(),
+                                        msg.timestamp()[1]))
+                if stop is not None and msg.offset() + 1 >= stop:
+                    del pending[tp]
+            if batch:
+                last_progress = time.monotonic()
+                yield batch
+            elif time.monotonic() - last_progress > idle_timeout:
+                raise BrokerError(
+                    f"no progress reading {sorted(pending)} for {idle_timeout:.0f}s; "
+                    "is the broker reachable and are those offsets written?"
+                )
+    finally:
+        consumer.close()

@@ -1,0 +1,172 @@
+"""The local stack: Postgres, a Kafka-protocol broker, Kafka Connect + Debezium, MLflow.
+
+`up` is idempotent and starts only what is not already running; `down` stops exactly the
+processes `up` started, by PID, and waits for them to exit. State lives in
+`$TIDELOG_HOME/stack.json`; each component logs to `$TIDELOG_HOME/<component>/`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidelog.stack.broker import start_broker
+from tidelog.stack.connect import start_connect
+from tidelog.stack.mlflow_server import start_mlflow
+from tidelog.stack.postgres import postgres_dsn, start_postgres
+from tidelog.stack.process import ProcessRecord, alive, free_port, stop
+
+__all__ = ["COMPONENTS", "StackStatus", "up", "down", "status"]
+
+COMPONENTS = ("postgres", "broker", "connect", "mlflow")
+STOP_SIGNALS = {"postgres": signal.SIGINT}  # SIGINT is Postgres's "fast" shutdown
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    home: Path
+    components: dict[str, dict[str, object]]
+    endpoints: dict[str, str]
+
+    @property
+    def running(self) -> bool:
+        return all(c["state"] == "running" for c in self.components.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {"home": str(self.home), "running": self.running,
+                "components": self.components, "endpoints": self.endpoints}
+
+
+def _state_path(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def _load(home: Path) -> dict[str, object]:
+    path = _state_path(home)
+    if not path.exists():
+        return {"components": {}, "ports": {}, "endpoints": {}}
+    return json.loads(path.read_text())
+
+
+def _save(home: Path, state: dict[str, object]) -> None:
+    path = _state_path(home)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "stack.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _record(state: dict[str, object], name: str) -> ProcessRecord | None:
+    raw = state["components"].get(name)  # type: ignore[union-attr]
+    return ProcessRecord(**raw) if raw else None
+
+
+def _running(state: dict[str, object], name: str) -> bool:
+    record = _record(state, name)
+    return record is not None and alive(record)
+
+
+def _port(state: dict[str, object], name: str) -> int:
+    ports: dict[str, int] = state.setdefault("ports", {})  # type: ignore[assignment]
+    if name not in ports:
+        ports[name] = free_port()
+    return ports[name]
+
+
+def up(home: Path) -> StackStatus:
+    """Start whatever is not running; the broker restarting forces Connect to restart."""
+    with _locked(home):
+        state = _load(home)
+        components: dict[str, object] = state.setdefault("components", {})  # type: ignore[assignment]
+        endpoints: dict[str, str] = state.setdefault("endpoints", {})  # type: ignore[assignment]
+
+        def keep(name: str, record: ProcessRecord) -> None:
+            components[name] = record.to_json()
+            _save(home, state)
+
+        if not _running(state, "postgres"):
+            port = _port(state, "postgres")
+            endpoints["postgres_dsn"] = postgres_dsn(port)
+            keep("postgres", start_postgres(home / "postgres", port))
+        broker_restarted = False
+        if not _running(state, "broker"):
+            record, bootstrap = start_broker(home / "broker", _port(state, "broker"))
+            endpoints["bootstrap_servers"] = bootstrap
+            keep("broker", record)
+            broker_restarted = True
+        if broker_restarted and _running(state, "connect"):
+            old = _record(state, "connect")
+            assert old is not None
+            stop(old)
+        if broker_restarted or not _running(state, "connect"):
+            port = _port(state, "connect")
+            endpoints["connect_url"] = f"http://127.0.0.1:{port}"
+            keep("connect", start_connect(home / "connect", home / "cache", port,
+                                          endpoints["bootstrap_servers"]))
+        if not _running(state, "mlflow"):
+            port = _port(state, "mlflow")
+            endpoints["mlflow_uri"] = f"http://127.0.0.1:{port}"
+            record, _ = start_mlflow(home / "mlflow", port)
+            keep("mlflow", record)
+        _save(home, state)
+    return status(home)
+
+
+def down(home: Path) -> StackStatus:
+    """Stop, in reverse dependency order, exactly the processes recorded by `up`."""
+    with _locked(home):
+        state = _load(home)
+        for name in reversed(COMPONENTS):
+            record = _record(state, name)
+            if record is not None:
+                # Postgres's postmaster shuts its own children down; others get the group.
+                stop(record, STOP_SIGNALS.get(name, signal.SIGTERM), group=name != "postgres")
+                state["components"].pop(name)  # type: ignore[union-attr]
+                _save(home, state)
+        state["endpoints"] = {}
+        _save(home, state)
+    return status(home)
+
+
+def status(home: Path) -> StackStatus:
+    state = _load(home)
+    components: dict[str, dict[str, object]] = {}
+    for name in COMPONENTS:
+        record = _record(state, name)
+        if record is None:
+            components[name] = {"state": "stopped"}
+        else:
+            components[name] = {
+                "state": "running" if alive(record) else "dead",
+                "pid": record.pid,
+                "log": record.log,
+                "port": state.get("ports", {}).get(name),  # type: ignore[union-attr]
+            }
+    endpoints = dict(state.get("endpoints", {}))  # type: ignore[arg-type]
+    return StackStatus(home=home, components=components, endpoints=endpoints)
+
+
+def wait_stopped(home: Path, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c["state"] != "running" for c in status(home).components.values()):
+            return True
+        time.sleep(0.1)
+    return False
