@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,26 +14,32 @@ import pytest
 from tidelog.settings import Settings, load_settings
 
 
-def make_traversable(path: Path) -> None:
-    """Postgres runs as the `postgres` user when we are root: it must reach its directory."""
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o055)
+@contextmanager
+def stack_dir() -> Iterator[Path]:
+    """A home the `postgres` user can reach when we run as root.
+
+    Not under pytest's tmp_path: pytest resets its root to mode 0700 whenever another
+    pytest session starts, which would cut a running Postgres off from its data.
+    """
+    path = Path(tempfile.mkdtemp(prefix="tidelog-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def stack_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def stack_home() -> Iterator[Path]:
     from tidelog import stack
 
-    home = tmp_path_factory.mktemp("tidelog-home")
-    make_traversable(home)
-    os.environ["TIDELOG_HOME"] = str(home)
-    try:
-        stack.up(home)
-        yield home
-    finally:
-        stack.down(home)
+    with stack_dir() as home:
+        os.environ["TIDELOG_HOME"] = str(home)
+        try:
+            stack.up(home)
+            yield home
+        finally:
+            stack.down(home)
 
 
 @pytest.fixture(scope="session")

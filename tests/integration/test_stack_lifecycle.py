@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_traversable
+from tests.conftest import stack_dir
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,12 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def test_up_status_up_down(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    make_traversable(tmp_path)
+def test_up_status_up_down() -> None:
+    with stack_dir() as home:
+        _lifecycle(home)
+
+
+def _lifecycle(home: Path) -> None:
     first = _tidelog(home, "stack", "up", "--json")
     assert first.returncode == 0, first.stderr
     try:

@@ -1,0 +1,1 @@
+"""Example tidelog training recipes (`tidelog train --recipe examples.churn:train`)."""

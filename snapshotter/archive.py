@@ -1,0 +1,320 @@
+"""The change-log archive: Parquet segments addressed by (log, topic, partition, offsets).
+
+Layout under the archive root:
+
+    <topic>/p<partition>/log.json                         generations of this partition's log
+    <topic>/p<partition>/g<N>/<start>-<end>.parquet       a contiguous offset range [start, end)
+
+The archive's own high-water mark is the largest segment end of the current generation:
+resume reads from there, never from consumer-group commits, so a crash at any moment is
+followed by neither a duplicate nor a gap. A changed log identity (topic recreated, new
+cluster, restarted local broker) opens a new generation; offsets never mix across them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from cdc.reader import (
+    LogIdentity,
+    RawMessage,
+    TopicPartitionKey,
+    list_partitions,
+    log_identity,
+    read_range,
+)
+from snapshotter.storage import Storage
+from tidelog.errors import ArchiveError, LogIdentityError
+from tidelog.settings import Settings
+
+__all__ = [
+    "Generation",
+    "Segment",
+    "Archive",
+    "archive_topics",
+    "run_archiver",
+    "cdc_topics",
+]
+
+SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    cluster_id: str
+    topic_id: str
+    first_offset: int
+
+    @property
+    def identity(self) -> LogIdentity:
+        return LogIdentity(self.cluster_id, self.topic_id)
+
+    def to_json(self) -> dict[str, object]:
+        return {"generation": self.number, "cluster_id": self.cluster_id,
+                "topic_id": self.topic_id, "first_offset": self.first_offset}
+
+
+@dataclass(frozen=True)
+class Segment:
+    topic: str
+    partition: int
+    generation: int
+    start: int
+    end: int  # exclusive
+    path: str
+
+
+class Archive:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.storage = Storage.open(root)
+
+    # -- generations -----------------------------------------------------------------
+    def _partition_dir(self, topic: str, partition: int) -> str:
+        return self.storage.path(topic, f"p{partition}")
+
+    def generations(self, topic: str, partition: int) -> list[Generation]:
+        path = f"{self._partition_dir(topic, partition)}/log.json"
+        if not self.storage.exists(path):
+            return []
+        data = json.loads(self.storage.read_bytes(path))
+        return [Generation(g["generation"], g["cluster_id"], g["topic_id"],
+                           g.get("first_offset", 0)) for g in data["generations"]]
+
+    def generation_for(self, topic: str, partition: int, identity: LogIdentity
+                       ) -> Generation | None:
+        for g in self.generations(topic, partition):
+            if g.identity == identity:
+                return g
+        return None
+
+    def open_generation(self, topic: str, partition: int, identity: LogIdentity,
+                        first_offset: int = 0) -> Generation:
+        """The generation for `identity`, appending a new one if the log changed."""
+        gens = self.generations(topic, partition)
+        for g in gens:
+            if g.identity == identity:
+                if g is not gens[-1]:
+                    raise LogIdentityError(
+                        f"{topic}[{partition}] is back on log {identity} (generation "
+                        f"{g.number}) after a newer generation {gens[-1].number}; refusing to "
+                        "interleave two logs. Check which cluster TIDELOG_BOOTSTRAP_SERVERS "
+                        "points at."
+                    )
+                return g
+        new = Generation(len(gens), identity.cluster_id, identity.topic_id, first_offset)
+        body = {"topic": topic, "partition": partition,
+                "generations": [g.to_json() for g in [*gens, new]]}
+        self.storage.write_bytes(f"{self._partition_dir(topic, partition)}/log.json",
+                                 json.dumps(body, indent=2).encode())
+        return new
+
+    # -- segments --------------------------------------------------------------------
+    def _generation_dir(self, topic: str, partition: int, generation: int) -> str:
+        return f"{self._partition_dir(topic, partition)}/g{generation}"
+
+    def segments(self, topic: str, partition: int, generation: int) -> list[Segment]:
+        directory = self._generation_dir(topic, partition, generation)
+        result = []
+        for name in self.storage.listdir(directory):
+            match = SEGMENT_RE.match(name)
+            if match:
+                result.append(Segment(topic, partition, generation, int(match[1]),
+                                      int(match[2]), f"{directory}/{name}"))
+        result.sort(key=lambda s: s.start)
+        return result
+
+    def high_water_mark(self, topic: str, partition: int, generation: Generation) -> int:
+        segs = self.segments(topic, partition, generation.number)
+        return segs[-1].end if segs else generation.first_offset
+
+    def write_segment(self, topic: str, partition: int, generation: int, start: int,
+                      end: int, table: pa.Table) -> Segment:
+        directory = self._generation_dir(topic, partition, generation)
+        path = f"{directory}/{start:020d}-{end:020d}.parquet"
+        self.storage.write_parquet(path, table)
+        return Segment(topic, partition, generation, start, end, path)
+
+    def segments_for_range(self, topic: str, partition: int, generation: int, start: int,
+                           end: int) -> list[Segment]:
+        """Segments covering [start, end), checked to be contiguous."""
+        chosen = [s for s in self.segments(topic, partition, generation)
+                  if s.end > start and s.start < end]
+        position = start
+        for seg in chosen:
+            if seg.start > position:
+                raise ArchiveError(
+                    f"archive gap in {topic}[{partition}] generation {generation}: offsets "
+                    f"{position}..{seg.start - 1} are missing under {self.root}"
+                )
+            position = max(position, seg.end)
+        if position < end:
+            raise ArchiveError(
+                f"the archive of {topic}[{partition}] generation {generation} ends at "
+                f"{position}, before the requested offset {end}; run `tidelog archive run`"
+            )
+        return chosen
+
+    def topics(self) -> list[str]:
+        return [n for n in self.storage.listdir(self.storage.base) if not n.startswith(".")]
+
+    def status(self) -> list[dict[str, object]]:
+        rows = []
+        for topic in self.topics():
+            for pdir in self.storage.listdir(self.storage.path(topic)):
+                if not pdir.startswith("p"):
+                    continue
+                partition = int(pdir[1:])
+                gens = self.generations(topic, partition)
+                if not gens:
+                    continue
+                current = gens[-1]
+                segs = self.segments(topic, partition, current.number)
+                rows.append({
+                    "topic": topic, "partition": partition, "generation": current.number,
+                    "cluster_id": current.cluster_id, "topic_id": current.topic_id,
+                    "high_water_mark": segs[-1].end if segs else current.first_offset,
+                    "segments": len(segs),
+                })
+        return rows
+
+
+Decoder = Callable[[Sequence[RawMessage]], list[tuple[pa.Table, int, int]]]
+
+
+TRANSACTION_SCHEMA = pa.schema([
+    ("__partition", pa.int32()), ("__offset", pa.int64()), ("status", pa.string()),
+    ("id", pa.string()), ("txid", pa.int64()), ("event_count", pa.int64()),
+    ("data_collections", pa.string()), ("ts_ms", pa.int64()),
+])
+
+
+def _transaction_table(messages: Sequence[RawMessage]) -> pa.Table:
+    from cdc.events import decode_transaction
+
+    rows = []
+    for m in messages:
+        if m.value is None:
+            continue
+        tx = decode_transaction(m.topic, m.partition, m.offset, m.key, m.value)
+        collections = json.dumps([{"data_collection": t, "event_count": n}
+                                  for t, n in tx.data_collections]) if tx.status == "END" else None
+        rows.append({"__partition": m.partition, "__offset": m.offset, "status": tx.status,
+                     "id": tx.id, "txid": tx.txid, "event_count": tx.event_count,
+                     "data_collections": collections, "ts_ms": tx.ts_ms})
+    return pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
+
+
+def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int, int]]:
+    """Messages of one partition -> runs of one schema each, in the archive layout."""
+    from cdc.events import ChangeEvent, decode_any, events_to_arrow, split_by_schema
+
+    if messages[0].topic.endswith(".transaction"):
+        return [(_transaction_table(messages), messages[0].offset, messages[-1].offset)]
+    events = []
+    for m in messages:
+        event = decode_any(m.topic, m.partition, m.offset, m.key, m.value, typed=False)
+        if isinstance(event, ChangeEvent):
+            events.append(event)
+    if not events:
+        # Only heartbeats: an empty segment still advances the high-water mark.
+        return [(events_to_arrow([]), messages[0].offset, messages[-1].offset)]
+    runs = split_by_schema(events)
+    result = []
+    for i, run in enumerate(runs):
+        last = runs[i + 1][0].offset - 1 if i + 1 < len(runs) else messages[-1].offset
+        result.append((events_to_arrow(run), run[0].offset, last))
+    return result
+
+
+def cdc_topics(settings: Settings, prefix: str | None = None) -> list[str]:
+    """Every CDC topic of the connector's prefix (tables and the transaction topic)."""
+    from confluent_kafka.admin import AdminClient
+
+    prefix = prefix or settings.topic_prefix
+    admin = AdminClient(settings.kafka_config())
+    names = admin.list_topics(timeout=15).topics
+    return sorted(t for t in names if t.startswith(f"{prefix}."))
+
+
+def archive_topics(
+    settings: Settings,
+    topics: Iterable[str],
+    *,
+    decoder: Decoder = _default_decoder,
+    on_new_log: str = "new-generation",
+    archive: Archive | None = None,
+    batch_size: int = 50_000,
+) -> dict[TopicPartitionKey, int]:
+    """Append everything new on `topics` to the archive; return the high-water marks."""
+    archive = archive or Archive(settings.archive_root)
+    topics = sorted(set(topics))
+    identities = log_identity(settings, topics)
+    start: dict[TopicPartitionKey, int] = {}
+    generation: dict[TopicPartitionKey, int] = {}
+    for topic, partition in list_partitions(settings, topics):
+        identity = identities[topic]
+        gen = archive.generation_for(topic, partition, identity)
+        if gen is None:
+            previous = archive.generations(topic, partition)
+            if previous and on_new_log == "fail":
+                raise LogIdentityError(
+                    f"{topic}[{partition}] now belongs to a different log ({identity}) than "
+                    f"the archive's generation {previous[-1].number} ({previous[-1].identity});"
+                    " the topic was recreated or the broker restarted. Rerun with "
+                    "--on-new-log new-generation to archive it as a new generation."
+                )
+        gen = archive.open_generation(topic, partition, identity)
+        archive.storage.remove_temporaries(
+            archive._generation_dir(topic, partition, gen.number))
+        start[(topic, partition)] = archive.high_water_mark(topic, partition, gen)
+        generation[(topic, partition)] = gen.number
+    marks = dict(start)
+    for batch in read_range(settings, start, batch_size=batch_size):
+        by_tp: dict[TopicPartitionKey, list[RawMessage]] = {}
+        for msg in batch:
+            by_tp.setdefault((msg.topic, msg.partition), []).append(msg)
+        for tp, messages in by_tp.items():
+            if messages[0].offset < marks[tp]:
+                messages = [m for m in messages if m.offset >= marks[tp]]
+                if not messages:
+                    continue
+            # Offsets may skip (transaction markers, compaction): segments still cover
+            # [previous end, last offset + 1) so the archive stays gap-free.
+            for table, _first, last in decoder(messages):
+                archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
+                marks[tp] = last + 1
+    return marks
+
+
+def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bool,
+                 interval: float = 1.0, on_new_log: str = "new-generation",
+                 report: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
+                 batch_size: int = 50_000) -> dict[TopicPartitionKey, int]:
+    stop = threading.Event()
+    if follow and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    while True:
+        chosen = list(topics) if topics else cdc_topics(settings)
+        if not chosen:
+            raise ArchiveError(
+                f"no CDC topics with prefix {settings.topic_prefix!r} on "
+                f"{settings.bootstrap_servers}; apply a connector first"
+            )
+        marks = archive_topics(settings, chosen, on_new_log=on_new_log,
+                               batch_size=batch_size)
+        if report:
+            report(marks)
+        if not follow or stop.wait(interval):
+            return marks
+        time.sleep(0)

@@ -1,0 +1,115 @@
+"""The DuckDB catalog: one schema per snapshot, `latest`, and `tidelog.snapshots`.
+
+    duckdb .tidelog/catalog.duckdb -c "select * from snap_<id>.customers"
+
+Views reference the snapshot's Parquet files by absolute path, so the catalog is small and
+always agrees with the files; schema names use the table name without its source schema
+(`public.customers` -> `snap_<id>.customers`); when two chosen tables share a name in
+different source schemas, the view is named `<schema>__<table>`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from snapshotter.manifest import Manifest
+from tidelog.errors import SnapshotError
+from tidelog.settings import Settings
+
+__all__ = ["catalog_path", "register_snapshot", "rebuild_catalog", "run_sql", "view_names"]
+
+
+def catalog_path(settings: Settings) -> Path:
+    return Path(settings.home) / "catalog.duckdb"
+
+
+@contextmanager
+def _writer(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    path = catalog_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        con = duckdb.connect(str(path))
+        try:
+            yield con
+        finally:
+            con.close()
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def view_names(manifest: Manifest) -> dict[str, str]:
+    short = [t.split(".", 1)[1] for t in manifest.tables]
+    return {t: (t.split(".", 1)[1] if short.count(t.split(".", 1)[1]) == 1
+                else t.replace(".", "__")) for t in manifest.tables}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, schema: str, manifest: Manifest,
+                  snapshot_dir: Path) -> None:
+    con.execute(f"create schema if not exists {_quote(schema)}")
+    for table, view in view_names(manifest).items():
+        files = [str(snapshot_dir / f) for f in manifest.tables[table].files]
+        columns = ", ".join(_quote(c) for c, _ in manifest.tables[table].columns)
+        con.execute(f"create or replace view {_quote(schema)}.{_quote(view)} as "
+                    f"select {columns} from read_parquet({files!r})")
+
+
+def register_snapshot(settings: Settings, manifest: Manifest) -> None:
+    snapshot_dir = Path(settings.snapshot_root) / manifest.id
+    with _writer(settings) as con:
+        con.execute("create schema if not exists tidelog")
+        con.execute(
+            "create table if not exists tidelog.snapshots (id varchar primary key, "
+            "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
+            "built_from varchar, path varchar)"
+        )
+        con.execute("delete from tidelog.snapshots where id = ?", [manifest.id])
+        con.execute(
+            "insert into tidelog.snapshots values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [manifest.id, manifest.created_at, sorted(manifest.tables),
+             sum(t.rows for t in manifest.tables.values()), json.dumps(manifest.cut.to_json()),
+             manifest.digest, manifest.built_from, str(snapshot_dir)],
+        )
+        _create_views(con, f"snap_{manifest.id}", manifest, snapshot_dir)
+        newest = con.execute(
+            "select id, path from tidelog.snapshots order by created_at desc, id desc limit 1"
+        ).fetchone()
+        if newest and newest[0] == manifest.id:
+            con.execute("drop schema if exists latest cascade")
+            _create_views(con, "latest", manifest, snapshot_dir)
+
+
+def unregister_snapshot(settings: Settings, snapshot_id: str) -> None:
+    with _writer(settings) as con:
+        con.execute(f"drop schema if exists {_quote('snap_' + snapshot_id)} cascade")
+        con.execute("delete from tidelog.snapshots where id = ?", [snapshot_id])
+
+
+def rebuild_catalog(settings: Settings, manifests: list[Manifest]) -> None:
+    for manifest in sorted(manifests, key=lambda m: (m.created_at, m.id)):
+        register_snapshot(settings, manifest)
+
+
+def run_sql(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
+    path = catalog_path(settings)
+    if not path.exists():
+        raise SnapshotError(f"no catalog at {path} yet; create a snapshot first "
+                            "(`tidelog snapshot create --tables ...`)")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description or []]
+        return columns, cur.fetchall()
+    except duckdb.Error as exc:
+        raise SnapshotError(f"query failed: {exc}") from exc
+    finally:
+        con.close()

@@ -1,0 +1,174 @@
+"""CLI commands of the snapshotter: `archive`, `snapshot`, `sql`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from tidelog.settings import load_settings
+
+__all__ = ["register"]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _tables(text: str) -> list[str]:
+    from cdc.connector import parse_tables
+
+    return list(parse_tables(text))
+
+
+def _archive_run(args: argparse.Namespace) -> int:
+    from snapshotter.archive import run_archiver
+
+    settings = load_settings()
+    topics = args.topics.split(",") if args.topics else None
+
+    def report(marks: dict[tuple[str, int], int]) -> None:
+        if args.json:
+            return
+        for (topic, partition), mark in sorted(marks.items()):
+            print(f"{topic}[{partition}] archived up to offset {mark}")
+
+    marks = run_archiver(settings, topics, follow=args.follow, interval=args.interval,
+                         on_new_log=args.on_new_log, report=report,
+                         batch_size=args.batch_size)
+    if args.json:
+        _print_json([{"topic": t, "partition": p, "high_water_mark": m}
+                     for (t, p), m in sorted(marks.items())])
+    return 0
+
+
+def _archive_status(args: argparse.Namespace) -> int:
+    from snapshotter.archive import Archive
+
+    rows = Archive(load_settings().archive_root).status()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['topic']}[{r['partition']}] gen {r['generation']} "
+                  f"hwm {r['high_water_mark']} ({r['segments']} segments)")
+    return 0
+
+
+def _snapshot_create(args: argparse.Namespace) -> int:
+    from snapshotter.cut import Cut
+    from snapshotter.snapshots import create_snapshot
+
+    settings = load_settings()
+    at: str | Cut = "latest" if args.at == "latest" else Cut.from_json(args.at)
+    manifest = create_snapshot(settings, _tables(args.tables), at,
+                               incremental=not args.full)
+    if args.json:
+        _print_json(manifest.to_json())
+    else:
+        print(f"snapshot {manifest.id} ({manifest.built_from} build) digest {manifest.digest}")
+        for name, table in sorted(manifest.tables.items()):
+            print(f"  {name}: {table.rows} rows, digest {table.digest}")
+    return 0
+
+
+def _snapshot_list(args: argparse.Namespace) -> int:
+    from snapshotter.snapshots import list_snapshots
+
+    manifests = list_snapshots(load_settings())
+    if args.json:
+        _print_json([{"id": m.id, "created_at": m.created_at, "tables": sorted(m.tables),
+                      "rows": sum(t.rows for t in m.tables.values()), "digest": m.digest,
+                      "cut": m.cut.to_json()} for m in manifests])
+    else:
+        for m in manifests:
+            rows = sum(t.rows for t in m.tables.values())
+            print(f"{m.id}  {m.created_at}  {rows:>10} rows  {','.join(sorted(m.tables))}")
+    return 0
+
+
+def _snapshot_show(args: argparse.Namespace) -> int:
+    from snapshotter.snapshots import open_snapshot
+
+    _print_json(open_snapshot(load_settings(), args.id).manifest.to_json())
+    return 0
+
+
+def _snapshot_verify(args: argparse.Namespace) -> int:
+    from snapshotter.verify import verify_snapshot
+
+    report = verify_snapshot(load_settings(), args.id, against_source=args.against_source)
+    _print_json(report) if args.json else print(
+        "\n".join(f"{k}: {v}" for k, v in report.items()))
+    return 0 if report["ok"] else 1
+
+
+def _snapshot_diff(args: argparse.Namespace) -> int:
+    from snapshotter.verify import diff_snapshots
+
+    report = diff_snapshots(load_settings(), args.a, args.b, limit=args.limit)
+    _print_json(report)
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from snapshotter.catalog import run_sql
+
+    columns, rows = run_sql(load_settings(), args.query)
+    if args.json:
+        _print_json([dict(zip(columns, r, strict=True)) for r in rows])
+    else:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join("NULL" if v is None else str(v) for v in row))
+    return 0
+
+
+def register(sub: Any) -> None:
+    archive = sub.add_parser("archive", help="archive the CDC topics as Parquet segments")
+    archive_sub = archive.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = archive_sub.add_parser("run", help="append everything new to the archive")
+    p.add_argument("--follow", action="store_true", help="keep archiving until interrupted")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--topics", help="comma-separated topics (default: all of the prefix)")
+    p.add_argument("--batch-size", type=int, default=50_000,
+                   help="most events per segment (smaller: more, smaller segments)")
+    p.add_argument("--on-new-log", choices=["new-generation", "fail"],
+                   default="new-generation",
+                   help="what to do when a topic now belongs to a different log")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_archive_run)
+    p = archive_sub.add_parser("status", help="high-water mark and log identity per partition")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_archive_status)
+
+    snap = sub.add_parser("snapshot", help="create and inspect offset-bounded snapshots")
+    snap_sub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = snap_sub.add_parser("create", help="materialise tables at a cut")
+    p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
+    p.add_argument("--at", default="latest", help="'latest' or a cut as JSON")
+    p.add_argument("--full", action="store_true", help="do not build incrementally")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_create)
+    p = snap_sub.add_parser("list", help="every snapshot, oldest first")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_list)
+    p = snap_sub.add_parser("show", help="a snapshot's manifest")
+    p.add_argument("id")
+    p.set_defaults(handler=_snapshot_show)
+    p = snap_sub.add_parser("verify", help="recompute every digest from the files")
+    p.add_argument("id")
+    p.add_argument("--against-source", action="store_true",
+                   help="also compare with live Postgres (for a snapshot of the current cut)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_verify)
+    p = snap_sub.add_parser("diff", help="keys inserted, updated and deleted between two")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--limit", type=int, default=20, help="example keys per kind and table")
+    p.set_defaults(handler=_snapshot_diff)
+
+    p = sub.add_parser("sql", help="run a query against the DuckDB catalog")
+    p.add_argument("query")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_sql)

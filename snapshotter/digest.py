@@ -1,0 +1,152 @@
+"""Order-free, full-content table digests computed in DuckDB.
+
+The definition lives in docs/digest.md, with plain SQL that computes the same values
+from the duckdb CLI alone; tests/unit/test_digest.py runs that SQL against this code so
+the two cannot drift. This module builds the per-table query in Python (independently of
+the SQL generator in the doc) and hashes the schema with hashlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from tidelog.errors import SnapshotError
+
+__all__ = [
+    "DIGEST_VERSION",
+    "TableDigest",
+    "table_digest",
+    "overall_digest",
+    "digest_sql",
+    "schema_text",
+    "render_expr",
+]
+
+DIGEST_VERSION = "tidelog-digest-v1"
+_MASK64 = "18446744073709551615::UHUGEINT"
+_MOD64 = "18446744073709551616"
+_QUERY_START = re.compile(r"^\s*(\(|(select|from|with|values|table|pivot|unpivot)\b)", re.I)
+
+
+@dataclass(frozen=True)
+class TableDigest:
+    """Row count, schema digest, content digest and the digest combining all three."""
+
+    rows: int
+    schema_digest: str
+    content_digest: str
+    digest: str
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _set_timezone(con: duckdb.DuckDBPyConnection, zone: str) -> None:
+    quoted = zone.replace("'", "''")
+    con.execute(f"SET TimeZone = '{quoted}'")
+
+
+def _field(text: str | None) -> str:
+    """Length-prefixed encoding of one text: `<bytes>:<text>`, or `-` for NULL."""
+    return "-" if text is None else f"{len(text.encode())}:{text}"
+
+
+def render_expr(name: str, type_name: str) -> str:
+    """SQL rendering one column as text; the rules are in docs/digest.md."""
+    col = _quote(name)
+    if type_name == "TIMESTAMP WITH TIME ZONE":
+        return f"strftime(timezone('UTC', {col}), '%Y-%m-%dT%H:%M:%S.%fZ')"
+    if type_name == "TIMESTAMP":
+        return f"strftime({col}, '%Y-%m-%dT%H:%M:%S.%f')"
+    if type_name == "BLOB":
+        return f"hex({col})"
+    return f"CAST({col} AS VARCHAR)"
+
+
+def schema_text(columns: Sequence[tuple[str, str]]) -> str:
+    """One line per column in name order: `<len>:<name><len>:<type>` and a newline."""
+    return "".join(_field(n) + _field(t) + "\n" for n, t in sorted(columns))
+
+
+def _as_query(relation_sql: str) -> str:
+    """A query for the relation: queries pass through, names and table functions get FROM."""
+    relation = relation_sql.strip().rstrip(";").strip()
+    return relation if _QUERY_START.match(relation) else f"FROM {relation}"
+
+
+def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
+    query = _as_query(relation_sql)
+    rows = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {query})").fetchall()
+    columns = [(str(n), str(t)) for n, t in rows]
+    names = [n for n, _ in columns]
+    if len(set(names)) != len(names):
+        raise SnapshotError(
+            f"relation has duplicate column names {names}; a digest needs unique names",
+            columns=names,
+        )
+    if not columns:
+        raise SnapshotError("relation has no columns", relation=relation_sql)
+    return columns
+
+
+def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]]) -> str:
+    """The query giving (rows, hi, lo) for a relation with these (name, type) columns."""
+    ordered = sorted(columns)
+    cells = ", ".join(f"{render_expr(n, t)} AS c{i}" for i, (n, t) in enumerate(ordered))
+    row = " || ".join(
+        f"coalesce(strlen(c{i})::VARCHAR || ':' || c{i}, '-')" for i in range(len(ordered))
+    )
+    return (
+        f"WITH cells AS (SELECT {cells} FROM ({_as_query(relation_sql)}) AS digest_input), "
+        f"hashed AS (SELECT md5_number({row}) AS h FROM cells) "
+        "SELECT count(*), "
+        f"(coalesce(sum((h >> 64)::UBIGINT), 0) % {_MOD64})::UBIGINT, "
+        f"(coalesce(sum((h & {_MASK64})::UBIGINT), 0) % {_MOD64})::UBIGINT "
+        "FROM hashed"
+    )
+
+
+def _combine(schema_digest: str, content_digest: str, rows: int) -> str:
+    text = f"{DIGEST_VERSION}\n{schema_digest}\n{content_digest}\n{rows}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def table_digest(con: duckdb.DuckDBPyConnection, relation_sql: str) -> TableDigest:
+    """Digest of a relation's content: a query (`SELECT …`, `FROM t`, `(…)`), a table
+    name or a table function call (`read_parquet('…')`).
+
+    Pins `TimeZone` to UTC for the query (nested timestamps render through it) and puts
+    the caller's setting back afterwards.
+    """
+    try:
+        previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
+        _set_timezone(con, "UTC")
+        try:
+            columns = _describe(con, relation_sql)
+            result = con.execute(digest_sql(relation_sql, columns)).fetchone()
+        finally:
+            if previous is not None:
+                _set_timezone(con, str(previous[0]))
+    except duckdb.Error as exc:
+        raise SnapshotError(
+            f"could not compute the digest of {relation_sql!r}: {exc}",
+            relation=relation_sql,
+        ) from exc
+    assert result is not None
+    rows, hi, lo = int(result[0]), int(result[1]), int(result[2])
+    schema_digest = hashlib.sha256(schema_text(columns).encode()).hexdigest()
+    content_digest = f"{hi:016x}{lo:016x}"
+    digest = _combine(schema_digest, content_digest, rows)
+    return TableDigest(rows, schema_digest, content_digest, digest)
+
+
+def overall_digest(table_digests: Mapping[str, str]) -> str:
+    """One digest for a snapshot: its tables' digests, in table-name order."""
+    body = "".join(f"{_field(name)}{table_digests[name]}\n" for name in sorted(table_digests))
+    return hashlib.sha256(f"{DIGEST_VERSION}-overall\n{body}".encode()).hexdigest()

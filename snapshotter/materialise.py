@@ -1,0 +1,405 @@
+"""Table state from archived change events: last write per key, vectorised in polars.
+
+The rules (docs/archive.md, "Materialisation") in one place:
+
+* per `__key`, in `(__partition, __offset)` order, `r`/`c`/`u` upsert the after image and
+  `d`/`x` delete the key; a `t` removes everything before it;
+* rows with a null `__key` (tables without a primary key) are append-only;
+* the output has the column set of the segment holding the latest event; a column's
+  values only survive from segments after its last absence (a dropped column stays gone);
+* incremental: `base` (a previous state with its `__key`) behaves exactly like the
+  events it was built from, so `materialise(rest, base=materialise(prefix))` equals
+  `materialise(prefix + rest)`.
+
+No per-row Python: one cheap pre-pass over the metadata columns (ops, positions) decides
+the plan, then a single lazy query does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import polars as pl
+import pyarrow as pa
+
+from tidelog.errors import ArchiveError, SnapshotError
+
+__all__ = [
+    "KEY",
+    "META_COLUMNS",
+    "UPSERT_OPS",
+    "DELETE_OPS",
+    "Events",
+    "materialise",
+    "plan_materialise",
+    "key_expr",
+    "data_columns",
+]
+
+KEY = "__key"
+PARTITION = "__partition"
+OFFSET = "__offset"
+OP = "__op"
+META_COLUMNS = (PARTITION, OFFSET, OP, KEY)
+META_DTYPES: dict[str, pl.DataType] = {
+    PARTITION: pl.Int32(),
+    OFFSET: pl.Int64(),
+    OP: pl.String(),
+    KEY: pl.String(),
+}
+UPSERT_OPS = ("r", "c", "u")
+DELETE_OPS = ("d", "x")
+TRUNCATE_OP = "t"
+KNOWN_OPS = frozenset((*UPSERT_OPS, *DELETE_OPS, TRUNCATE_OP))
+
+# Key dtypes whose Debezium JSON form is exactly the JSON of the typed value; other types
+# (numeric-as-string, dates as day counts, zoned timestamps, base64 bytes) are rendered
+# differently by Debezium, so `key_expr` cannot reproduce the archive's `__key` for them.
+_KEY_SAFE_DTYPES = (
+    pl.Int8, pl.Int16, pl.Int32, pl.Int64,
+    pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+    pl.Boolean, pl.String,
+)  # fmt: skip
+
+Frame: TypeAlias = pl.LazyFrame | pl.DataFrame | pa.Table
+Events: TypeAlias = Frame | Sequence[Frame]
+Engine: TypeAlias = Literal["auto", "in-memory", "streaming"]
+
+
+def key_expr(key_columns: Sequence[str]) -> pl.Expr:
+    """The canonical `__key` string built from typed key columns.
+
+    Canonical JSON of the key payload: keys sorted, no spaces, strings JSON-escaped with
+    non-ASCII kept as UTF-8 (what `json.dumps(..., sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` and `orjson.dumps(..., option=OPT_SORT_KEYS)` give), e.g.
+    `{"id":5}`. Exact only for integer, boolean and text keys; see `check_key_dtypes`.
+    """
+    if not key_columns:
+        raise ValueError("key_expr needs at least one key column")
+    return pl.struct(sorted(key_columns)).struct.json_encode().alias(KEY)
+
+
+def check_key_dtypes(schema: Mapping[str, pl.DataType], key_columns: Sequence[str]) -> None:
+    """Refuse to rebuild `__key` where `key_expr` would not match the archive's text."""
+    for name in key_columns:
+        if name not in schema:
+            raise SnapshotError(
+                f"key column {name!r} is not in the base state; pass a base that keeps its "
+                "__key column or do a full build",
+                column=name,
+            )
+        dtype = schema[name]
+        if not isinstance(dtype, _KEY_SAFE_DTYPES):
+            raise SnapshotError(
+                f"cannot rebuild __key from key column {name!r} of type {dtype}: only "
+                "integer, boolean and text keys have a canonical form that matches the "
+                "archive; keep __key in the base (keep_key=True) or do a full build",
+                column=name,
+                dtype=str(dtype),
+            )
+
+
+def data_columns(names: Sequence[str]) -> list[str]:
+    """Source columns: everything not prefixed `__` (tidelog's own bookkeeping)."""
+    return [n for n in names if not n.startswith("__")]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One input segment and what the pre-pass learned about it."""
+
+    frame: pl.LazyFrame
+    schema: dict[str, pl.DataType]
+    rows: int
+    ops: frozenset[str]
+    partitions: frozenset[int]
+    first: tuple[int, int]
+    last: tuple[int, int]
+    in_order: bool
+    truncate_at: int | None
+    sample_key: str | None
+    keyed_rows: int
+    keyless_upserts: int
+
+
+def _lazy(frame: Frame) -> pl.LazyFrame:
+    if isinstance(frame, pl.LazyFrame):
+        return frame
+    if isinstance(frame, pl.DataFrame):
+        return frame.lazy()
+    if isinstance(frame, pa.Table):
+        converted = pl.from_arrow(frame)
+        assert isinstance(converted, pl.DataFrame)
+        return converted.lazy()
+    raise TypeError(f"expected a polars LazyFrame/DataFrame or pyarrow Table, got {type(frame)}")
+
+
+def _as_list(events: Events) -> list[pl.LazyFrame]:
+    if isinstance(events, pl.LazyFrame | pl.DataFrame | pa.Table):
+        return [_lazy(events)]
+    return [_lazy(f) for f in events]
+
+
+def _not_in_base(base_position: Mapping[int, int] | None) -> pl.Expr:
+    """True for events the base does not already contain."""
+    if not base_position:
+        return pl.lit(True)
+    parts = list(base_position)
+    ends = [base_position[p] for p in parts]
+    start = pl.col(PARTITION).replace_strict(parts, ends, default=0, return_dtype=pl.Int64)
+    return pl.col(OFFSET) >= start
+
+
+def _survey(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[_Segment]:
+    """The pre-pass: reads only the metadata columns of every segment, in parallel."""
+    try:
+        return _survey_unchecked(frames, keep)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ArchiveError(
+            f"could not read the event segments: {exc}; check that the archive files "
+            "exist and are readable Parquet",
+        ) from exc
+
+
+def _survey_unchecked(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[_Segment]:
+    schemas = []
+    for i, frame in enumerate(frames):
+        schema = dict(frame.collect_schema())
+        missing = [c for c in META_COLUMNS if c not in schema]
+        if missing:
+            raise SnapshotError(
+                f"event segment {i} lacks metadata columns {missing}; it is not in the "
+                "archive layout of docs/archive.md",
+                segment=i,
+                missing=missing,
+            )
+        schemas.append(schema)
+
+    p, o, op = pl.col(PARTITION), pl.col(OFFSET), pl.col(OP)
+    dp, do = p.diff(), o.diff()
+    queries = [
+        f.filter(keep).select(
+            rows=pl.len(),
+            ops=op.unique().implode(),
+            partitions=p.unique().implode(),
+            p_first=p.min(),
+            o_first=o.filter(p == p.min()).min(),
+            p_last=p.max(),
+            o_last=o.filter(p == p.max()).max(),
+            in_order=((dp > 0) | ((dp == 0) & (do > 0))).fill_null(True).all(),
+            truncate_at=o.filter(op == TRUNCATE_OP).max(),
+            sample_key=pl.col(KEY).drop_nulls().first(),
+            keyed_rows=pl.col(KEY).is_not_null().sum(),
+            keyless_upserts=(pl.col(KEY).is_null() & op.is_in(UPSERT_OPS)).sum(),
+        )
+        for f in frames
+    ]
+    segments = []
+    for frame, schema, stats in zip(frames, schemas, pl.collect_all(queries), strict=True):
+        row = stats.row(0, named=True)
+        ops = frozenset(row["ops"])
+        unknown = ops - KNOWN_OPS
+        if unknown:
+            raise SnapshotError(
+                f"unknown change operations {sorted(map(str, unknown))} in the events; "
+                f"expected a subset of {sorted(KNOWN_OPS)}",
+                ops=sorted(map(str, unknown)),
+            )
+        empty = row["rows"] == 0
+        segments.append(
+            _Segment(
+                frame=frame,
+                schema=schema,
+                rows=row["rows"],
+                ops=ops,
+                partitions=frozenset(row["partitions"]),
+                first=(-1, -1) if empty else (row["p_first"], row["o_first"]),
+                last=(-1, -1) if empty else (row["p_last"], row["o_last"]),
+                in_order=bool(row["in_order"]),
+                truncate_at=row["truncate_at"],
+                sample_key=row["sample_key"],
+                keyed_rows=row["keyed_rows"],
+                keyless_upserts=row["keyless_upserts"],
+            )
+        )
+    return segments
+
+
+def _infer_key_columns(segments: Sequence[_Segment]) -> list[str]:
+    """Key column names from the first `__key` payload: `{"id":5}` names `id`."""
+    for seg in segments:
+        if seg.sample_key is None:
+            continue
+        try:
+            payload = json.loads(seg.sample_key)
+        except ValueError:
+            return []
+        return sorted(payload) if isinstance(payload, dict) else []
+    return []
+
+
+def _column_expr(name: str, dtype: pl.DataType, present: bool) -> pl.Expr:
+    if not present:
+        return pl.lit(None, dtype=dtype).alias(name)
+    return pl.col(name).cast(dtype)
+
+
+def plan_materialise(
+    events: Events,
+    key_columns: Sequence[str] | None = None,
+    base: Frame | None = None,
+    base_position: Mapping[int, int] | None = None,
+    *,
+    keep_key: bool = False,
+) -> pl.LazyFrame:
+    """The lazy query giving the table state; only the metadata pre-pass runs here.
+
+    `events`: one frame or a list of segments in the archive layout, possibly with
+    different column sets. `key_columns`: the primary key, used to sort the output and
+    to rebuild a base's missing `__key`; `None` reads the names from the first `__key`
+    payload, `[]` means none. `base`: a previous state (data columns plus `__key`; without
+    `__key` it is rebuilt with `key_expr`). `base_position`: per partition, the exclusive
+    end offset the base already includes; earlier events are skipped. `keep_key` adds
+    `__key` as the last column, which is what a later incremental build needs.
+    Casting errors surface when the plan is collected; `materialise` maps them.
+    """
+    if base is None and base_position:
+        raise ValueError("base_position only makes sense together with a base state")
+    keep = _not_in_base(base_position)
+    segments = _survey(_as_list(events), keep)
+    live = sorted((s for s in segments if s.rows), key=lambda s: s.last)
+    keys = list(key_columns) if key_columns is not None else _infer_key_columns(live)
+
+    partitions = frozenset().union(*(s.partitions for s in live))
+    truncates = [s.truncate_at for s in live if s.truncate_at is not None]
+    truncate_at = max(truncates) if truncates else None
+    if truncate_at is not None and len(partitions) > 1:
+        raise SnapshotError(
+            f"truncate event on a multi-partition input (partitions {sorted(partitions)}): "
+            "its position relative to other partitions is undefined; tidelog topics must "
+            "have one partition per table",
+            partitions=sorted(partitions),
+        )
+
+    base_lf = _lazy(base) if base is not None else None
+    base_schema = dict(base_lf.collect_schema()) if base_lf is not None else None
+
+    # Output schema: the latest event's segment; else the base; else the last segment.
+    if live:
+        out_schema = live[-1].schema
+    elif base_schema is not None:
+        out_schema = base_schema
+    elif segments:
+        out_schema = segments[-1].schema
+    else:
+        out_schema = {}
+    out = {n: out_schema[n] for n in data_columns(list(out_schema))}
+    missing_keys = [k for k in keys if k not in out]
+    if missing_keys and out and key_columns is not None:  # no columns known: empty state
+        raise SnapshotError(
+            f"key columns {missing_keys} are not in the table's latest schema {list(out)}",
+            missing=missing_keys,
+        )
+
+    # A column's values count only from a segment onwards if no later segment lacks it:
+    # a dropped column is gone for good, even if a column of that name comes back.
+    alive: list[set[str]] = []
+    running = set(out)
+    for seg in reversed(live):
+        running &= set(seg.schema)
+        alive.append(set(running))
+    alive.reverse()
+
+    meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
+    parts: list[pl.LazyFrame] = []
+    in_order = all(s.in_order for s in live) and all(
+        a.last < b.first for a, b in zip(live, live[1:], strict=False)
+    )
+    for seg, cols in zip(live, alive, strict=True):
+        if truncate_at is not None and seg.last[1] <= truncate_at:
+            continue  # wholly before the truncate: nothing in it survives
+        rows = seg.frame.filter(keep)
+        if truncate_at is not None:
+            rows = rows.filter(pl.col(OFFSET) > truncate_at)
+        parts.append(rows.select(*meta, *(_column_expr(n, t, n in cols) for n, t in out.items())))
+
+    upsert = pl.col(OP).is_in(UPSERT_OPS)
+    keyed = pl.col(KEY).is_not_null()
+    wanted = [*out, KEY]
+    pieces: list[pl.LazyFrame] = []
+    last: pl.LazyFrame | None = None
+    keyless: pl.LazyFrame | None = None
+    if parts:
+        # Each branch re-reads the segments, so only build the ones the data needs.
+        ev = pl.concat(parts, how="vertical")
+        if not in_order:
+            ev = ev.sort([PARTITION, OFFSET], maintain_order=True)
+        if any(s.keyed_rows for s in live):
+            last = ev.filter(keyed).unique(subset=KEY, keep="last")
+        if any(s.keyless_upserts for s in live):
+            keyless = ev.filter(~keyed & upsert).select(wanted)
+
+    if base_lf is not None and base_schema is not None and truncate_at is None:
+        if KEY not in base_schema:
+            if keys and set(keys) <= set(out):
+                check_key_dtypes(base_schema, keys)
+                base_lf = base_lf.with_columns(key_expr(keys))
+            else:
+                base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
+        base_alive = set(base_schema) & (alive[0] if alive else set(out))
+        base_rows = base_lf.select(
+            *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
+            pl.col(KEY).cast(pl.String),
+        )
+        base_keyed = base_rows.filter(keyed)
+        if last is not None:
+            base_keyed = base_keyed.join(last.select(KEY), on=KEY, how="anti")
+        pieces.append(base_keyed)
+        if last is not None:
+            pieces.append(last.filter(upsert).select(wanted))
+        pieces.append(base_rows.filter(~keyed))
+    elif last is not None:
+        pieces.append(last.filter(upsert).select(wanted))
+    if keyless is not None:
+        pieces.append(keyless)
+
+    if not pieces:
+        empty = pl.DataFrame(schema={**out, KEY: pl.String()}).lazy()
+        pieces.append(empty)
+    state = pl.concat(pieces, how="vertical")
+    # Keyed rows are totally ordered by (key columns, __key); keyless rows (null __key)
+    # keep event order, which costs a stable sort, so only when there may be some. Nulls
+    # sort first: `nulls_last` makes polars' multi-column sort several times slower.
+    present = [k for k in keys if k in out]
+    may_be_keyless = keyless is not None or base_lf is not None
+    state = state.sort([*present, KEY], maintain_order=may_be_keyless)
+    return state.select(wanted if keep_key else list(out))
+
+
+def materialise(
+    events: Events,
+    key_columns: Sequence[str] | None = None,
+    base: Frame | None = None,
+    base_position: Mapping[int, int] | None = None,
+    *,
+    keep_key: bool = False,
+    engine: Engine = "auto",
+) -> pl.DataFrame:
+    """The table state after applying `events` (on top of `base`), sorted by key.
+
+    See `plan_materialise` for the arguments; this runs the plan and maps polars errors
+    (a column whose old values cannot take the new type) to `SnapshotError`.
+    """
+    plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key)
+    try:
+        return plan.collect(engine=engine)
+    except pl.exceptions.InvalidOperationError as exc:
+        raise SnapshotError(
+            f"materialisation failed: {exc}; a column's type changed in a way its older "
+            "values cannot be cast to",
+        ) from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise SnapshotError(f"materialisation failed: {exc}") from exc

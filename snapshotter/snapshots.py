@@ -1,0 +1,429 @@
+"""Create, open, list and rebuild offset-bounded snapshots.
+
+A snapshot lives in `<snapshot_root>/<id>/`: one Parquet file per table and
+`manifest.json`, written last. It is built in a temporary directory that is renamed into
+place only when complete, so a crash leaves either no snapshot or a whole one. The id is
+derived from the cut and the tables, so asking twice for the same data yields one snapshot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from cdc.reader import LogIdentity
+from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows, txid_of
+from snapshotter.archive import Archive, archive_topics
+from snapshotter.cut import Cut, PartitionCut
+from snapshotter.digest import overall_digest, table_digest
+from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
+from snapshotter.materialise import materialise
+from tidelog import __version__
+from tidelog.errors import ArchiveError, CutError, SnapshotError, TidelogError
+from tidelog.settings import Settings
+
+__all__ = [
+    "Snapshot",
+    "create_snapshot",
+    "open_snapshot",
+    "list_snapshots",
+    "rebuild_snapshot",
+    "resolve_cut",
+    "plan_cut",
+]
+
+KEY_COLUMN = "__key"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    manifest: Manifest
+    path: Path
+
+    def table(self, name: str) -> pl.DataFrame:
+        if name not in self.manifest.tables:
+            raise SnapshotError(f"snapshot {self.manifest.id} has no table {name}; it has "
+                                f"{sorted(self.manifest.tables)}")
+        files = [str(self.path / f) for f in self.manifest.tables[name].files]
+        return pl.read_parquet(files).drop(KEY_COLUMN, strict=False)
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {name: self.table(name) for name in sorted(self.manifest.tables)}
+
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        for name, table in self.manifest.tables.items():
+            schema, rel = name.split(".", 1)
+            con.execute(f'create schema if not exists "{schema}"')
+            files = [str(self.path / f) for f in table.files]
+            con.execute(f'create view "{schema}"."{rel}" as select * exclude ({KEY_COLUMN}) '
+                        f"from read_parquet({files!r})")
+        return con
+
+
+def _topic(settings: Settings, table: str) -> str:
+    return f"{settings.topic_prefix}.{table}"
+
+
+def _tx_topic(settings: Settings) -> str:
+    return f"{settings.topic_prefix}.transaction"
+
+
+def _snapshot_root(settings: Settings) -> Path:
+    return Path(settings.snapshot_root)
+
+
+def snapshot_id(cut: Cut, tables: Sequence[str]) -> str:
+    body = json.dumps({"cut": json.loads(cut.canonical()), "tables": sorted(tables)},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+# -- cuts ------------------------------------------------------------------------------
+
+def _current_generation(archive: Archive, topic: str, partition: int):  # type: ignore[no-untyped-def]
+    gens = archive.generations(topic, partition)
+    if not gens:
+        raise CutError(f"nothing of {topic}[{partition}] is archived; is the table captured? "
+                       "(`tidelog connector apply`, then `tidelog archive run`)")
+    return gens[-1]
+
+
+def _archived_partitions(archive: Archive, topic: str) -> list[int]:
+    parts = [int(p[1:]) for p in archive.storage.listdir(archive.storage.path(topic))
+             if p.startswith("p")]
+    if not parts:
+        raise CutError(f"unknown table: topic {topic} is not in the archive at {archive.root}; "
+                       "check the table name (schema.table) and that it is captured")
+    return sorted(parts)
+
+
+def _scan(archive: Archive, topic: str, partition: int, generation: int, start: int,
+          end: int, columns: list[str] | None = None) -> list[pl.LazyFrame]:
+    frames = []
+    for seg in archive.segments_for_range(topic, partition, generation, start, end):
+        frame = pl.scan_parquet(seg.path)
+        if columns is not None:
+            frame = frame.select(columns)
+        if seg.start < start or seg.end > end:
+            frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
+        frames.append(frame)
+    return frames
+
+
+def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut:
+    """The newest transaction-consistent cut the archive can serve for `tables`."""
+    table_events: list[TableEvents] = []
+    identities: dict[tuple[str, int], Any] = {}
+    for table in tables:
+        topic = _topic(settings, table)
+        for partition in _archived_partitions(archive, topic):
+            gen = _current_generation(archive, topic, partition)
+            hwm = archive.high_water_mark(topic, partition, gen)
+            identities[(topic, partition)] = gen
+            frames = _scan(archive, topic, partition, gen.number, gen.first_offset, hwm,
+                           ["__offset", "__tx"])
+            events = (pl.concat(frames).collect() if frames
+                      else pl.DataFrame({"__offset": [], "__tx": []}))
+            table_events.append(TableEvents(
+                table, (topic, partition), events["__offset"].to_list(),
+                [txid_of(t) for t in events["__tx"].to_list()], hwm))
+    tx_topic = _tx_topic(settings)
+    aligned = False
+    ends = {t.tp: t.high_water_mark for t in table_events}
+    if archive.storage.exists(archive.storage.path(tx_topic)):
+        gen = _current_generation(archive, tx_topic, 0)
+        if all(g.identity.cluster_id == gen.cluster_id for g in identities.values()):
+            hwm = archive.high_water_mark(tx_topic, 0, gen)
+            frames = _scan(archive, tx_topic, 0, gen.number, gen.first_offset, hwm)
+            rows = (pl.concat(frames, how="diagonal_relaxed").collect() if frames else None)
+            txs = transactions_from_rows(
+                list(zip(rows["__offset"], rows["status"], rows["id"],
+                         rows["data_collections"], strict=True)) if rows is not None else [])
+            ends, _ = aligned_ends(table_events, txs)
+            aligned = True
+    partitions = tuple(
+        PartitionCut(topic=tp[0], partition=tp[1], end=ends[tp],
+                     start=identities[tp].first_offset,
+                     cluster_id=identities[tp].cluster_id, topic_id=identities[tp].topic_id)
+        for tp in sorted(ends)
+    )
+    lsn, commit = _watermarks(archive, partitions)
+    return Cut(partitions, lsn=lsn, commit_time_ms=commit, transaction_aligned=aligned)
+
+
+def _watermarks(archive: Archive, partitions: Sequence[PartitionCut]
+                ) -> tuple[int | None, int | None]:
+    lsn: int | None = None
+    commit: int | None = None
+    for p in partitions:
+        gen = _generation_of(archive, p)
+        frames = _scan(archive, p.topic, p.partition, gen.number, p.start, p.end,
+                       ["__lsn", "__ts_ms"])
+        if not frames:
+            continue
+        row = pl.concat(frames).select(pl.col("__lsn").max(), pl.col("__ts_ms").max()).collect()
+        got_lsn, got_ts = row.row(0)
+        if got_lsn is not None:
+            lsn = max(lsn or 0, int(got_lsn))
+        if got_ts is not None:
+            commit = max(commit or 0, int(got_ts))
+    return lsn, commit
+
+
+def _generation_of(archive: Archive, p: PartitionCut):  # type: ignore[no-untyped-def]
+    identity = LogIdentity(p.cluster_id, p.topic_id)
+    gen = archive.generation_for(p.topic, p.partition, identity)
+    if gen is None:
+        known = [g.identity for g in archive.generations(p.topic, p.partition)]
+        raise CutError(
+            f"the cut names {p.topic}[{p.partition}] in log {identity}, which the archive "
+            f"does not hold (it has {known or 'nothing'}); a cut from another log (recreated "
+            "topic, other cluster) cannot be served"
+        )
+    return gen
+
+
+def validate_cut(archive: Archive, cut: Cut) -> None:
+    for p in cut.partitions:
+        gen = _generation_of(archive, p)
+        hwm = archive.high_water_mark(p.topic, p.partition, gen)
+        if p.end > hwm:
+            raise CutError(
+                f"cut end {p.end} of {p.topic}[{p.partition}] is beyond the archived "
+                f"high-water mark {hwm}; run `tidelog archive run` or choose an earlier cut"
+            )
+        if p.start < gen.first_offset:
+            raise CutError(
+                f"offsets {p.start}..{gen.first_offset - 1} of {p.topic}[{p.partition}] were "
+                "never archived and are gone from Kafka; choose a cut starting at "
+                f"{gen.first_offset} or later"
+            )
+
+
+def resolve_cut(settings: Settings, tables: Sequence[str], at: str | Cut,
+                archive: Archive | None = None, catch_up: bool = True) -> Cut:
+    archive = archive or Archive(settings.archive_root)
+    if isinstance(at, str) and at == "latest":
+        if catch_up:
+            topics = [_topic(settings, t) for t in tables]
+            tx = _tx_topic(settings)
+            try:
+                archive_topics(settings, [*topics, tx], archive=archive)
+            except CutError:
+                archive_topics(settings, topics, archive=archive)
+        return plan_cut(archive, settings, tables)
+    cut = at if isinstance(at, Cut) else Cut.from_json(at)
+    wanted = {_topic(settings, t) for t in tables}
+    missing = wanted - {p.topic for p in cut.partitions}
+    if missing:
+        raise CutError(f"the cut has no offsets for {sorted(missing)}; a cut must name every "
+                       "partition of every chosen table")
+    cut = cut.for_topics(wanted)
+    validate_cut(archive, cut)
+    if cut.lsn is None:
+        lsn, commit = _watermarks(archive, cut.partitions)
+        cut = Cut(cut.partitions, lsn, commit, cut.transaction_aligned)
+    return cut
+
+
+# -- building --------------------------------------------------------------------------
+
+def _key_columns(frame: pl.DataFrame) -> list[str]:
+    keys = frame.filter(pl.col(KEY_COLUMN).is_not_null()).select(KEY_COLUMN).head(1)
+    if keys.height == 0:
+        return []
+    return sorted(json.loads(keys.item()).keys())
+
+
+def _find_base(settings: Settings, cut: Cut, tables: Sequence[str]) -> Manifest | None:
+    """The newest snapshot of the same tables whose cut is a prefix of `cut`."""
+    best: Manifest | None = None
+    ends = cut.ends()
+    for manifest in list_snapshots(settings):
+        if sorted(manifest.tables) != sorted(tables) or manifest.cut.is_window:
+            continue
+        theirs = manifest.cut.partitions
+        if {(p.topic, p.partition) for p in theirs} != set(ends):
+            continue
+        ok = all(
+            p.end <= ends[(p.topic, p.partition)]
+            and any(q.topic == p.topic and q.partition == p.partition
+                    and (q.cluster_id, q.topic_id, q.start) == (p.cluster_id, p.topic_id,
+                                                                p.start)
+                    for q in cut.partitions)
+            for p in theirs
+        )
+        if ok and (best is None or sum(p.end for p in theirs) >
+                   sum(p.end for p in best.cut.partitions)):
+            best = manifest
+    return best
+
+
+def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnection) -> bool:
+    directory = _snapshot_root(settings) / manifest.id
+    for table in manifest.tables.values():
+        files = [str(directory / f) for f in table.files]
+        try:
+            got = table_digest(con, f"(select * exclude ({KEY_COLUMN}) "
+                                    f"from read_parquet({files!r}))")
+        except duckdb.Error:
+            return False
+        if got.digest != table.digest:
+            return False
+    return True
+
+
+def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
+           target: Path, incremental: bool) -> Manifest:
+    sid = target.name
+    tmp = target.parent / f".tmp-{sid}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        base = _find_base(settings, cut, tables) if incremental and not cut.is_window else None
+        if base is not None and not _intact(settings, base, con := duckdb.connect()):
+            base = None  # never build on a damaged snapshot; a full build is always right
+        base_cut = base.cut.ends() if base else {}
+        con = duckdb.connect()
+        table_manifests: dict[str, TableManifest] = {}
+        for table in sorted(tables):
+            topic = _topic(settings, table)
+            parts = [p for p in cut.partitions if p.topic == topic]
+            frames: list[pl.LazyFrame] = []
+            for p in parts:
+                gen = _generation_of(archive, p)
+                start = base_cut.get((p.topic, p.partition), p.start)
+                frames.extend(_scan(archive, p.topic, p.partition, gen.number, start, p.end))
+            base_frame = None
+            if base is not None:
+                base_dir = _snapshot_root(settings) / base.id
+                base_frame = pl.scan_parquet([str(base_dir / f)
+                                              for f in base.tables[table].files])
+            state = materialise(frames, base=base_frame, keep_key=True)
+            key_columns = _key_columns(state) if KEY_COLUMN in state.columns else []
+            data_cols = [c for c in state.columns if c != KEY_COLUMN]
+            if key_columns:
+                state = state.sort(key_columns)
+            file_name = f"{table}.parquet"
+            state.write_parquet(tmp / file_name, compression="zstd", statistics=True)
+            path = str(tmp / file_name)
+            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet('{path}'))" \
+                if KEY_COLUMN in state.columns else f"read_parquet('{path}')"
+            digest = table_digest(con, relation)
+            described = con.execute(f"describe select * from {relation}").fetchall()
+            table_manifests[table] = TableManifest(
+                name=table, topic=topic, rows=digest.rows,
+                columns=tuple((r[0], r[1]) for r in described if r[0] in data_cols),
+                key_columns=tuple(key_columns), digest=digest.digest, files=(file_name,))
+        manifest = Manifest(
+            id=sid, cut=cut, tables=table_manifests,
+            digest=overall_digest({k: v.digest for k, v in table_manifests.items()}),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            tidelog_version=__version__,
+            built_from=base.id if base else "full",
+            source={"topic_prefix": settings.topic_prefix,
+                    "connector": settings.connector_name,
+                    "database": _redacted_dsn(settings.postgres_dsn)},
+        )
+        # The manifest is written last; the rename makes the whole snapshot appear at once.
+        manifest_tmp = tmp / f".{MANIFEST_NAME}.tmp"
+        manifest_tmp.write_text(manifest.dumps())
+        with open(manifest_tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(manifest_tmp, tmp / MANIFEST_NAME)
+        os.replace(tmp, target)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _redacted_dsn(dsn: str) -> str:
+    import re
+
+    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
+
+
+def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,
+                    incremental: bool = True, catch_up: bool = True) -> Manifest:
+    from snapshotter.catalog import register_snapshot
+
+    tables = sorted(set(tables))
+    if not tables:
+        raise SnapshotError("no tables given: pass --tables schema.table[,...]")
+    archive = Archive(settings.archive_root)
+    cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up)
+    root = _snapshot_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    sid = snapshot_id(cut, tables)
+    target = root / sid
+    # One builder per snapshot id: a second identical request waits and reuses the result.
+    with open(root / f".lock-{sid}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / MANIFEST_NAME).exists():
+            return open_snapshot(settings, sid).manifest
+        for stale in root.glob(f".tmp-{sid}-*"):  # left by a builder that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():
+            # A directory without a manifest is not a snapshot; only our rename makes one.
+            shutil.rmtree(target)
+        try:
+            manifest = _build(settings, archive, cut, tables, target, incremental)
+        except OSError as exc:
+            raise SnapshotError(f"writing snapshot {sid} under {root} failed: {exc}") from exc
+    register_snapshot(settings, manifest)
+    return manifest
+
+
+def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: Path
+                     ) -> Manifest:
+    """Materialise `cut` again from the archive alone (no Kafka, no earlier snapshot)."""
+    archive = Archive(settings.archive_root)
+    cut = resolve_cut(settings, tables, cut, archive, catch_up=False)
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / snapshot_id(cut, tables)
+    if target.exists():
+        shutil.rmtree(target)
+    return _build(settings, archive, cut, sorted(tables), target, incremental=False)
+
+
+def open_snapshot(settings: Settings, sid: str) -> Snapshot:
+    path = _snapshot_root(settings) / sid
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.exists():
+        known = [m.id for m in list_snapshots(settings)]
+        hint = f"; known snapshots: {', '.join(known[-5:])}" if known else ""
+        raise SnapshotError(f"no snapshot {sid!r} under {path.parent}{hint}")
+    return Snapshot(Manifest.loads(manifest_path.read_text(), str(manifest_path)), path)
+
+
+def list_snapshots(settings: Settings) -> list[Manifest]:
+    root = _snapshot_root(settings)
+    if not root.exists():
+        return []
+    manifests = []
+    for child in root.iterdir():
+        manifest_path = child / MANIFEST_NAME
+        if child.name.startswith(".") or not manifest_path.exists():
+            continue
+        try:
+            manifests.append(Manifest.loads(manifest_path.read_text(), str(manifest_path)))
+        except TidelogError:
+            continue
+    return sorted(manifests, key=lambda m: (m.created_at, m.id))
+
+
+def archive_error_for(exc: Exception) -> ArchiveError:
+    return ArchiveError(str(exc))

@@ -1,0 +1,61 @@
+"""Helpers for the CDC integration tests: connectors with unique names, event reads."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import psycopg
+
+from cdc.connector import ConnectorSpec, apply
+from cdc.events import ChangeEvent, decode_message
+from cdc.reader import list_partitions, read_range
+from tidelog.settings import Settings
+
+_counter = itertools.count()
+
+
+def unique_name(stem: str) -> str:
+    return f"{stem}{os.getpid() % 1000}x{next(_counter)}"
+
+
+def connect_tables(settings: Settings, tables: list[str], stem: str) -> ConnectorSpec:
+    name = unique_name(stem)
+    spec = ConnectorSpec(name=name, tables=tuple(tables), topic_prefix=name)
+    apply(settings, spec, timeout=180)
+    return spec
+
+
+def execute(settings: Settings, *statements: str, params: Any = None) -> None:
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement, params)
+
+
+def read_events(settings: Settings, topic: str) -> list[ChangeEvent]:
+    start = {tp: 0 for tp in list_partitions(settings, [topic])}
+    events = []
+    for batch in read_range(settings, start):
+        for m in batch:
+            event = decode_message(m.topic, m.partition, m.offset, m.key, m.value)
+            if isinstance(event, ChangeEvent):
+                events.append(event)
+    return events
+
+
+def wait_for_events(settings: Settings, topic: str, predicate: Any, timeout: float = 60
+                    ) -> list[ChangeEvent]:
+    """Read the topic until `predicate(events)` holds; the connector is asynchronous."""
+    deadline = time.monotonic() + timeout
+    events: list[ChangeEvent] = []
+    while time.monotonic() < deadline:
+        try:
+            events = read_events(settings, topic)
+        except Exception:  # noqa: BLE001 - topic may not exist yet
+            events = []
+        if predicate(events):
+            return events
+        time.sleep(0.5)
+    raise AssertionError(f"condition not met on {topic} after {timeout}s; {len(events)} events")

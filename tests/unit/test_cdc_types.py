@@ -1,0 +1,406 @@
+"""cdc.types: Connect field schema -> Arrow type + exact Python value, both paths agreeing."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cdc.types import (
+    PG_TYPE_KEY,
+    arrow_field,
+    codec_for_schema_text,
+    column_type,
+    python_converter,
+    row_codec,
+    rows_to_arrow,
+)
+from tidelog.errors import DecodeError
+
+ENVELOPES = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes"
+
+
+def lst(t: pa.DataType) -> pa.DataType:
+    return pa.list_(pa.field("element", t))  # Parquet's child name, so round trips are exact
+
+
+def field(name: str, ctype: str, pg: str | None = None, length: int | None = None,
+          scale: int | None = None, semantic: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A Connect field schema shaped like Debezium's (column.propagate.source.type=.*)."""
+    schema: dict[str, Any] = {"type": ctype, "optional": True, **extra}
+    if semantic:
+        schema.update(name=semantic, version=1)
+    if pg is not None:
+        params = {"__debezium.source.column.type": pg}
+        if length is not None:
+            params["__debezium.source.column.length"] = str(length)
+        if scale is not None:
+            params["__debezium.source.column.scale"] = str(scale)
+        params["__debezium.source.column.name"] = name
+        schema["parameters"] = params
+    schema["field"] = name
+    return schema
+
+
+def fixture_value(name: str) -> dict[str, Any]:
+    return json.loads((ENVELOPES / name).read_text())["value"]
+
+
+ORDERS_SNAPSHOT = fixture_value("orders_000_r_snapshot.json")
+ORDERS_EDGES = fixture_value("orders_002_c_edge_values.json")
+ORDERS_UPDATE = fixture_value("orders_003_u_with_before.json")
+
+MAPPINGS = [
+    (field("a", "int16", "INT2", 5, 0), pa.int16(), "int2"),
+    (field("a", "int32", "INT4", 10, 0), pa.int32(), "int4"),
+    (field("a", "int64", "INT8", 19, 0), pa.int64(), "int8"),
+    (field("a", "float", "FLOAT4", 8, 8), pa.float32(), "float4"),
+    (field("a", "double", "FLOAT8", 17, 17), pa.float64(), "float8"),
+    (field("a", "boolean", "BOOL", 1, 0), pa.bool_(), "bool"),
+    (field("a", "string", "NUMERIC", 10, 2), pa.decimal128(10, 2), "numeric"),
+    (field("a", "string", "NUMERIC", 38, 0), pa.decimal128(38, 0), "numeric"),
+    # unconstrained numeric: snapshot sends length 0 and no scale, streaming 131089/0
+    (field("a", "string", "NUMERIC", 0), pa.string(), "numeric"),
+    (field("a", "string", "NUMERIC", 131089, 0), pa.string(), "numeric"),
+    (field("a", "string", "NUMERIC", 50, 2), pa.string(), "numeric"),  # DuckDB stops at 38
+    (field("a", "string", "NUMERIC", 5, -2), pa.string(), "numeric"),  # PG15 negative scale
+    (field("a", "string", "TEXT", 2147483647, 0), pa.string(), "text"),
+    (field("a", "string", "VARCHAR", 8, 0), pa.string(), "varchar"),
+    (field("a", "string", "BPCHAR", 3, 0), pa.string(), "bpchar"),
+    (field("a", "string", "TIMESTAMPTZ", 35, 6, "io.debezium.time.ZonedTimestamp"),
+     pa.timestamp("us", tz="UTC"), "timestamptz"),
+    (field("a", "int64", "TIMESTAMP", 29, 6, "io.debezium.time.MicroTimestamp"),
+     pa.timestamp("us"), "timestamp"),
+    (field("a", "int64", "TIMESTAMP", 26, 3, "io.debezium.time.Timestamp"),
+     pa.timestamp("us"), "timestamp"),
+    (field("a", "int32", "DATE", 13, 0, "io.debezium.time.Date"), pa.date32(), "date"),
+    (field("a", "int64", "TIME", 15, 6, "io.debezium.time.MicroTime"), pa.time64("us"), "time"),
+    (field("a", "string", "TIMETZ", 21, 6, "io.debezium.time.ZonedTime"), pa.string(), "timetz"),
+    (field("a", "string", "JSONB", 2147483647, 0, "io.debezium.data.Json"), pa.string(), "jsonb"),
+    (field("a", "string", "JSON", 2147483647, 0, "io.debezium.data.Json"), pa.string(), "json"),
+    (field("a", "string", "UUID", 2147483647, 0, "io.debezium.data.Uuid"), pa.string(), "uuid"),
+    (field("a", "string", "BYTEA", 2147483647, 0), pa.binary(), "bytea"),
+    (field("a", "array", "_INT4", 10, 0, items={"type": "int32", "optional": True}),
+     lst(pa.int32()), "_int4"),
+    (field("a", "array", "_TEXT", 2147483647, 0, items={"type": "string", "optional": True}),
+     lst(pa.string()), "_text"),
+    (field("a", "array", "_NUMERIC", 8, 3, items={"type": "string", "optional": True}),
+     lst(pa.decimal128(8, 3)), "_numeric"),
+    (field("a", "array", "_DATE", 13, 0,
+           items={"type": "int32", "optional": True, "name": "io.debezium.time.Date"}),
+     lst(pa.date32()), "_date"),
+    (field("a", "string", "INTERVAL", 49, 6, "io.debezium.time.Interval"), pa.string(), "interval"),
+    (field("a", "string", "MOOD", 2147483647, 0, "io.debezium.data.Enum"), pa.string(), "mood"),
+    (field("a", "bytes", "BIT", 3, 0, "io.debezium.data.Bits"), pa.string(), "bit"),
+    (field("a", "string", "MONEY", 2147483647, 2), pa.string(), "money"),
+    (field("a", "string", "INET", 2147483647, 0), pa.string(), "inet"),
+]
+
+
+@pytest.mark.parametrize(("schema", "arrow_type", "pg_type"), MAPPINGS,
+                         ids=[f"{m[2]}-{m[1]}" for m in MAPPINGS])
+def test_archive_type_table(schema: dict[str, Any], arrow_type: pa.DataType,
+                            pg_type: str) -> None:
+    f = arrow_field(schema)
+    assert f.type == arrow_type
+    assert f.nullable  # data columns are null for d, t and tombstones
+    assert f.metadata == {PG_TYPE_KEY.encode(): pg_type.encode()}
+
+
+def test_without_source_type_parameters_falls_back_to_connect_types() -> None:
+    assert column_type({"type": "int32", "field": "id"}).pg_type == "int4"
+    ts = column_type({"type": "int64", "name": "io.debezium.time.MicroTimestamp", "field": "t"})
+    assert (ts.arrow_type, ts.pg_type) == (pa.timestamp("us"), "timestamp")
+    arr = column_type({"type": "array", "items": {"type": "string"}, "field": "x"})
+    assert (arr.arrow_type, arr.pg_type) == (lst(pa.string()), "_text")
+
+
+def test_struct_columns_are_canonical_json_text() -> None:
+    point = next(f for f in ORDERS_SNAPSHOT["schema"]["fields"][1]["fields"] if f["field"] == "pt")
+    col = column_type(point)
+    assert (col.arrow_type, col.pg_type) == (pa.string(), "point")
+    arr = col.to_arrow([{"y": -2.0, "x": 1.5, "wkb": "AQ==", "srid": None}, None])
+    assert arr.to_pylist() == ['{"srid":null,"wkb":"AQ==","x":1.5,"y":-2.0}', None]
+
+
+def test_unknown_connect_type_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="unknown Connect type"):
+        column_type({"type": "frobnicated", "field": "x"})
+
+
+# --------------------------------------------------------------------------- Python values
+
+NUMERIC = field("price", "string", "NUMERIC", 12, 2)
+FREE_NUMERIC = field("amount", "string", "NUMERIC", 131089, 0)
+
+
+@pytest.mark.parametrize("text", ["12.30", "-0.01", "0.00", "99999999.99", "-9999999999.90",
+                                  "123456789012345678901234567890.1230000", "1000"])
+def test_numeric_keeps_the_scale_it_was_sent_with(text: str) -> None:
+    value = python_converter(FREE_NUMERIC)(text)
+    assert isinstance(value, Decimal)
+    assert str(value) == text  # same digits, same scale: "12.30" is not "12.3"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("NAN", "NaN"), ("POSITIVE_INFINITY", "Infinity"),
+                                                ("NEGATIVE_INFINITY", "-Infinity"),
+                                                ("NaN", "NaN"), ("-Infinity", "-Infinity")])
+def test_numeric_special_values(text: str, expected: str) -> None:
+    assert str(python_converter(FREE_NUMERIC)(text)) == expected
+
+
+def test_bad_numeric_names_the_column() -> None:
+    with pytest.raises(DecodeError, match="'price'.*'12,30'") as err:
+        column_type(NUMERIC).to_python("12,30")
+    assert err.value.details["column"] == "price"
+
+
+TSTZ = field("created", "string", "TIMESTAMPTZ", 35, 6, "io.debezium.time.ZonedTimestamp")
+TS = field("local_ts", "int64", "TIMESTAMP", 29, 6, "io.debezium.time.MicroTimestamp")
+TS_MS = field("ms_ts", "int64", "TIMESTAMP", 26, 3, "io.debezium.time.Timestamp")
+DATE = field("day", "int32", "DATE", 13, 0, "io.debezium.time.Date")
+TIME = field("at", "int64", "TIME", 15, 6, "io.debezium.time.MicroTime")
+TIMETZ = field("at_tz", "string", "TIMETZ", 21, 6, "io.debezium.time.ZonedTime")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1960-01-01T10:00:00.123456Z", datetime(1960, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+    ("1901-12-13T20:45:52.000001Z", datetime(1901, 12, 13, 20, 45, 52, 1, tzinfo=UTC)),
+    ("1969-12-31T23:59:59.999999Z", datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ("2024-03-01T00:00:00Z", datetime(2024, 3, 1, tzinfo=UTC)),
+    ("2024-03-01T00:00:00.5Z", datetime(2024, 3, 1, 0, 0, 0, 500000, tzinfo=UTC)),
+    ("2024-03-01T05:30:00+05:30", datetime(2024, 3, 1, tzinfo=UTC)),
+    ("infinity", datetime.max.replace(tzinfo=UTC)),
+    ("-infinity", datetime.min.replace(tzinfo=UTC)),
+])
+def test_timestamptz_is_aware_utc(text: str, expected: datetime) -> None:
+    value = python_converter(TSTZ)(text)
+    assert value == expected
+    assert value.tzinfo is UTC
+
+
+def test_timestamptz_beyond_python_range_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="created"):
+        python_converter(TSTZ)("+10000-01-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(("schema", "raw", "expected"), [
+    (TS, 1577836800500000, datetime(2020, 1, 1, 0, 0, 0, 500000)),
+    (TS, -2208988800000000, datetime(1900, 1, 1)),
+    (TS, -1, datetime(1969, 12, 31, 23, 59, 59, 999999)),
+    (TS, 9223372036825200000, datetime.max),  # Debezium's +infinity
+    (TS, -9223372036832400000, datetime.min),
+    (TS_MS, -1, datetime(1969, 12, 31, 23, 59, 59, 999000)),
+    (TS_MS, 1709296496789, datetime(2024, 3, 1, 12, 34, 56, 789000)),
+    (DATE, 0, date(1970, 1, 1)),
+    (DATE, -25509, date(1900, 2, 28)),
+    (DATE, 19783, date(2024, 3, 1)),
+    (DATE, -2147472693, date.max),  # Debezium 3.6.3 sends +infinity as -5877611-06-21
+    (DATE, -2147472692, date.min),
+    (TIME, 0, time(0)),
+    (TIME, 86399999999, time(23, 59, 59, 999999)),
+    (TIME, 45296789012, time(12, 34, 56, 789012)),
+    (TIMETZ, "23:59:59.999999Z", time(23, 59, 59, 999999, tzinfo=UTC)),
+])
+def test_temporal_values(schema: dict[str, Any], raw: Any, expected: Any) -> None:
+    value = python_converter(schema)(raw)
+    assert value == expected
+    assert type(value) is type(expected)
+    if isinstance(expected, datetime) and schema is not TSTZ:
+        assert value.tzinfo is None
+
+
+def test_time_2400_has_no_python_value() -> None:
+    with pytest.raises(DecodeError, match="24:00:00"):
+        python_converter(TIME)(86_400_000_000)
+
+
+JSONB = field("doc", "string", "JSONB", 2147483647, 0, "io.debezium.data.Json")
+UUID_F = field("uid", "string", "UUID", 2147483647, 0, "io.debezium.data.Uuid")
+BYTEA = field("blob", "string", "BYTEA", 2147483647, 0)
+TEXT = field("name", "string", "TEXT", 2147483647, 0)
+
+
+def test_json_is_parsed_with_big_integers_exact() -> None:
+    convert = python_converter(JSONB)
+    assert convert('{"a": [1, 2], "b": null}') == {"a": [1, 2], "b": None}
+    assert convert('{"big": 123456789012345678901234567890}') == {
+        "big": 123456789012345678901234567890}
+    assert convert('"just a string"') == "just a string"
+
+
+def test_uuid_bytea_and_text() -> None:
+    assert python_converter(UUID_F)("0a11e885-573b-4e0b-9ec5-ca99b491bc74") == UUID(
+        "0a11e885-573b-4e0b-9ec5-ca99b491bc74")
+    assert python_converter(BYTEA)("AP8=") == b"\x00\xff"
+    assert python_converter(BYTEA)("") == b""
+    with pytest.raises(DecodeError, match="blob"):
+        python_converter(BYTEA)("not base64!")
+    text = "👩\u200d🔬 e\u0301 日本語 עברית"
+    assert python_converter(TEXT)(text) == text
+    assert len(python_converter(TEXT)("e\u0301")) == 2  # no normalisation
+
+
+@pytest.mark.parametrize("schema", [m[0] for m in MAPPINGS] + [TSTZ, TS, DATE, TIME, JSONB])
+def test_null_is_none_for_every_type(schema: dict[str, Any]) -> None:
+    assert python_converter(schema)(None) is None
+
+
+def test_arrays_convert_each_element() -> None:
+    ints = field("a", "array", "_INT4", 10, 0, items={"type": "int32", "optional": True})
+    nums = field("a", "array", "_NUMERIC", 8, 3, items={"type": "string", "optional": True})
+    stamps = field("a", "array", "_TIMESTAMPTZ", 35, 6,
+                   items={"type": "string", "optional": True,
+                          "name": "io.debezium.time.ZonedTimestamp"})
+    assert python_converter(ints)([1, None, 3]) == [1, None, 3]
+    assert [str(v) for v in python_converter(nums)(["1.500", "-2.000"])] == ["1.500", "-2.000"]
+    assert python_converter(stamps)(["1969-12-31T23:59:59Z", None]) == [
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), None]
+
+
+def test_float_specials_sent_as_strings() -> None:
+    convert = python_converter(field("a", "double", "FLOAT8", 17, 17))
+    assert convert(1.5e300) == 1.5e300
+    assert convert("-Infinity") == float("-inf")
+    assert convert("NaN") != convert("NaN")
+
+
+# --------------------------------------------------------------------------- vectorised path
+
+
+def _rows(*values: dict[str, Any]) -> list[dict[str, Any] | None]:
+    return [v["payload"]["after"] for v in values] + [None]
+
+
+ROWS = _rows(ORDERS_SNAPSHOT, ORDERS_EDGES, ORDERS_UPDATE)
+
+
+# Arrow keeps these as the JSON text Debezium sent; Python parses them.
+TEXT_AS_SENT = {"doc", "meta", "bits", "amount", "cash", "at_timetz"}
+# ±infinity has no pyarrow -> Python value; checked through DuckDB below. `pt` has its own test.
+NOT_HERE = {"created", "local_ts", "day", "stamps", "pt"}
+
+
+def test_arrow_columns_agree_with_python_values() -> None:
+    schema = ORDERS_SNAPSHOT["schema"]
+    codec = row_codec(schema)
+    table = rows_to_arrow(ROWS, schema)
+    assert table.schema == codec.arrow_schema
+    assert table.num_rows == len(ROWS)
+    for col in codec.columns:
+        if col.name in NOT_HERE:
+            continue
+        for row, got in zip(ROWS, table.column(col.name).to_pylist(), strict=True):
+            raw = None if row is None else row[col.name]
+            if col.name in TEXT_AS_SENT:
+                assert got == raw, col.name
+                continue
+            expected = col.to_python(raw)
+            if isinstance(expected, UUID):
+                expected = str(expected)
+            if isinstance(expected, float) and expected != expected:
+                assert got != got, col.name
+            else:
+                assert got == expected, col.name
+
+
+def test_arrow_decimals_keep_scale_and_infinities_read_as_duckdb_infinity() -> None:
+    table = rows_to_arrow(ROWS, ORDERS_SNAPSHOT["schema"])
+    assert [str(v) if v is not None else None for v in table.column("price").to_pylist()] == [
+        "19.90", "-9999999999.90", "0.00", None]
+    assert table.column("amount").to_pylist()[1] == "123456789012345678901234567890.1230000"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("t", table)
+    rows = con.execute("select created::varchar, local_ts::varchar, day::varchar, "
+                       "stamps[1]::varchar, stamps[2]::varchar, at_time::varchar "
+                       "from t").fetchall()
+    assert rows[0] == ("2024-03-01 12:34:56.789012+00", "2024-03-01 12:34:56.789012",
+                       "2024-03-01", "2024-03-01 00:00:00+00", None, "12:34:56.789012")
+    assert rows[1] == ("1901-12-13 20:45:52.000001+00", "1900-01-01 00:00:00", "1900-02-28",
+                       "1969-12-31 23:59:59.999999+00", None, "00:00:00")
+    assert rows[2] == ("infinity", "infinity", "infinity", "infinity", "-infinity",
+                       "23:59:59.999999")
+    assert rows[3] == (None,) * 6
+
+
+def test_values_arrow_cannot_hold_raise_decode_error() -> None:
+    with pytest.raises(DecodeError, match=r"'price'.*'NAN'"):
+        rows_to_arrow([{"price": "1.00"}, {"price": "NAN"}], {"fields": [NUMERIC]})
+    with pytest.raises(DecodeError, match=r"'price'.*'1234567890123.00'"):
+        rows_to_arrow([{"price": "1234567890123.00"}], {"fields": [NUMERIC]})
+    with pytest.raises(DecodeError, match=r"'price'.*'1.005'"):
+        rows_to_arrow([{"price": "1.005"}], {"fields": [NUMERIC]})
+
+
+def test_float_strings_take_the_column_by_column_path() -> None:
+    schema = {"fields": [field("f", "double", "FLOAT8", 17, 17), TEXT]}
+    table = rows_to_arrow([{"f": 1.0, "name": "a"}, {"f": "Infinity", "name": None}, None], schema)
+    assert table.column("f").to_pylist() == [1.0, float("inf"), None]
+    assert table.column("name").to_pylist() == ["a", None, None]
+
+
+def test_arrays_with_converted_elements() -> None:
+    schema = {"fields": [
+        field("days", "array", "_DATE", 13, 0,
+              items={"type": "int32", "optional": True, "name": "io.debezium.time.Date"}),
+        field("blobs", "array", "_BYTEA", 2147483647, 0,
+              items={"type": "string", "optional": True}),
+        field("nums", "array", "_NUMERIC", 8, 3, items={"type": "string", "optional": True}),
+    ]}
+    rows: list[dict[str, Any] | None] = [
+            {"days": [0, None, -1], "blobs": ["AP8=", None], "nums": ["1.500"]},
+            {"days": None, "blobs": [], "nums": [None]}, None]
+    table = rows_to_arrow(rows, schema)
+    assert table.column("days").to_pylist() == [
+        [date(1970, 1, 1), None, date(1969, 12, 31)], None, None]
+    assert table.column("blobs").to_pylist() == [[b"\x00\xff", None], [], None]
+    assert table.column("nums").to_pylist() == [[Decimal("1.500")], [None], None]
+
+
+def test_empty_batch_has_the_schema() -> None:
+    table = rows_to_arrow([], ORDERS_SNAPSHOT["schema"])
+    assert table.num_rows == 0
+    assert table.schema == row_codec(ORDERS_SNAPSHOT["schema"]).arrow_schema
+
+
+def test_parquet_round_trip_keeps_types_and_pg_type_metadata(tmp_path: Path) -> None:
+    table = rows_to_arrow(ROWS, ORDERS_SNAPSHOT["schema"])
+    pq.write_table(table, tmp_path / "rows.parquet")
+    back = pq.read_table(tmp_path / "rows.parquet")
+    assert back.schema.equals(table.schema, check_metadata=True)
+    for name in table.column_names:
+        a, b = table.column(name), back.column(name)
+        if pa.types.is_floating(a.type):  # NaN != NaN: compare the text forms
+            a, b = a.cast(pa.string()), b.cast(pa.string())
+        assert a.equals(b), name
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def test_codecs_are_cached_by_schema_text_and_identity() -> None:
+    schema = ORDERS_SNAPSHOT["schema"]
+    first = row_codec(schema)
+    assert row_codec(schema) is first
+    assert row_codec(copy.deepcopy(schema)) is first
+    text = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    assert codec_for_schema_text(text) is first
+
+
+def test_snapshot_and_streaming_schemas_give_the_same_columns() -> None:
+    # Debezium describes unconstrained numeric differently in snapshot and streaming.
+    snapshot = row_codec(ORDERS_SNAPSHOT["schema"])
+    streaming = row_codec(ORDERS_EDGES["schema"])
+    assert snapshot is not streaming
+    assert snapshot.arrow_schema.equals(streaming.arrow_schema, check_metadata=True)

@@ -1,0 +1,177 @@
+"""`tidelog train`, `tidelog rebuild`, `tidelog lineage`: argument parsing and printing
+only; the work is in trainer.train, trainer.rebuild and trainer.lineage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tidelog.errors import TrainingError
+
+__all__ = ["register", "parse_param", "parse_at"]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def parse_param(text: str) -> tuple[str, str | int | float]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise TrainingError(f"--param {text!r} is not KEY=VALUE, e.g. --param n_estimators=100")
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def parse_at(text: str | None) -> Any:
+    """"latest", a cut as JSON, or @FILE holding one."""
+    from snapshotter.cut import Cut
+
+    if text is None:
+        return "latest"
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise TrainingError(f"cannot read the cut file {text[1:]}: {exc}") from exc
+    return Cut.from_json(text) if text.lstrip().startswith("{") else text
+
+
+def _app_dir(args: argparse.Namespace) -> None:
+    # A console script does not put the working directory on sys.path; recipes live there.
+    path = str(Path(args.app_dir).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.train import train
+
+    _app_dir(args)
+    result = train(
+        load_settings(), args.recipe, snapshot_id=args.snapshot, at=parse_at(args.at),
+        tables=[t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None,
+        params=dict(parse_param(p) for p in args.param), seed=args.seed,
+        register=args.register, since=parse_at(args.since) if args.since else None,
+        experiment=args.experiment)
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    print(f"run {result.run_id}: {args.recipe} on snapshot {result.snapshot_id} "
+          f"(cut {result.manifest.cut.fingerprint()[:12]}, digest {result.manifest.digest[:16]})")
+    for name, table in sorted(result.manifest.tables.items()):
+        print(f"  {name:32} {table.rows:>10} rows  {table.digest[:16]}")
+    print("  metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
+    if result.registered_version:
+        print(f"  registered as {args.register}/{result.registered_version}")
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.rebuild import rebuild
+
+    _app_dir(args)
+    report = rebuild(load_settings(), args.run_id, experiment=args.experiment)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(f"rebuild of run {report.run_id} -> run {report.new_run_id}")
+        for name, check in sorted(report.tables.items()):
+            print(f"  {name:32} {'same' if check.match else 'DIFFERENT':9} {check.rebuilt_digest}")
+        print(f"  dataset_match={report.dataset_match} model_match={report.model_match} "
+              f"artifact_match={report.artifact_match}")
+        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()))
+    return 0 if report.verified else 1
+
+
+def _lineage_model(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.lineage import model_lineage, parse_model_ref
+
+    name, version = parse_model_ref(args.model)
+    found = model_lineage(load_settings(), name, version, experiment=args.experiment)
+    data = found.to_json()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"model {found.name}/{found.version} <- run {data['run_id']} <- snapshot "
+          f"{data['snapshot_id']}")
+    for part in data["cut"]["partitions"]:
+        print(f"  {part['topic']}[{part['partition']}] offsets {part['start']}..{part['end']} "
+              f"(cluster {part['cluster_id']}, topic id {part['topic_id']})")
+    print(f"  lsn {data['lsn']}, commit time {data['commit_time_ms']} ms, source "
+          + ", ".join(f"{k}={v}" for k, v in sorted(data["source"].items())))
+    print(f"  recipe {data['recipe']['reference']} @ {data['recipe']['git_commit']}")
+    return 0
+
+
+def _lineage_row(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.lineage import row_lineage
+
+    try:
+        key = json.loads(args.key)
+    except ValueError as exc:
+        raise TrainingError(f'KEY must be a JSON object like \'{{"id": 5}}\': {exc}') from exc
+    if not isinstance(key, dict):
+        raise TrainingError('KEY must be a JSON object like \'{"id": 5}\'')
+    found = row_lineage(load_settings(), args.table, key, experiment=args.experiment)
+    if args.json:
+        _print_json(found.to_json())
+        return 0
+    for snap in found.snapshots:
+        runs = ", ".join(r["run_id"] for r in snap.runs) or "no runs"
+        row = json.dumps(snap.rows[0], default=str) if snap.rows else "absent"
+        print(f"{snap.snapshot_id} {snap.created_at}  {snap.version or '-':12}  {row}  [{runs}]")
+    return 0
+
+
+def register(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser, app_dir: bool = False) -> None:
+        p.add_argument("--experiment", default="tidelog", help="MLflow experiment")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if app_dir:
+            p.add_argument("--app-dir", default=".",
+                           help="directory to import the recipe from (default: .)")
+
+    p = sub.add_parser("train", help="snapshot, train a recipe and log the run with its cut")
+    p.add_argument("--recipe", required=True, help="pkg.module:function")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--snapshot", metavar="ID", help="train on an existing snapshot")
+    source.add_argument("--at", metavar="CUT",
+                        help='"latest" (default), a cut as JSON, or @FILE')
+    p.add_argument("--tables", help="schema.table[,...] (default: those the recipe declares)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="recipe parameter (repeatable); ints and floats are parsed")
+    p.add_argument("--seed", type=int, default=0, help="seed handed to the recipe")
+    p.add_argument("--register", metavar="NAME", help="register the model under NAME")
+    p.add_argument("--since", metavar="RUN_ID|CUT",
+                   help="train on the changes after that run's cut (or that cut)")
+    common(p, app_dir=True)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("rebuild", help="rebuild a run's dataset and model, and verify them")
+    p.add_argument("run_id")
+    common(p, app_dir=True)
+    p.set_defaults(handler=_rebuild)
+
+    p = sub.add_parser("lineage", help="trace a model or a row back through tidelog")
+    lineage_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = lineage_sub.add_parser("model", help="model version -> run -> snapshot -> cut -> source")
+    q.add_argument("model", metavar="NAME[/VERSION]")
+    common(q)
+    q.set_defaults(handler=_lineage_model)
+    q = lineage_sub.add_parser("row", help="which snapshots and runs saw a row, and which version")
+    q.add_argument("table", metavar="TABLE", help="schema.table")
+    q.add_argument("key", metavar="KEY", help='primary key as JSON, e.g. \'{"id": 5}\'')
+    common(q)
+    q.set_defaults(handler=_lineage_row)
