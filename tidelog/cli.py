@@ -185,7 +185,7 @@ def _register_extras() -> None:
         return
     import importlib
 
-    for module in ("snapshotter.commands", "trainer.commands", "api.commands"):
+    for module in ("snapshotter.commands", "trainer.commands", "api.commands", "tidelog.demo"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
