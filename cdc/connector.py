@@ -187,10 +187,50 @@ def _validate(connect: _Connect, config: dict[str, Any]) -> None:
         raise ConnectorError("Kafka Connect rejected the config: " + " | ".join(errors))
 
 
-def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
+TOASTABLE = ("text", "varchar", "jsonb", "json", "bytea", "xml")
+
+
+def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
+    """Tables whose large columns would arrive as Debezium's unavailable-value placeholder.
+
+    Without REPLICA IDENTITY FULL, an update that leaves a TOASTed value unchanged does
+    not carry it, and the snapshot would hold the placeholder instead of the value.
+    """
+    risky = []
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        for table in spec.tables:
+            schema, name = table.split(".", 1)
+            row = conn.execute(
+                "select c.relreplident, count(a.attname) filter (where t.typname = any(%s) "
+                "or t.typcategory = 'A') from pg_class c join pg_namespace n on "
+                "n.oid = c.relnamespace join pg_attribute a on a.attrelid = c.oid and "
+                "a.attnum > 0 and not a.attisdropped join pg_type t on t.oid = a.atttypid "
+                "where n.nspname = %s and c.relname = %s group by c.relreplident",
+                (list(TOASTABLE), schema, name)).fetchone()
+            if row and row[0] != "f" and row[1]:
+                risky.append(table)
+    return risky
+
+
+def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in tables:
+            schema, name = table.split(".", 1)
+            try:
+                conn.execute(f'alter table "{schema}"."{name}" replica identity full')
+            except psycopg.Error as exc:
+                raise SourceError(
+                    f"cannot set REPLICA IDENTITY FULL on {table}: {exc}; run it as the "
+                    "table owner, or apply without --replica-identity-full") from exc
+
+
+def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
+          replica_identity_full: bool = False) -> dict[str, Any]:
     """Create or update the connector and wait until its task streams from the slot."""
     dsn = settings.require("postgres_dsn")
     preflight(dsn, spec)
+    if replica_identity_full:
+        set_replica_identity_full(dsn, spec.tables)
     config = {**render_config(settings, spec)["config"], "name": spec.name}
     connect = _Connect(settings.require("connect_url"))
     _validate(connect, config)

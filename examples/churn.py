@@ -1,6 +1,9 @@
 """Demo recipe: a scikit-learn churn classifier over customers, subscriptions, payments.
 
-Expected columns (others are ignored, so a column added to a table later changes nothing):
+Expected tables and columns (other columns are ignored, so a column added to a table later
+changes nothing). Tables are found by name in any source schema: `public.customers` or
+`shop_3.customers` (the demo gives each run its own schema); when several schemas hold a
+`customers` table, `public` wins.
 
 - public.customers: id, signup_date (date or timestamp), churned (bool; optional — when
   absent a customer has churned when none of their subscriptions is active)
@@ -23,7 +26,7 @@ import polars as pl
 
 from trainer.recipe import RecipeResult, recipe
 
-__all__ = ["TABLES", "FEATURES", "train", "demo_tables"]
+__all__ = ["TABLES", "FEATURES", "train", "features", "find_table", "demo_tables"]
 
 TABLES = ("public.customers", "public.subscriptions", "public.payments")
 FEATURES = ["tenure_days", "n_subscriptions", "mean_fee", "n_payments", "failed_ratio",
@@ -34,12 +37,23 @@ def _as_datetime(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.Datetime("us")).alias(column)
 
 
+def find_table(tables: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
+    """The table called `name` in whichever schema the snapshot holds it."""
+    if f"public.{name}" in tables:
+        return tables[f"public.{name}"]
+    found = sorted(t for t in tables if t.rpartition(".")[2] == name)
+    if len(found) != 1:
+        raise KeyError(f"the churn recipe needs exactly one table named {name!r}; the "
+                       f"snapshot has {', '.join(sorted(tables)) or 'no tables'}")
+    return tables[found[0]]
+
+
 def features(tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.Series]:
-    customers = tables["public.customers"]
-    subs = tables["public.subscriptions"].select(
+    customers = find_table(tables, "customers")
+    subs = find_table(tables, "subscriptions").select(
         "customer_id", pl.col("monthly_fee").cast(pl.Float64),
         pl.col("cancelled_at").is_null().alias("active"))
-    pays = tables["public.payments"].select(
+    pays = find_table(tables, "payments").select(
         "customer_id", pl.col("amount").cast(pl.Float64),
         (pl.col("status") == "failed").alias("failed"))
 

@@ -314,8 +314,6 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
             state = materialise(frames, base=base_frame, keep_key=True)
             key_columns = _key_columns(state) if KEY_COLUMN in state.columns else []
             data_cols = [c for c in state.columns if c != KEY_COLUMN]
-            if key_columns:
-                state = state.sort(key_columns)
             file_name = f"{table}.parquet"
             state.write_parquet(tmp / file_name, compression="zstd", statistics=True)
             path = str(tmp / file_name)

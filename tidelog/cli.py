@@ -80,7 +80,12 @@ def _connector_apply(args: argparse.Namespace) -> int:
     from cdc import connector
 
     settings, spec = _spec(args, args.tables)
-    status = connector.apply(settings, spec, timeout=args.timeout)
+    status = connector.apply(settings, spec, timeout=args.timeout,
+                             replica_identity_full=args.replica_identity_full)
+    for table in connector.toast_risks(settings.require("postgres_dsn"), spec):
+        print(f"warning: {table} has large (TOASTable) columns and no REPLICA IDENTITY FULL;"
+              " updates that leave such a value unchanged will not carry it. Rerun with "
+              "--replica-identity-full.", file=sys.stderr)
     _print_json(status) if args.json else print(
         f"connector {spec.name} streaming tables {', '.join(spec.tables)} to topics "
         f"{', '.join(spec.topic(t) for t in spec.tables)}")
@@ -146,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = conn_sub.add_parser("apply", help="create or update the connector and wait for streaming")
     p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
+    p.add_argument("--replica-identity-full", action="store_true",
+                   help="ALTER the tables to REPLICA IDENTITY FULL (full before images, "
+                        "unchanged TOASTed values carried in updates)")
     common(p)
     p.set_defaults(handler=_connector_apply)
     p = conn_sub.add_parser("status", help="the connector's and its tasks' state")

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 
-from snapshotter.digest import TableDigest, overall_digest, table_digest
+from snapshotter.digest import TableDigest, overall_digest, render_expr, table_digest
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "digest.md"
 UTC = dt.UTC
@@ -285,3 +285,35 @@ def test_doc_overall_sql_equals_python() -> None:
     assert got == (overall_digest(digests),)
     assert overall_digest(digests) != overall_digest({**digests, "x:y": "1" * 64})
     assert overall_digest(dict(reversed(digests.items()))) == overall_digest(digests)
+
+
+@pytest.mark.parametrize(
+    ("sql_value", "type_name", "text"),
+    [
+        ("TIMESTAMPTZ '2024-01-02 03:04:05.123456+02'", "TIMESTAMP WITH TIME ZONE",
+         "2024-01-02T01:04:05.123456Z"),
+        ("TIMESTAMP '2024-01-02 01:04:05'", "TIMESTAMP", "2024-01-02T01:04:05.000000"),
+        ("'\\x5Cx41'::BLOB", "BLOB", "5C783431"),  # the four bytes \x41
+        ("'A'::BLOB", "BLOB", "41"),
+        ("1.50::DECIMAL(10,2)", "DECIMAL(10,2)", "1.50"),
+        ("(-0.5)::DECIMAL(10,3)", "DECIMAL(10,3)", "-0.500"),
+        ("0.1::DOUBLE + 0.2::DOUBLE", "DOUBLE", "0.30000000000000004"),
+        ("'-0.0'::DOUBLE", "DOUBLE", "-0.0"),
+        ("100::DOUBLE", "DOUBLE", "100.0"),
+        ("'1e300'::DOUBLE", "DOUBLE", "1e+300"),
+        ("'nan'::DOUBLE", "DOUBLE", "nan"),
+        ("0.1::FLOAT", "FLOAT", "0.1"),
+        ("true", "BOOLEAN", "true"),
+        ("DATE '2024-01-02'", "DATE", "2024-01-02"),
+        ("['a, b']", "VARCHAR[]", "['a, b']"),
+        ("['a', 'b']", "VARCHAR[]", "[a, b]"),
+        ("[1, NULL]", "INTEGER[]", "[1, NULL]"),
+    ],
+)
+def test_render_rules_are_pinned(sql_value: str, type_name: str, text: str) -> None:
+    """The renderings docs/digest.md promises; a DuckDB upgrade that changes one fails."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE TABLE v AS SELECT {sql_value} AS x")
+    assert con.execute("SELECT column_type FROM (DESCRIBE v)").fetchone() == (type_name,)
+    assert con.execute(f"SELECT {render_expr('x', type_name)} FROM v").fetchone() == (text,)

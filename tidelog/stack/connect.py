@@ -154,7 +154,7 @@ def start_connect(root: Path, cache: Path, port: int, bootstrap: str) -> Process
     log4j.write_text(LOG4J2)
     heap = os.environ.get("TIDELOG_CONNECT_HEAP", "768m")
     argv = [
-        _java_tool("java"), f"-Xmx{heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        _java_tool("java"), f"-Xmx{heap}", "-XX:+UseParallelGC",
         "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
         "-cp", classpath, "org.apache.kafka.connect.cli.ConnectDistributed", str(props),
     ]

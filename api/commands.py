@@ -1,0 +1,98 @@
+"""`tidelog api serve` and `tidelog api keys create|list|revoke`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _keys() -> Any:
+    from api.config import load_api_config
+    from api.keys import KeyStore
+    from api.store import Database
+    from tidelog.settings import load_settings
+
+    return KeyStore(Database(load_api_config(load_settings()).db_path))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from tidelog.settings import load_settings
+
+    # Recipes are imported by module path; like `tidelog train`, look in --app-dir.
+    path = str(Path(args.app_dir).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    app = create_app(load_settings())
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    info, token = _keys().create(args.role, args.name or "", "cli")
+    if args.json:
+        _print_json({**info.to_json(), "key": token})
+    else:
+        print(f"created {args.role} key {info.id} ({info.name or 'unnamed'}); it is shown "
+              "only now:", file=sys.stderr)
+        print(token)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    keys = [k.to_json() for k in _keys().list()]
+    if args.json:
+        _print_json(keys)
+    else:
+        for k in keys:
+            state = "active" if k["active"] else f"revoked {k['revoked_at']}"
+            print(f"{k['id']}  {k['role']:6}  {state:40}  {k['name']}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    info = _keys().revoke(args.key_id, "cli")
+    print(f"key {info.id} revoked at {info.revoked_at}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    api = sub.add_parser("api", help="serve the REST API and manage its keys")
+    api_sub = api.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = api_sub.add_parser("serve", help="run the REST API (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--app-dir", default=".",
+                   help="directory to import recipes from (default: .)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="log every request (default on)")
+    p.set_defaults(handler=_serve)
+
+    keys = api_sub.add_parser("keys", help="create, list and revoke API keys")
+    keys_sub = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", help="create a key and print it (shown once)")
+    p.add_argument("--role", required=True, choices=["reader", "writer", "admin"])
+    p.add_argument("--name", help="who or what the key is for")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_keys_create)
+    p = keys_sub.add_parser("list", help="every key, without secrets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_keys_list)
+    p = keys_sub.add_parser("revoke", help="revoke a key at once")
+    p.add_argument("key_id")
+    p.set_defaults(handler=_keys_revoke)

@@ -1,0 +1,323 @@
+"""The core library as the API sees it: one object whose methods call cdc, snapshotter
+and trainer, so routes and jobs stay thin and unit tests can swap in fakes.
+
+`Core(settings, provider=FakeSnapshotProvider())` serves snapshots from the trainer's
+in-memory fake; tests replace the other methods (verify, connector, ...) one by one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from snapshotter.cut import Cut
+from snapshotter.manifest import Manifest
+from tidelog.errors import BrokerError, CutError, TidelogError
+from tidelog.settings import Settings
+from trainer.provider import SnapshotProvider, default_provider
+from trainer.tracking import DEFAULT_EXPERIMENT
+
+__all__ = ["Core", "TTLCache", "run_to_json", "cut_or_latest"]
+
+T = TypeVar("T")
+
+
+class TTLCache:
+    """Answers remembered for `ttl` seconds; one computation per key at a time."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._values: dict[Any, tuple[float, Any]] = {}
+        self._locks: dict[Any, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any, compute: Callable[[], T]) -> T:
+        if self.ttl <= 0:
+            return compute()
+        found = self._values.get(key)
+        if found is not None and found[0] > time.monotonic():
+            self.hits += 1
+            return found[1]  # type: ignore[no-any-return]
+        with self._lock:
+            key_lock = self._locks.setdefault(key, threading.Lock())
+        with key_lock:
+            found = self._values.get(key)
+            if found is not None and found[0] > time.monotonic():
+                self.hits += 1
+                return found[1]  # type: ignore[no-any-return]
+            self.misses += 1
+            value = compute()
+            with self._lock:
+                if len(self._values) > 10_000:
+                    self._values.clear()
+                self._values[key] = (time.monotonic() + self.ttl, value)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+def run_to_json(lineage: Any, rebuilds: list[Any]) -> dict[str, Any]:
+    """A tidelog run's recorded lineage plus the verification result of each rebuild."""
+    tags = lineage.tags
+    own = {k.removeprefix("tidelog.rebuild."): tags[k] == "true" for k in tags
+           if k in ("tidelog.rebuild.dataset_match", "tidelog.rebuild.model_match",
+                    "tidelog.rebuild.artifact_match")}
+    return {
+        "run_id": lineage.run_id,
+        "snapshot_id": lineage.snapshot_id,
+        "cut": lineage.cut.to_json(),
+        "window": lineage.cut.is_window,
+        "digest": lineage.digest,
+        "tables": {t: {"digest": lineage.table_digests[t], "rows": lineage.table_rows.get(t)}
+                   for t in lineage.tables},
+        "recipe": {"reference": lineage.recipe, "sha256": lineage.recipe_sha256,
+                   "git_commit": lineage.recipe_git_commit,
+                   "package_version": lineage.recipe_package_version},
+        "params": lineage.params,
+        "seed": lineage.seed,
+        "source": lineage.source,
+        "rebuild_of": tags.get("tidelog.rebuild_of"),
+        "verification": own or None,
+        "predictions_sha256": tags.get("tidelog.predictions.sha256"),
+        "model_sha256": tags.get("tidelog.model.sha256"),
+        "rebuilds": [_rebuild_summary(r) for r in rebuilds],
+        "tags": lineage.tidelog_tags(),
+    }
+
+
+def _rebuild_summary(run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    checks = {k: tags.get(f"tidelog.rebuild.{k}") == "true"
+              for k in ("dataset_match", "model_match", "artifact_match")}
+    deterministic = tags.get("tidelog.model.deterministic", "true") == "true"
+    return {"run_id": run.info.run_id, "status": run.info.status,
+            "start_time_ms": run.info.start_time,
+            "rebuilt_snapshot_id": tags.get("tidelog.rebuild.snapshot_id"), **checks,
+            "verified": checks["dataset_match"] and checks["model_match"]
+            and (checks["artifact_match"] or not deterministic)}
+
+
+class Core:
+    def __init__(self, settings: Settings, provider: SnapshotProvider | None = None,
+                 lineage_ttl: float = 5.0) -> None:
+        self.settings = settings
+        self.provider = provider or default_provider()
+        self.lineage_cache = TTLCache(lineage_ttl)
+        # Archive catch-up is not safe to run twice at once against one archive root.
+        self.archive_lock = threading.Lock()
+        # MLflow's fluent API keeps process-global state; one training at a time.
+        self.training_lock = threading.Lock()
+        self._admin: Any = None
+        self._admin_lock = threading.Lock()
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def resolve_cut(self, tables: Sequence[str], at: str | Cut) -> Cut:
+        with self.archive_lock:
+            return self.provider.resolve_cut(self.settings, list(tables), at)
+
+    def create_snapshot(self, tables: Sequence[str], at: str | Cut) -> Manifest:
+        return self.provider.create_snapshot(self.settings, list(tables), at)
+
+    def list_snapshots(self) -> list[Manifest]:
+        return self.provider.list_snapshots(self.settings)
+
+    def manifest(self, snapshot_id: str) -> Manifest:
+        return self.provider.open_snapshot(self.settings, snapshot_id).manifest
+
+    def verify_snapshot(self, snapshot_id: str, against_source: bool = False
+                        ) -> dict[str, Any]:
+        from snapshotter.verify import verify_snapshot
+
+        return verify_snapshot(self.settings, snapshot_id, against_source=against_source)
+
+    def diff_snapshots(self, a: str, b: str, limit: int = 20) -> dict[str, Any]:
+        from snapshotter.verify import diff_snapshots
+
+        return diff_snapshots(self.settings, a, b, limit=limit)
+
+    def models_using(self, snapshot_id: str) -> list[dict[str, str]]:
+        from api.retention import registered_versions_using
+
+        return registered_versions_using(self.settings, snapshot_id)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        from api.retention import delete_snapshot_files
+
+        delete_snapshot_files(self.settings, snapshot_id)
+        self.lineage_cache.clear()
+
+    # -- training ---------------------------------------------------------------------
+
+    def train(self, recipe: str, **kwargs: Any) -> dict[str, Any]:
+        from trainer.train import train
+
+        with self.training_lock:
+            result = train(self.settings, recipe, provider=self.provider, **kwargs)
+        self.lineage_cache.clear()
+        return result.to_json()
+
+    def rebuild(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        from trainer.rebuild import rebuild
+
+        with self.training_lock:
+            report = rebuild(self.settings, run_id, provider=self.provider,
+                             experiment=experiment)
+        self.lineage_cache.clear()
+        return report.to_json()
+
+    def run_recipe_of(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+        from trainer.tracking import connect
+
+        return connect(self.settings, experiment).lineage(run_id).recipe
+
+    def run(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        from trainer.tags import REBUILD_OF
+        from trainer.tracking import connect
+
+        tracking = connect(self.settings, experiment)
+        lineage = tracking.lineage(run_id)
+        return run_to_json(lineage, tracking.runs_with_tag(REBUILD_OF, run_id))
+
+    def model_lineage(self, name: str, version: int | None,
+                      experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        from trainer.lineage import model_lineage
+
+        return self.lineage_cache.get(
+            ("model", name, version, experiment),
+            lambda: model_lineage(self.settings, name, version, experiment=experiment
+                                  ).to_json())
+
+    def row_lineage(self, table: str, key: Mapping[str, Any],
+                    experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        from trainer.lineage import row_lineage
+
+        cache_key = ("row", table, tuple(sorted((k, repr(v)) for k, v in key.items())),
+                     experiment)
+        return self.lineage_cache.get(
+            cache_key,
+            lambda: row_lineage(self.settings, table, dict(key), provider=self.provider,
+                                experiment=experiment).to_json())
+
+    # -- CDC --------------------------------------------------------------------------
+
+    def connector_status(self, name: str) -> dict[str, Any]:
+        from cdc.connector import connector_status
+
+        return connector_status(self.settings, name)
+
+    def connector_apply(self, name: str, tables: Sequence[str], topic_prefix: str,
+                        timeout: float) -> dict[str, Any]:
+        from cdc.connector import ConnectorSpec, apply
+
+        return apply(self.settings, ConnectorSpec(name, tuple(tables), topic_prefix),
+                     timeout=timeout)
+
+    def connector_restart(self, name: str, timeout: float) -> dict[str, Any]:
+        from cdc.connector import ConnectorSpec, restart
+
+        return restart(self.settings, ConnectorSpec(name, (), self.settings.topic_prefix),
+                       timeout=timeout)
+
+    def archive_status(self, lag: bool = True) -> dict[str, Any]:
+        from snapshotter.archive import Archive
+
+        rows = Archive(self.settings.archive_root).status()
+        broker: dict[str, Any] = {"checked": False}
+        if lag and rows:
+            try:
+                ends, identities = self._broker_view(sorted({str(r["topic"]) for r in rows}),
+                                                     [(str(r["topic"]), int(str(r["partition"])))
+                                                      for r in rows])
+                broker = {"checked": True}
+            except TidelogError as exc:
+                ends, identities = {}, {}
+                broker = {"checked": False, "error": exc.message}
+        partitions = []
+        for r in rows:
+            topic, partition = str(r["topic"]), int(str(r["partition"]))
+            identity = identities.get(topic)
+            same_log = (None if identity is None
+                        else identity == (r["cluster_id"], r["topic_id"]))
+            end = ends.get((topic, partition))
+            hwm = int(str(r["high_water_mark"]))
+            partitions.append({
+                **r,
+                "log_identity": {"cluster_id": r["cluster_id"], "topic_id": r["topic_id"],
+                                 "generation": r["generation"]},
+                "broker_end_offset": end if same_log else None,
+                "lag": max(0, end - hwm) if same_log and end is not None else None,
+                "broker_log_identity": None if identity is None else
+                {"cluster_id": identity[0], "topic_id": identity[1]},
+                "same_log_as_broker": same_log,
+            })
+        return {"archive_root": self.settings.archive_root, "broker": broker,
+                "partitions": partitions}
+
+    def _admin_client(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka_config())
+            return self._admin
+
+    def _broker_view(self, topics: list[str], partitions: list[tuple[str, int]]
+                     ) -> tuple[dict[tuple[str, int], int], dict[str, tuple[str, str]]]:
+        """Log end offsets and log identities, as the broker reports them now.
+
+        ListOffsets(LATEST): exact on Apache Kafka; a broker that answers with the base
+        offset of its last batch (Tansu) under-reports the lag by up to one batch.
+        """
+        from confluent_kafka import KafkaException, TopicCollection, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        admin = self._admin_client()
+        identities: dict[str, tuple[str, str]] = {}
+        try:
+            cluster = admin.describe_cluster(request_timeout=5).result(timeout=8)
+            described = admin.describe_topics(TopicCollection(topics), request_timeout=5)
+            present = []
+            for topic, future in described.items():
+                try:
+                    desc = future.result(timeout=8)
+                except KafkaException:
+                    continue  # deleted from the broker; the archive still has it
+                identities[topic] = (str(cluster.cluster_id), str(desc.topic_id))
+                present.append(topic)
+            wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions
+                      if t in present}
+            ends = {}
+            if wanted:
+                for tp, future in admin.list_offsets(wanted, request_timeout=5).items():
+                    ends[(tp.topic, tp.partition)] = int(future.result(timeout=8).offset)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read end offsets from {self.settings.bootstrap_servers}:"
+                              f" {exc}") from exc
+        return ends, identities
+
+    # -- health -----------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        from api.health import readiness
+
+        return readiness(self.settings)
+
+
+def cut_or_latest(at: Any) -> str | Cut:
+    if at is None or at == "latest":
+        return "latest"
+    if isinstance(at, Cut):
+        return at
+    try:
+        return Cut.from_json(at)
+    except CutError:
+        raise
+    except (TypeError, ValueError) as exc:  # pragma: no cover - validated before
+        raise CutError(f"malformed cut: {exc}") from exc

@@ -1,0 +1,145 @@
+"""API keys: random tokens stored only as salted scrypt hashes, with a role each.
+
+A token reads `tlk_<id>_<secret>`: `id` (12 hex digits) finds the row, `secret` (256
+random bits) is checked against `scrypt(secret, salt)`. The token is shown once, when the
+key is created. scrypt costs ~20 ms, so a process remembers which tokens it has already
+verified (by their SHA-256, in memory only) and afterwards only re-reads the key's row,
+which keeps a revocation effective on the very next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from api.errors import HttpError
+from api.store import Database, now
+
+__all__ = ["ROLES", "Principal", "KeyInfo", "KeyStore", "role_allows", "ANONYMOUS"]
+
+ROLES = ("reader", "writer", "admin")
+PREFIX = "tlk_"
+_ID_LEN = 12
+# Interactive-login strength; the secret has 256 bits, so this only guards a leaked table.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+def role_allows(role: str, needed: str) -> bool:
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    role: str
+
+    def allows(self, needed: str) -> bool:
+        return role_allows(self.role, needed)
+
+
+ANONYMOUS = Principal("anonymous", "auth disabled", "admin")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    name: str
+    role: str
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+    revoked_by: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role,
+                "created_at": self.created_at, "created_by": self.created_by,
+                "revoked_at": self.revoked_at, "revoked_by": self.revoked_by,
+                "active": self.revoked_at is None}
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
+
+
+def _parse(token: str) -> tuple[str, str] | None:
+    if not token.startswith(PREFIX) or len(token) < len(PREFIX) + _ID_LEN + 2:
+        return None
+    key_id, sep, secret = token[len(PREFIX):].partition("_")
+    if len(key_id) != _ID_LEN or not sep or not secret:
+        return None
+    return key_id, secret
+
+
+class KeyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._verified: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+
+    def create(self, role: str, name: str, created_by: str) -> tuple[KeyInfo, str]:
+        if role not in ROLES:
+            raise HttpError(400, "invalid_role", f"role {role!r} is not one of {ROLES}")
+        key_id = secrets.token_hex(_ID_LEN // 2)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        with self.db.write() as conn:
+            conn.execute(
+                "insert into api_keys (id, name, role, salt, hash, created_at, created_by) "
+                "values (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, name, role, salt, _hash(secret, salt), now(), created_by))
+        return self.get(key_id), f"{PREFIX}{key_id}_{secret}"
+
+    def get(self, key_id: str) -> KeyInfo:
+        row = self.db.one("select * from api_keys where id = ?", (key_id,))
+        if row is None:
+            raise HttpError(404, "key_not_found", f"no API key with id {key_id!r}; "
+                            "`GET /admin/keys` (or `tidelog api keys list`) lists them")
+        return _info(row)
+
+    def list(self) -> list[KeyInfo]:
+        return [_info(r) for r in self.db.query("select * from api_keys order by created_at")]
+
+    def revoke(self, key_id: str, revoked_by: str) -> KeyInfo:
+        with self.db.write() as conn:
+            cur = conn.execute("update api_keys set revoked_at = ?, revoked_by = ? "
+                               "where id = ? and revoked_at is null", (now(), revoked_by, key_id))
+            changed = cur.rowcount
+        info = self.get(key_id)  # 404 for an unknown id
+        if not changed and info.revoked_at is None:  # pragma: no cover - raced
+            raise HttpError(409, "conflict", f"key {key_id} changed while revoking; retry")
+        return info
+
+    def active_count(self) -> int:
+        row = self.db.one("select count(*) from api_keys where revoked_at is null")
+        return int(row[0]) if row else 0
+
+    def authenticate(self, token: str) -> Principal | None:
+        parsed = _parse(token)
+        if parsed is None:
+            return None
+        key_id, secret = parsed
+        row = self.db.one("select id, name, role, salt, hash, revoked_at from api_keys "
+                          "where id = ?", (key_id,))
+        if row is None or row["revoked_at"] is not None:
+            return None
+        fingerprint = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            known = self._verified.get(fingerprint) == key_id
+        if not known:
+            if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
+                return None
+            with self._lock:
+                if len(self._verified) >= 4096:
+                    self._verified.clear()
+                self._verified[fingerprint] = key_id
+        return Principal(row["id"], row["name"], row["role"])
+
+
+def _info(row: Any) -> KeyInfo:
+    return KeyInfo(row["id"], row["name"], row["role"], row["created_at"], row["created_by"],
+                   row["revoked_at"], row["revoked_by"])

@@ -1,0 +1,133 @@
+"""Which snapshots may be deleted: pins, and registered models that were trained on them.
+
+A snapshot is kept while it is pinned, or while a registered MLflow model version's run
+(found by its `tidelog.snapshot_id` tag) used it: deleting it then would not lose the
+data (`tidelog rebuild` re-materialises from the archive) but would break the quick
+path from a served model to its training set.
+
+Deleting follows the snapshotter's own rules: under the snapshot's build lock, the
+directory is renamed to a hidden name first (a reader sees the whole snapshot or none),
+then the DuckDB catalog forgets it, then the files go.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from api.errors import HttpError
+from api.store import Database, now
+from snapshotter.manifest import MANIFEST_NAME
+from tidelog.errors import SnapshotError
+from tidelog.settings import Settings
+
+__all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
+
+_LOG = logging.getLogger("tidelog.api")
+
+
+class Pins:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Held while a delete decides, so a pin cannot slip in between check and delete.
+        self.lock = threading.RLock()
+
+    def pin(self, snapshot_id: str, by: str, reason: str = "") -> dict[str, Any]:
+        with self.lock, self.db.write() as conn:
+            conn.execute("insert into pins (snapshot_id, pinned_by, pinned_at, reason) "
+                         "values (?, ?, ?, ?) on conflict (snapshot_id) do nothing",
+                         (snapshot_id, by, now(), reason))
+        found = self.get(snapshot_id)
+        assert found is not None
+        return found
+
+    def unpin(self, snapshot_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("delete from pins where snapshot_id = ?", (snapshot_id,))
+
+    def get(self, snapshot_id: str) -> dict[str, Any] | None:
+        row = self.db.one("select * from pins where snapshot_id = ?", (snapshot_id,))
+        return None if row is None else {"pinned_by": row["pinned_by"],
+                                         "pinned_at": row["pinned_at"],
+                                         "reason": row["reason"]}
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        return {r["snapshot_id"]: {"pinned_by": r["pinned_by"], "pinned_at": r["pinned_at"],
+                                   "reason": r["reason"]}
+                for r in self.db.query("select * from pins")}
+
+
+def delete_unless_kept(core: Any, pins: Pins, snapshot_id: str) -> None:
+    """Delete the snapshot, or raise 409 naming the pin or the model versions keeping it."""
+    core.manifest(snapshot_id)  # 404 for an unknown id
+    with pins.lock:
+        pin = pins.get(snapshot_id)
+        if pin is not None:
+            raise HttpError(409, "snapshot_pinned",
+                            f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
+                            f"({pin['reason'] or 'no reason given'}); unpin it first",
+                            snapshot_id=snapshot_id, pin=pin)
+        users = core.models_using(snapshot_id)
+        if users:
+            names = ", ".join(f"{u['name']}/{u['version']}" for u in users[:10])
+            raise HttpError(409, "snapshot_in_use",
+                            f"snapshot {snapshot_id} trained registered model version(s) "
+                            f"{names}; delete those model versions in MLflow first",
+                            snapshot_id=snapshot_id, model_versions=users)
+        core.delete_snapshot(snapshot_id)
+
+
+def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict[str, str]]:
+    """Registered model versions whose run trained on `snapshot_id` (any experiment)."""
+    from trainer.tags import SNAPSHOT_ID
+    from trainer.tracking import connect, mlflow_errors
+
+    tracking = connect(settings)
+    found = []
+    with mlflow_errors(f"find the model versions trained on snapshot {snapshot_id}",
+                       tracking.uri):
+        for run in tracking.runs_with_tag(SNAPSHOT_ID, snapshot_id):
+            run_id = run.info.run_id
+            for version in tracking.client.search_model_versions(f"run_id = '{run_id}'"):
+                found.append({"name": str(version.name), "version": str(version.version),
+                              "run_id": run_id})
+    return found
+
+
+def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
+    root = Path(settings.snapshot_root)
+    target = root / snapshot_id
+    if not (target / MANIFEST_NAME).exists():
+        raise SnapshotError(f"no snapshot {snapshot_id!r} under {root}")
+    trash = root / f".deleted-{snapshot_id}-{uuid.uuid4().hex[:8]}"
+    with open(root / f".lock-{snapshot_id}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock a builder of this id holds
+        if not (target / MANIFEST_NAME).exists():
+            raise SnapshotError(f"no snapshot {snapshot_id!r} under {root}")
+        os.replace(target, trash)
+    _forget_in_catalog(settings, snapshot_id)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _forget_in_catalog(settings: Settings, snapshot_id: str) -> None:
+    import duckdb
+
+    from snapshotter.catalog import catalog_path, register_snapshot, unregister_snapshot
+    from snapshotter.snapshots import list_snapshots
+
+    if not catalog_path(settings).exists():
+        return
+    try:
+        unregister_snapshot(settings, snapshot_id)
+        remaining = list_snapshots(settings)
+        if remaining:  # moves `latest` off the deleted snapshot
+            register_snapshot(settings, remaining[-1])
+    except duckdb.Error as exc:
+        # The files are gone either way; `tidelog` can rebuild the catalog from manifests.
+        _LOG.warning("catalog update after deleting snapshot %s failed: %s", snapshot_id, exc)

@@ -1,0 +1,59 @@
+"""Admin: API keys and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from api.auth import admin
+from api.keys import Principal
+from api.listing import decode_cursor, encode_cursor, utc_text
+from api.responses import JSONBody
+from api.schemas import AuditPage, IsoDateTime, KeyCreate, KeyCreated, KeyList, KeyOut
+from api.state import ApiState, get_state
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["admin"])
+State = Annotated[ApiState, Depends(get_state)]
+
+
+@router.post("/admin/keys", status_code=201, response_model=KeyCreated, name="keys.create")
+def create_key(state: State, body: KeyCreate, principal: Principal = admin) -> JSONBody:
+    """Create an API key (admin); the secret is in this response only."""
+    info, token = state.keys.create(body.role, body.name, principal.key_id)
+    return JSONBody({**info.to_json(), "key": token}, status_code=201)
+
+
+@router.get("/admin/keys", response_model=KeyList, name="keys.list")
+def list_keys(state: State, principal: Principal = admin) -> dict[str, Any]:
+    """List API keys (admin), without secrets."""
+    return {"items": [k.to_json() for k in state.keys.list()]}
+
+
+@router.delete("/admin/keys/{key_id}", response_model=KeyOut, name="keys.revoke")
+def revoke_key(state: State, key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")],
+               principal: Principal = admin) -> dict[str, Any]:
+    """Revoke an API key (admin); it stops working at once."""
+    return state.keys.revoke(key_id, principal.key_id).to_json()
+
+
+@router.get("/audit", response_model=AuditPage, name="audit.list")
+def audit_log(
+    state: State,
+    principal: Principal = admin,
+    actor: Annotated[str | None, Query(max_length=100)] = None,
+    action: Annotated[str | None, Query(max_length=100)] = None,
+    result: Literal["ok", "accepted", "denied", "error", "succeeded", "failed"] | None = None,
+    since: IsoDateTime | None = None,
+    until: IsoDateTime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Query the append-only audit log (admin), oldest first."""
+    after = decode_cursor(cursor, int) or 0
+    items, last = state.audit.query(actor=actor, action=action, result=result,
+                                    since=utc_text(since), until=utc_text(until),
+                                    after=after, limit=limit)
+    return {"items": items, "next_cursor": encode_cursor(last) if last is not None else None}

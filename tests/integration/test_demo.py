@@ -1,0 +1,120 @@
+"""`tidelog demo` end to end on the session stack: its verification results, not just its
+exit code; and a second run on the same stack, after which the first run's model is still
+rebuildable although its connector and source schema are gone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidelog import cli
+from tidelog.settings import Settings
+from trainer.rebuild import rebuild
+
+pytestmark = pytest.mark.integration
+
+
+def _run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
+    code = cli.main(["demo", "--json", *args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err  # stdout holds the JSON summary and nothing else
+
+
+def _check(summary: dict[str, Any], progress: str) -> None:
+    assert summary["ok"] is True
+    checks = summary["verification"]
+    for name in ("dataset_match", "model_match", "artifact_match", "verified", "digests_equal",
+                 "snapshots_equal_source", "database_moved_on", "lineage_present",
+                 "diff_non_empty"):
+        assert checks[name] is True, name
+
+    first, second = summary["runs"]
+    schema = summary["names"]["schema"]
+    tables = {f"{schema}.{t}" for t in ("customers", "subscriptions", "payments")}
+    assert set(first["tables"]) == set(second["tables"]) == tables
+    loaded = summary["source"]["rows_loaded"]
+    assert {t: first["tables"][f"{schema}.{t}"]["rows"] for t in loaded} == loaded
+    assert loaded["payments"] > loaded["subscriptions"] > loaded["customers"]
+    assert first["source_match"] and second["source_match"]
+    assert first["registered_version"] and second["registered_version"]
+    assert int(second["registered_version"]) == int(first["registered_version"]) + 1
+    assert second["built_from"] == first["snapshot_id"]  # incremental
+    assert all(first["tables"][t]["digest"] != second["tables"][t]["digest"] for t in tables)
+
+    # the rebuild: of run 1, digest by digest, with identical predictions
+    rebuilt = summary["rebuild"]
+    assert rebuilt["run_id"] == first["run_id"] and rebuilt["new_run_id"] != first["run_id"]
+    assert rebuilt["dataset_match"] and rebuilt["model_match"] and rebuilt["verified"]
+    assert rebuilt["digest"]["recorded"] == rebuilt["digest"]["rebuilt"] == first["digest"]
+    for table in tables:
+        check = rebuilt["tables"][table]
+        assert check["match"] and check["recorded"] == check["rebuilt"]
+        assert check["recorded"] == first["tables"][table]["digest"]
+    assert rebuilt["predictions_sha256"]["recorded"] == rebuilt["predictions_sha256"]["rebuilt"]
+    assert rebuilt["predictions_sha256"]["rebuilt"] == first["predictions_sha256"]
+
+    # lineage of both models, back to the connector and the cut
+    models = summary["lineage"]["models"]
+    assert [m["run_id"] for m in models] == [first["run_id"], second["run_id"]]
+    for model, run in zip(models, (first, second), strict=True):
+        assert model["snapshot_id"] == run["snapshot_id"]
+        assert model["cut"]["partitions"] == run["cut"]["partitions"]
+        assert model["source"]["connector"] == summary["names"]["connector"]
+        assert model["lsn"]
+    assert rebuilt["new_run_id"] in {r["run_id"] for r in models[0]["rebuilds"]}
+    rows = summary["lineage"]["rows"]
+    updated = rows["updated"]["snapshots"]
+    assert [s["present"] for s in updated] == [True, True]
+    assert updated[0]["version"] != updated[1]["version"]
+    assert updated[1]["email"] == "ada.new@example.com"
+    assert first["run_id"] in updated[0]["runs"] and second["run_id"] in updated[1]["runs"]
+    assert [s["present"] for s in rows["deleted"]["snapshots"]] == [True, False]
+    assert [s["present"] for s in rows["inserted"]["snapshots"]] == [False, True]
+
+    # the DuckDB query over both snapshots, and the diff
+    query = summary["query"]
+    assert first["snapshot_id"] in query["sql"] and second["snapshot_id"] in query["sql"]
+    assert [r[0] for r in query["rows"]] == ["run 1", "run 2"]
+    by_run = {r[0]: dict(zip(query["columns"], r, strict=True)) for r in query["rows"]}
+    assert by_run["run 1"]["customers"] == first["tables"][f"{schema}.customers"]["rows"]
+    assert by_run["run 2"]["customers"] == second["tables"][f"{schema}.customers"]["rows"]
+    diff = summary["diff"]
+    customers = diff["tables"][f"{schema}.customers"]
+    assert customers["inserted"] > 0 and customers["updated"] > 0 and customers["deleted"] > 0
+    assert customers["columns_added"] == ["loyalty_tier"]
+    assert diff["tables"][f"{schema}.payments"]["deleted"] > 0
+
+    # where to look
+    where = summary["where"]
+    assert where["mlflow_ui"].startswith("http://")
+    assert Path(where["catalog"]).exists() and where["catalog"] in where["duckdb_command"]
+    assert where["api_command"] == "tidelog api serve"
+    assert "Verified" in progress and "Where to look" in progress
+
+
+def test_demo_runs_end_to_end_and_again(settings: Settings,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, first_demo, progress = _run_demo(capsys, "--rows", "1200")
+    assert code == 0, progress
+    _check(first_demo, progress)
+    assert first_demo["timings"]["total"] < 120  # target: under 60 s on a quiet machine
+
+    code, again, progress = _run_demo(capsys, "--rows", "400")
+    assert code == 0, progress
+    _check(again, progress)
+    assert again["names"]["number"] > first_demo["names"]["number"]
+    assert again["names"]["schema"] != first_demo["names"]["schema"]
+    assert f"connector {first_demo['names']['connector']}" in progress  # cleaned up
+
+    # run 1 of the first demo: its connector, slot and source schema are gone; the
+    # archive still rebuilds it exactly
+    # (rebuild resolves topics with the settings' prefix, not the run's recorded one)
+    demo_settings = dataclasses.replace(settings,
+                                        topic_prefix=first_demo["names"]["topic_prefix"])
+    report = rebuild(demo_settings, first_demo["runs"][0]["run_id"])
+    assert report.verified
+    assert report.digest_rebuilt == first_demo["runs"][0]["digest"]

@@ -1,0 +1,473 @@
+"""`tidelog demo`: the whole story on the local stack, in about a minute.
+
+Source tables in Postgres -> Debezium -> Kafka -> archive -> snapshot -> MLflow run; then
+the database moves on, a second run; then the first model is rebuilt from its recorded
+offsets and proven identical, with lineage, a DuckDB query over both snapshots and their
+diff. docs/demo.md walks through it.
+
+Each run gets fresh names (schema `shop_<n>`, topic prefix `demo<n>`, connector
+`tidelog-demo-<n>`), so the demo can run again and again on the same stack; the previous
+run's connector (and its replication slot) and source schema are removed first, while its
+archive, snapshots and MLflow runs stay, so its models remain rebuildable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tidelog.errors import ConnectorError, TidelogError
+from tidelog.settings import Settings, home_dir, load_settings
+
+__all__ = ["register", "run_demo", "DemoNames", "wait_for_capture", "RECIPE", "MODEL_NAME"]
+
+RECIPE = "examples.churn:train"
+MODEL_NAME = "demo-churn"
+PARAMS: dict[str, str | int | float] = {"model": "forest", "n_estimators": 60, "max_depth": 8}
+SEED = 42
+CONNECTOR_RE = re.compile(r"^tidelog-demo-(\d+)$")
+SCHEMA_RE = re.compile(r"^shop_(\d+)$")
+TOPIC_RE = re.compile(r"^demo(\d+)\.")
+
+
+@dataclass(frozen=True)
+class DemoNames:
+    number: int
+
+    @property
+    def schema(self) -> str:
+        return f"shop_{self.number}"
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"demo{self.number}"
+
+    @property
+    def connector(self) -> str:
+        return f"tidelog-demo-{self.number}"
+
+
+class Progress:
+    """Progress lines, on stdout, or on stderr when stdout carries the JSON summary."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.stream, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str, title: str) -> Iterator[None]:
+        self.say(f"\n[{time.perf_counter() - self.started:5.1f}s] {title}")
+        began = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - began, 3)
+
+
+# -- names and clean-up ------------------------------------------------------------------
+
+def _connectors(settings: Settings) -> list[str]:
+    import httpx
+
+    url = settings.require("connect_url").rstrip("/")
+    try:
+        resp = httpx.get(f"{url}/connectors", timeout=30)
+    except httpx.HTTPError as exc:
+        raise ConnectorError(f"Kafka Connect at {url} is unreachable ({exc}); "
+                             "`tidelog stack status` shows the stack") from exc
+    return list(resp.json()) if resp.status_code == 200 else []
+
+
+def _schemas(settings: Settings) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(settings.require("postgres_dsn")) as conn:
+        return [r[0] for r in conn.execute("select nspname from pg_namespace")]
+
+
+def next_names(settings: Settings) -> DemoNames:
+    """One more than any demo run the stack, the database or the archive remembers."""
+    from snapshotter.archive import Archive
+
+    seen = [0]
+    for name in _connectors(settings):
+        if m := CONNECTOR_RE.match(name):
+            seen.append(int(m[1]))
+    for name in _schemas(settings):
+        if m := SCHEMA_RE.match(name):
+            seen.append(int(m[1]))
+    if Path(settings.archive_root).exists() or "://" in settings.archive_root:
+        for topic in Archive(settings.archive_root).topics():
+            if m := TOPIC_RE.match(topic):
+                seen.append(int(m[1]))
+    return DemoNames(max(seen) + 1)
+
+
+def remove_previous_runs(settings: Settings) -> list[str]:
+    """Delete earlier demo connectors (with their slots) and source schemas."""
+    from cdc.connector import ConnectorSpec, delete
+    from examples.shop import Shop
+
+    removed = []
+    for name in _connectors(settings):
+        if m := CONNECTOR_RE.match(name):
+            names = DemoNames(int(m[1]))
+            delete(settings, ConnectorSpec(name, (), names.topic_prefix), drop_slot=True)
+            removed.append(f"connector {name}")
+    for schema in _schemas(settings):
+        if SCHEMA_RE.match(schema):
+            Shop(settings.require("postgres_dsn"), schema).drop()
+            removed.append(f"schema {schema}")
+    return removed
+
+
+# -- capture -------------------------------------------------------------------------------
+
+def wait_for_capture(settings: Settings, expected: dict[str, int], timeout: float = 120,
+                     interval: float = 0.3) -> Any:
+    """Archive until every table's topic holds its expected number of change events,
+    whole transactions only; return that cut (a `snapshotter.cut.Cut`).
+
+    Each poll archives what is new, so a long capture polled often leaves many small
+    segments: poll less often (`interval`) for big loads."""
+    from snapshotter.snapshots import resolve_cut
+
+    tables = sorted(expected)
+    deadline = time.monotonic() + timeout
+    have: dict[str, int] = {}
+    last_error = ""
+    while True:
+        try:
+            cut = resolve_cut(settings, tables, "latest")
+            have = {t: sum(p.end - p.start for p in cut.partitions
+                           if p.topic == f"{settings.topic_prefix}.{t}") for t in tables}
+            if all(have[t] >= expected[t] for t in tables):
+                return cut
+            last_error = ""
+        except TidelogError as exc:
+            last_error = f"; last error: {exc.message}"  # e.g. topics not created yet
+        if time.monotonic() > deadline:
+            behind = ", ".join(f"{t} {have.get(t, 0)}/{expected[t]}" for t in tables)
+            raise ConnectorError(
+                f"the connector had not delivered every change after {timeout:.0f}s "
+                f"(events archived/expected: {behind}){last_error}; check the Kafka "
+                "Connect log (`tidelog stack status` shows where it is)")
+        time.sleep(interval)
+
+
+# -- the story -----------------------------------------------------------------------------
+
+def _table_line(name: str, rows: int, digest: str) -> str:
+    return f"    {name:26} {rows:>7} rows  digest {digest[:16]}"
+
+
+def _source_ok(report: dict[str, Any]) -> bool:
+    return bool(report.get("ok")) and all(t["ok"] for t in report.get("source", {}).values())
+
+
+def _snapshot_and_train(settings: Settings, p: Progress, tables: tuple[str, ...], cut: Any,
+                        label: str) -> dict[str, Any]:
+    from snapshotter.snapshots import create_snapshot
+    from snapshotter.verify import verify_snapshot
+    from trainer.train import train
+
+    began = time.perf_counter()
+    manifest = create_snapshot(settings, tables, cut)
+    snap_seconds = time.perf_counter() - began
+    build = "full build" if manifest.built_from == "full" else \
+        f"incremental, from {manifest.built_from}"
+    p.say(f"  snapshot {manifest.id} ({build}, {snap_seconds:.2f}s)")
+    for name, table in sorted(manifest.tables.items()):
+        p.say(_table_line(name, table.rows, table.digest))
+    check = verify_snapshot(settings, manifest.id, against_source=True)
+    same = _source_ok(check)
+    p.say(f"  compared value by value with Postgres: {'identical' if same else 'DIFFERENT'}")
+    result = train(settings, RECIPE, snapshot_id=manifest.id, params=PARAMS, seed=SEED,
+                   register=MODEL_NAME)
+    metrics = ", ".join(f"{k}={result.metrics[k]:.3f}" for k in ("accuracy", "roc_auc")
+                        if k in result.metrics)
+    p.say(f"  trained {RECIPE} ({PARAMS['model']}, seed {SEED}): {metrics}")
+    p.say(f"  MLflow run {result.run_id}, registered as {MODEL_NAME}/"
+          f"{result.registered_version}")
+    return {"label": label, "run_id": result.run_id, "snapshot_id": manifest.id,
+            "model": f"{MODEL_NAME}/{result.registered_version}",
+            "registered_version": result.registered_version,
+            "built_from": manifest.built_from, "digest": manifest.digest,
+            "cut": manifest.cut.to_json(),
+            "tables": {n: {"rows": t.rows, "digest": t.digest}
+                       for n, t in sorted(manifest.tables.items())},
+            "source_match": same, "metrics": result.metrics,
+            "predictions_sha256": result.predictions_sha256,
+            "seconds": {"snapshot": round(snap_seconds, 3),
+                        "train": round(result.timings["total"], 3)}}
+
+
+def _print_rebuild(p: Progress, report: Any) -> None:
+    for name, check in sorted(report.tables.items()):
+        mark = "same" if check.match else "DIFFERENT"
+        p.say(f"    {name:26} recorded {check.recorded_digest[:16]}  rebuilt "
+              f"{(check.rebuilt_digest or '-')[:16]}  {mark}")
+    p.say(f"  dataset_match={report.dataset_match}  model_match={report.model_match} "
+          f"(predictions sha256 {report.predictions_rebuilt[:16]})  "
+          f"artifact_match={report.artifact_match}")
+    p.say(f"  rebuild took {report.timings['total']:.1f}s; new run {report.new_run_id} is "
+          f"tagged tidelog.rebuild_of={report.run_id}")
+
+
+def _print_model_lineage(p: Progress, data: dict[str, Any]) -> None:
+    model = data["model"]
+    p.say(f"  {model['name']}/{model['version']} <- run {data['run_id']} <- snapshot "
+          f"{data['snapshot_id']}")
+    for part in data["cut"]["partitions"]:
+        p.say(f"      {part['topic']}[{part['partition']}] offsets {part['start']}.."
+              f"{part['end']}  (cluster {part['cluster_id']}, topic id {part['topic_id']})")
+    source = data["source"]
+    p.say(f"      <- connector {source.get('connector')} <- {source.get('database')} "
+          f"(LSN up to {data['lsn']}); rebuilds: {len(data['rebuilds'])}")
+
+
+def _query(settings: Settings, first: str, second: str) -> dict[str, Any]:
+    from snapshotter.catalog import run_sql
+
+    def side(label: str, sid: str) -> str:
+        return (f"select '{label}' as snapshot, "
+                f"(select count(*) from snap_{sid}.customers) as customers, "
+                f"(select count(*) from snap_{sid}.subscriptions where cancelled_at is null) "
+                "as active_subscriptions, "
+                f"(select sum(amount) from snap_{sid}.payments where status = 'paid') "
+                "as revenue_paid, "
+                f"(select count(*) from snap_{sid}.payments where status = 'refunded') "
+                "as refunds")
+
+    sql = f"{side('run 1', first)}\nunion all\n{side('run 2', second)}\norder by snapshot"
+    columns, rows = run_sql(settings, sql)
+    return {"sql": sql, "columns": columns, "rows": [list(r) for r in rows]}
+
+
+def _print_query(p: Progress, query: dict[str, Any]) -> None:
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in query["rows"]))
+              for i, c in enumerate(query["columns"])]
+    p.say("    " + "  ".join(str(c).rjust(w) for c, w in zip(query["columns"], widths,
+                                                            strict=True)))
+    for row in query["rows"]:
+        p.say("    " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _row_story(settings: Settings, table: str, key: int) -> dict[str, Any]:
+    from trainer.lineage import row_lineage
+
+    found = row_lineage(settings, table, {"id": key}).to_json()
+    return {"table": table, "key": {"id": key},
+            "snapshots": [{"snapshot_id": s["snapshot_id"], "present": s["present"],
+                           "version": s["version"],
+                           "email": s["rows"][0].get("email") if s["rows"] else None,
+                           "runs": [r["run_id"] for r in s["runs"]]}
+                          for s in found["snapshots"]]}
+
+
+def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
+    """Run the demo; return its summary (what `--json` prints)."""
+    from cdc.connector import ConnectorSpec, apply
+    from examples.shop import Shop
+    from snapshotter.catalog import catalog_path
+    from snapshotter.verify import diff_snapshots
+    from tidelog import stack
+    from trainer.lineage import model_lineage
+    from trainer.rebuild import rebuild
+
+    p = Progress(progress or sys.stdout)
+    summary: dict[str, Any] = {}
+    with p.step("stack", "Local stack: Postgres, Tansu (Kafka protocol), Kafka Connect + "
+                         "Debezium, MLflow"):
+        status = stack.up(home_dir())
+        base = load_settings()
+        for key, value in sorted(status.endpoints.items()):
+            p.say(f"  {key:18} {value}")
+    with p.step("reset", "Fresh names for this run"):
+        removed = remove_previous_runs(base)
+        names = next_names(base)
+        settings = replace(base, topic_prefix=names.topic_prefix,
+                           connector_name=names.connector)
+        p.say(f"  removed from earlier runs: {', '.join(removed) or 'nothing'}")
+        p.say(f"  schema {names.schema}, topic prefix {names.topic_prefix}, connector "
+              f"{names.connector}")
+    shop = Shop(settings.require("postgres_dsn"), names.schema)
+    with p.step("source", f"Source database: a subscription shop ({customers} customers)"):
+        rows = shop.load(customers)
+        p.say("  " + ", ".join(f"{t} {n}" for t, n in rows.items()) + " rows; types: "
+              "bigint, text, date, timestamptz, boolean, numeric, jsonb")
+    with p.step("capture", "Capture: Debezium connector -> Kafka topics -> Parquet archive"):
+        apply(settings, ConnectorSpec(names.connector, shop.tables, names.topic_prefix),
+              timeout=180)
+        cut1 = wait_for_capture(settings, dict(shop.events))
+        p.say(f"  connector {names.connector} streaming; {sum(shop.events.values())} "
+              "change events archived")
+    with p.step("train1", "Snapshot at the captured cut, train the churn model"):
+        first = _snapshot_and_train(settings, p, shop.tables, cut1, "run 1")
+    tracked = {"before": {k: shop.row("customers", v) for k, v in shop.tracked.items()}}
+    with p.step("changes", "The business moves on: a stream of changes in Postgres"):
+        done = shop.change()
+        for what, n in done.items():
+            p.say(f"  {what:52} {n:>6} rows")
+        cut2 = wait_for_capture(settings, dict(shop.events))
+        p.say(f"  all {sum(shop.events.values())} change events archived")
+    with p.step("train2", "Snapshot again, train again"):
+        second = _snapshot_and_train(settings, p, shop.tables, cut2, "run 2")
+    with p.step("rebuild", f"Rebuild run 1 ({first['run_id']}) from its recorded offsets, "
+                           "from the archive alone"):
+        report = rebuild(settings, first["run_id"])
+        _print_rebuild(p, report)
+    with p.step("lineage", "Lineage"):
+        models = [model_lineage(settings, MODEL_NAME, run["registered_version"]).to_json()
+                  for run in (first, second)]
+        for data in models:
+            _print_model_lineage(p, data)
+        table = f"{names.schema}.customers"
+        rows_seen = {kind: _row_story(settings, table, key)
+                     for kind, key in shop.tracked.items()}
+        for kind, story in rows_seen.items():
+            seen = "; ".join(
+                f"{s['snapshot_id']}: " + (f"version {s['version']} ({s['email']})"
+                                           if s["present"] else "absent")
+                for s in story["snapshots"])
+            p.say(f"  row {table} id={story['key']['id']} ({kind}): {seen}")
+    with p.step("query", "DuckDB: one query over both snapshots, through the catalog"):
+        query = _query(settings, first["snapshot_id"], second["snapshot_id"])
+        _print_query(p, query)
+    with p.step("diff", f"Diff {first['snapshot_id']} -> {second['snapshot_id']}"):
+        diff = diff_snapshots(settings, first["snapshot_id"], second["snapshot_id"], limit=5)
+        for name, d in sorted(diff["tables"].items()):
+            added = f", columns added: {', '.join(d['columns_added'])}" \
+                if d["columns_added"] else ""
+            p.say(f"    {name:26} +{d['inserted']} inserted, ~{d['updated']} updated, "
+                  f"-{d['deleted']} deleted{added}")
+
+    rebuilt = report.to_json()
+    diff_changes = sum(d["inserted"] + d["updated"] + d["deleted"]
+                       for d in diff["tables"].values())
+    verification = {
+        "dataset_match": report.dataset_match,
+        "model_match": report.model_match,
+        "artifact_match": report.artifact_match,
+        "verified": report.verified,
+        "digests_equal": all(c.match for c in report.tables.values())
+        and report.digest_recorded == report.digest_rebuilt,
+        "snapshots_equal_source": first["source_match"] and second["source_match"],
+        "database_moved_on": first["digest"] != second["digest"],
+        "lineage_present": all(m["run_id"] and m["cut"]["partitions"] for m in models)
+        and any(r["run_id"] == report.new_run_id for r in models[0]["rebuilds"]),
+        "diff_non_empty": diff_changes > 0,
+    }
+    verification["ok"] = all(verification.values())
+    where = _where(settings, first, second, names.schema)
+    p.say(f"\n[{time.perf_counter() - p.started:5.1f}s] "
+          + ("Verified: same data, same model, although the database moved on."
+             if verification["ok"] else "VERIFICATION FAILED: "
+             + ", ".join(k for k, v in verification.items() if not v)))
+    p.say("\nWhere to look:")
+    p.say(f"  MLflow UI         {where['mlflow_ui']}  (model {MODEL_NAME}, experiment tidelog)")
+    p.say(f"  DuckDB catalog    {where['catalog']}")
+    p.say(f"                    {where['duckdb_command']}")
+    p.say(f"                    {where['sql_command']}")
+    p.say(f"  REST API          {where['api_command']}")
+    p.say(f"  rebuild yourself  {where['rebuild_command']}")
+    p.say(f"  lineage           {where['lineage_command']}")
+    summary.update({
+        "ok": verification["ok"],
+        "verification": verification,
+        "names": {"number": names.number, "schema": names.schema,
+                  "topic_prefix": names.topic_prefix, "connector": names.connector,
+                  "model": MODEL_NAME, "recipe": RECIPE},
+        "endpoints": status.endpoints,
+        "source": {"rows_loaded": rows, "changes": done, "events": shop.events,
+                   "tracked_customers": shop.tracked,
+                   "tracked_before": tracked["before"]},
+        "runs": [first, second],
+        "rebuild": rebuilt,
+        "lineage": {"models": models, "rows": rows_seen},
+        "query": query,
+        "diff": diff,
+        "catalog": str(catalog_path(settings)),
+        "where": where,
+        "timings": {**p.timings, "total": round(time.perf_counter() - p.started, 3)},
+    })
+    return summary
+
+
+def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], schema: str
+           ) -> dict[str, str]:
+    from snapshotter.catalog import catalog_path
+
+    catalog = catalog_path(settings)
+    a, b = first["snapshot_id"], second["snapshot_id"]
+    sql = f"select count(*) from snap_{a}.customers; select count(*) from snap_{b}.customers"
+    return {
+        "mlflow_ui": settings.require("mlflow_uri"),
+        "catalog": str(catalog),
+        "duckdb_command": f'duckdb -readonly {catalog} -c "{sql}"',
+        "sql_command": f'tidelog sql "select * from snap_{b}.customers limit 5"',
+        "api_command": "tidelog api serve",
+        # `rebuild` resolves topics with the configured prefix, not the run's recorded one.
+        "rebuild_command": f"TIDELOG_TOPIC_PREFIX={settings.topic_prefix} tidelog rebuild "
+                           f"{first['run_id']}",
+        "lineage_command": f"tidelog lineage model {first['model']}; tidelog lineage row "
+                           f"{schema}.customers '{{\"id\": 1}}'",
+    }
+
+
+# -- command ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet(log: Path) -> Iterator[None]:
+    """MLflow and friends print run links and warnings; the demo tells its own story and
+    keeps theirs in `log`."""
+    sink = io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+        with contextlib.suppress(OSError):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(sink.getvalue())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.rows < 50:
+        raise TidelogError("--rows must be at least 50 (customers), or a churn model has "
+                           "too few of each class to learn from")
+    # Progress goes to the real stream; with --json, stdout carries the summary alone.
+    stream = sys.stderr if args.json else sys.stdout
+    with _quiet(home_dir() / "demo.log"):
+        summary = run_demo(args.rows, progress=stream)
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0 if summary["ok"] else 1
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole story on the local stack: capture, snapshot, "
+                                    "train, change, rebuild and verify (about a minute)")
+    p.add_argument("--rows", type=int, default=2000, metavar="N",
+                   help="customers to generate (default 2000; about 1.5 subscriptions and "
+                        "13 payments each)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary, with the verification results, "
+                        "on stdout (progress goes to stderr)")
+    p.set_defaults(handler=_demo)
