@@ -230,6 +230,8 @@ class Core:
 
         rows = Archive(self.settings.archive_root).status()
         broker: dict[str, Any] = {"checked": False}
+        ends: dict[tuple[str, int], int] = {}
+        identities: dict[str, tuple[str, str]] = {}
         if lag and rows:
             try:
                 ends, identities = self._broker_view(sorted({str(r["topic"]) for r in rows}),
@@ -237,7 +239,6 @@ class Core:
                                                       for r in rows])
                 broker = {"checked": True}
             except TidelogError as exc:
-                ends, identities = {}, {}
                 broker = {"checked": False, "error": exc.message}
         partitions = []
         for r in rows:

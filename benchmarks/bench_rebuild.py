@@ -88,7 +88,7 @@ def _big_table(dsn: str, rows: int) -> dict[str, int]:
             "q * p > 900 and random() < 0.8 "
             "from (select g, 1 + floor(random() * 20)::int as q, "
             "round((random() * 100)::numeric, 2) as p "
-            "from generate_series(1, %s) g) s", (rows,))
+            "from generate_series(1::bigint, %s::bigint) g) s", (rows,))
     return {name: rows}
 
 

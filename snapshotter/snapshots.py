@@ -123,6 +123,26 @@ def _scan(archive: Archive, topic: str, partition: int, generation: int, start: 
     return frames
 
 
+def _require_full_history(archive: Archive, topic: str, partition: int, generation: int,
+                          hwm: int) -> None:
+    """A later generation is only a table's whole history if it opens with a snapshot.
+
+    A restarted local broker loses Connect's offsets too, so Debezium re-reads the tables
+    (`r` events) into the new log; a topic recreated under a running connector does not.
+    """
+    segs = archive.segments(topic, partition, generation)
+    ops = next((pl.read_parquet(s.path, columns=["__op"])["__op"] for s in segs
+                if pl.read_parquet(s.path, columns=["__op"]).height), None)
+    if ops is not None and ops[0] != "r":
+        raise CutError(
+            f"{topic}[{partition}] is on a new log (archive generation {generation}) that "
+            "does not begin with a Debezium snapshot, so it lacks the rows written before "
+            "it; earlier cuts still work. Re-snapshot the table (recreate the connector "
+            "under a new --name, or send Debezium an `execute-snapshot` signal), then "
+            "archive again"
+        )
+
+
 def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut:
     """The newest transaction-consistent cut the archive can serve for `tables`."""
     table_events: list[TableEvents] = []
@@ -133,6 +153,8 @@ def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut
             gen = _current_generation(archive, topic, partition)
             hwm = archive.high_water_mark(topic, partition, gen)
             identities[(topic, partition)] = gen
+            if gen.number > 0:
+                _require_full_history(archive, topic, partition, gen.number, hwm)
             frames = _scan(archive, topic, partition, gen.number, gen.first_offset, hwm,
                            ["__offset", "__tx"])
             events = (pl.concat(frames).collect() if frames

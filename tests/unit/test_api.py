@@ -689,6 +689,8 @@ def test_connector_and_archive_endpoints(api: Api, monkeypatch: pytest.MonkeyPat
     assert part["high_water_mark"] == 7 and part["log_identity"]["topic_id"] == "t1"
     assert part["lag"] is None and body["broker"]["checked"] is False
     assert "bootstrap" in body["broker"]["error"]
+    quiet = api.get("/cdc/archive?lag=false").json()
+    assert quiet["broker"] == {"checked": False} and quiet["partitions"][0]["lag"] is None
 
 
 # -- audit, metrics --------------------------------------------------------------------------

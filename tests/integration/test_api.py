@@ -1,0 +1,453 @@
+"""The REST API against the real stack: `tidelog api serve` in a subprocess on a free
+loopback port, driven over HTTP — snapshots, lineage, training, CDC, the auth matrix, an
+API crash in the middle of a snapshot job, and a schemathesis run over every operation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from cdc.connector import ConnectorSpec, apply
+from tests.integration.cdc_helpers import execute, unique_name, wait_for_events
+from tests.unit.test_api import EXAMPLE, ROLE_OF, assert_error
+from tidelog.settings import Settings
+from tidelog.stack.process import free_port
+
+pytestmark = pytest.mark.integration
+
+CUSTOMERS = "public.api_customers"
+BULK = "public.api_bulk"
+BULK_ROWS = 150_000
+RECIPE_MODULE = "api_recipe"
+RECIPE = textwrap.dedent('''
+    """A tiny recipe over public.api_customers, for the API's integration test."""
+    import polars as pl
+
+    from trainer.recipe import RecipeResult, recipe
+
+
+    @recipe(tables=["public.api_customers"])
+    def train(tables, params, seed):
+        from sklearn.linear_model import LinearRegression
+
+        frame = tables["public.api_customers"]
+        x = frame.select(pl.col("id").cast(pl.Float64)).to_pandas()
+        y = frame["balance"].cast(pl.Float64).to_numpy()
+        model = LinearRegression().fit(x, y)
+        return RecipeResult(model=model, metrics={"rows": float(len(x))}, features=x)
+''')
+
+
+class Server:
+    """`tidelog api serve` as a child process; `kill()` is a crash, `stop()` a shutdown."""
+
+    def __init__(self, settings: Settings, home: Path, app_dir: Path,
+                 **extra_env: str) -> None:
+        self.home = home
+        self.app_dir = app_dir
+        self.env = {
+            **os.environ,
+            "TIDELOG_HOME": str(home),
+            "TIDELOG_POSTGRES_DSN": settings.postgres_dsn,
+            "TIDELOG_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "TIDELOG_CONNECT_URL": settings.connect_url,
+            "TIDELOG_MLFLOW_URI": settings.mlflow_uri,
+            "TIDELOG_TOPIC_PREFIX": settings.topic_prefix,
+            "TIDELOG_CONNECTOR_NAME": settings.connector_name,
+            "TIDELOG_ARCHIVE_ROOT": settings.archive_root,
+            "TIDELOG_SNAPSHOT_ROOT": settings.snapshot_root,
+            **{f"TIDELOG_KAFKA__{k.upper().replace('.', '__')}": v
+               for k, v in settings.kafka.items()},
+            **extra_env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "tidelog.cli", *args], env=self.env,
+                             capture_output=True, text=True, timeout=60, check=True)
+        return out.stdout.strip()
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        log = open(self.home / "api.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidelog.cli", "api", "serve", "--port", str(port),
+             "--app-dir", str(self.app_dir), "--log-level", "warning", "--no-access-log"],
+            env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the API exited: {(self.home / 'api.log').read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the API did not come up in 60 s")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Client:
+    def __init__(self, server: Server, keys: dict[str, str]) -> None:
+        self.server = server
+        self.keys = keys
+
+    def request(self, method: str, path: str, role: str = "admin", **kw: Any
+                ) -> httpx.Response:
+        headers = {**({"Authorization": f"Bearer {self.keys[role]}"} if role else {}),
+                   **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.server.url}{path}", headers=headers,
+                             timeout=120, **kw)
+
+    def get(self, path: str, role: str = "admin", **kw: Any) -> httpx.Response:
+        return self.request("GET", path, role, **kw)
+
+    def post(self, path: str, body: Any = None, role: str = "admin", **kw: Any
+             ) -> httpx.Response:
+        return self.request("POST", path, role, json=body, **kw)
+
+    def wait(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.get(f"/jobs/{job_id}").json()
+            if job["state"] in ("succeeded", "failed"):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s")
+
+    def snapshot(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        resp = self.post("/snapshots", body, role="writer", **kw)
+        assert resp.status_code == 202, resp.text
+        job = self.wait(resp.json()["id"])
+        assert job["state"] == "succeeded", job
+        return job
+
+
+@pytest.fixture(scope="module")
+def env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    name = unique_name("api")
+    root = tmp_path_factory.mktemp("apidata")
+    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name,
+                                archive_root=str(root / "archive"),
+                                snapshot_root=str(root / "snapshots"), home=root)
+    execute(settings,
+            "drop table if exists api_customers, api_bulk",
+            "create table api_customers (id int primary key, name text, balance numeric(12, 2))",
+            "alter table api_customers replica identity full",
+            "insert into api_customers select g, 'c' || g, g * 1.5 from generate_series(1, 300) g",
+            "create table api_bulk (id bigint primary key, payload text)")
+    apply(local, ConnectorSpec(name, (CUSTOMERS, BULK), name), timeout=180)
+    (root / "recipes").mkdir()
+    (root / "recipes" / f"{RECIPE_MODULE}.py").write_text(RECIPE)
+    return local
+
+
+def _start(env: Settings, home: Path, **extra: str) -> tuple[Server, Client]:
+    home.mkdir(parents=True, exist_ok=True)
+    server = Server(env, home, Path(env.home) / "recipes", **extra)
+    keys = {role: server.cli("api", "keys", "create", "--role", role, "--name", role)
+            for role in ("reader", "writer", "admin")}
+    server.start()
+    return server, Client(server, {**keys, "": ""})
+
+
+@pytest.fixture(scope="module")
+def live(env: Settings) -> Iterator[Client]:
+    server, client = _start(env, Path(env.home) / "api-home",
+                            TIDELOG_API_RECIPES=RECIPE_MODULE)
+    try:
+        yield client
+    finally:
+        server.stop()
+
+
+def _settle(env: Settings, marker: str) -> None:
+    """Write a marker row and wait until Kafka has it: everything before is captured."""
+    execute(env, "update api_customers set name = %s where id = 300", params=(marker,))
+    wait_for_events(env, f"{env.topic_prefix}.{CUSTOMERS}", lambda ev: any(
+        e.after and e.after.get("name") == marker for e in ev), timeout=90)
+
+
+def _count(env: Settings, table: str) -> int:
+    with psycopg.connect(env.postgres_dsn) as conn:
+        row = conn.execute(f"select count(*) from {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- tests -----------------------------------------------------------------------------
+
+def test_health_readiness_and_metrics(live: Client) -> None:
+    assert live.get("/healthz", role="").json() == {"status": "ok"}
+    ready = live.get("/readyz", role="")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"postgres", "broker", "connect", "mlflow", "archive"}
+    assert all(c["ok"] for c in ready.json()["checks"].values())
+    metrics = live.get("/metrics", role="")
+    assert "tidelog_api_requests_total" in metrics.text
+    assert live.get("/openapi.json", role="").json()["info"]["title"] == "tidelog"
+
+
+def test_auth_matrix_on_every_operation(live: Client) -> None:
+    safe = {  # never touch the test's own connector; a recipe the API may import
+        ("POST", "/runs"): ("/runs", {"recipe": f"{RECIPE_MODULE}:nope",
+                                      "snapshot_id": "0" * 16}),
+        ("POST", "/cdc/connector/apply"): ("/cdc/connector/apply",
+                                           {"tables": ["public.x"], "name": "no-such-conn"}),
+        ("POST", "/cdc/connector/restart"): ("/cdc/connector/restart",
+                                             {"name": "no-such-conn", "timeout": 1}),
+    }
+    roles = ("reader", "writer", "admin")
+    for operation, needed in sorted(ROLE_OF.items()):
+        if needed is None:
+            continue
+        method, path = operation
+        url, body = safe.get(operation) or EXAMPLE.get(operation, (path, None))
+        assert_error(live.request(method, url, role="", json=body), 401, "unauthorized")
+        assert_error(live.request(method, url, role="", json=body,
+                                  headers={"X-API-Key": "tlk_0123456789ab_wrong"}), 401)
+        for role in roles:
+            resp = live.request(method, url, role=role, json=body)
+            if roles.index(role) < roles.index(needed):
+                assert_error(resp, 403, "forbidden")
+            else:
+                assert resp.status_code not in (401, 403), (operation, role, resp.text)
+                assert resp.status_code < 500, (operation, role, resp.text)
+    # a key made over HTTP works at once and stops working at once when revoked
+    made = live.post("/admin/keys", {"role": "reader", "name": "temp"}).json()
+    assert live.get("/snapshots", role="", headers={"X-API-Key": made["key"]}).status_code == 200
+    assert live.request("DELETE", f"/admin/keys/{made['id']}").status_code == 200
+    assert_error(live.get("/snapshots", role="", headers={"X-API-Key": made["key"]}), 401)
+    denied = live.get("/audit?result=denied&limit=1000").json()["items"]
+    assert len(denied) >= 20
+
+
+def test_snapshots_diff_verify_lineage_archive(live: Client, env: Settings) -> None:
+    _settle(env, "first")
+    first = live.snapshot({"tables": [CUSTOMERS]}, headers={"Idempotency-Key": "snap-1"})
+    replay = live.post("/snapshots", {"tables": [CUSTOMERS]}, role="writer",
+                       headers={"Idempotency-Key": "snap-1"})
+    assert replay.json()["id"] == first["id"] and replay.headers["idempotent-replayed"]
+    sid1 = first["result"]["snapshot_id"]
+    manifest = live.get(f"/snapshots/{sid1}", role="reader").json()
+    assert manifest["tables"][CUSTOMERS]["rows"] == _count(env, CUSTOMERS) == 300
+    assert manifest["cut"] == first["plan"]["cut"]
+
+    execute(env, "update api_customers set balance = balance + 1 where id = 1",
+            "delete from api_customers where id = 2")
+    _settle(env, "second")
+    sid2 = live.snapshot({"tables": [CUSTOMERS]})["result"]["snapshot_id"]
+    assert sid2 != sid1
+
+    listed = [s["id"] for s in live.get(f"/snapshots?table={CUSTOMERS}").json()["items"]]
+    assert listed[-2:] == [sid1, sid2]
+    by_digest = live.get(f"/snapshots?digest={manifest['digest']}").json()["items"]
+    assert [s["id"] for s in by_digest] == [sid1]
+    page = live.get(f"/snapshots?table={CUSTOMERS}&limit=1").json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+
+    diff = live.get(f"/snapshots/diff?a={sid1}&b={sid2}", role="reader").json()
+    changes = diff["tables"][CUSTOMERS]
+    assert changes["updated"] >= 1 and changes["deleted"] == 1 and changes["inserted"] == 0
+
+    report = live.post(f"/snapshots/{sid2}/verify", role="reader").json()
+    assert report["ok"] is True and report["digest_recomputed"] == report["digest_recorded"]
+
+    key = json.dumps({"id": 1})
+    rows = live.get("/lineage/rows", role="reader",
+                    params={"table": CUSTOMERS, "key": key}).json()
+    seen = {s["snapshot_id"]: s for s in rows["snapshots"]}
+    assert seen[sid1]["present"] and seen[sid2]["present"]
+    assert seen[sid1]["version"] != seen[sid2]["version"]
+    gone = live.get("/lineage/rows", params={"table": CUSTOMERS, "key": '{"id": 2}'}).json()
+    assert {s["snapshot_id"]: s["present"] for s in gone["snapshots"]}[sid2] is False
+
+    archive = live.get("/cdc/archive", role="reader").json()
+    assert archive["broker"]["checked"] is True
+    ours = [p for p in archive["partitions"] if p["topic"] == f"{env.topic_prefix}.{CUSTOMERS}"]
+    assert ours and ours[0]["high_water_mark"] > 300
+    assert ours[0]["same_log_as_broker"] is True and ours[0]["lag"] >= 0
+    assert ours[0]["log_identity"]["cluster_id"]
+    status = live.get(f"/cdc/connector?name={env.connector_name}", role="reader").json()
+    assert status["connector"]["state"] == "RUNNING"
+
+    assert live.post(f"/snapshots/{sid1}/pin", {"reason": "kept"}, role="writer").json()[
+        "pinned"]
+    assert_error(live.request("DELETE", f"/snapshots/{sid1}", role="writer"), 409,
+                 "snapshot_pinned")
+    live.post(f"/snapshots/{sid1}/unpin", role="writer")
+    assert live.request("DELETE", f"/snapshots/{sid1}", role="writer").json() == {
+        "deleted": sid1}
+    assert_error(live.get(f"/snapshots/{sid1}"), 404, "snapshot_not_found")
+
+
+def test_train_rebuild_lineage_and_delete_guard(live: Client, env: Settings) -> None:
+    model = f"{env.topic_prefix}-model"
+    assert_error(live.post("/runs", {"recipe": "os:system"}, role="writer"), 403,
+                 "recipe_not_allowed")
+    resp = live.post("/runs", {"recipe": f"{RECIPE_MODULE}:train", "seed": 1,
+                               "register_as": model}, role="writer")
+    job = live.wait(resp.json()["id"])
+    assert job["state"] == "succeeded", job
+    run_id, sid = job["result"]["run_id"], job["result"]["snapshot_id"]
+
+    run = live.get(f"/runs/{run_id}", role="reader").json()
+    assert run["snapshot_id"] == sid and run["cut"]["partitions"]
+    lineage = live.get(f"/lineage/models/{model}", role="reader").json()
+    assert lineage["run_id"] == run_id and lineage["snapshot_id"] == sid
+    err = assert_error(live.request("DELETE", f"/snapshots/{sid}", role="writer"), 409,
+                       "snapshot_in_use")
+    assert err["details"]["model_versions"][0]["name"] == model
+
+    rebuilt = live.wait(live.post(f"/runs/{run_id}/rebuild", {}, role="writer").json()["id"])
+    assert rebuilt["state"] == "succeeded", rebuilt
+    assert rebuilt["result"]["verified"] and rebuilt["result"]["dataset_match"]
+    run = live.get(f"/runs/{run_id}").json()
+    assert [r["verified"] for r in run["rebuilds"]] == [True]
+
+
+def _broker_end(env: Settings, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(env.kafka_config(**{"group.id": "api-test-probe"}))
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10,
+                                                  cached=False)[1])
+    except Exception:  # noqa: BLE001 - the topic may not exist yet
+        return 0
+    finally:
+        consumer.close()
+
+
+def test_api_crash_in_the_middle_of_a_snapshot_job(env: Settings) -> None:
+    """kill -9 while a snapshot job runs: after the restart the job is re-queued, builds
+    the cut it had planned, and asking for that cut again gives the same snapshot."""
+    execute(env, f"insert into api_bulk select g, repeat('x', 40) || g "
+                 f"from generate_series(1, {BULK_ROWS}) g")
+    topic = f"{env.topic_prefix}.{BULK}"
+    deadline = time.monotonic() + 240
+    while _broker_end(env, topic) < BULK_ROWS * 0.95 and time.monotonic() < deadline:
+        time.sleep(1)  # let Debezium deliver most rows, so archiving them takes a while
+    server, client = _start(env, Path(env.home) / "crash-home")
+    try:
+        job_id = client.post("/snapshots", {"tables": [BULK]}, role="writer").json()["id"]
+        state = "queued"
+        while state == "queued":
+            state = client.get(f"/jobs/{job_id}").json()["state"]
+            time.sleep(0.02)
+        time.sleep(0.3)
+        before_kill = client.get(f"/jobs/{job_id}").json()
+        server.kill()
+        killed_mid_job = before_kill["state"] == "running"
+
+        server.start()
+        job = client.wait(job_id)
+        assert job["state"] == "succeeded", job  # re-queued, not left "running"
+        if killed_mid_job:
+            assert job["attempts"] == 2
+        result = job["result"]
+        assert job["plan"]["cut"] == result["cut"]
+        assert result["tables"][BULK]["rows"] >= 1
+
+        again = client.snapshot({"tables": [BULK], "at": job["plan"]["cut"]})["result"]
+        assert (again["snapshot_id"], again["digest"]) == (result["snapshot_id"],
+                                                           result["digest"])
+        assert again["tables"] == result["tables"]
+        assert client.post(f"/snapshots/{again['snapshot_id']}/verify").json()["ok"]
+        leftovers = [p.name for p in Path(env.snapshot_root).iterdir()
+                     if p.name.startswith(".tmp-")]
+        assert not leftovers
+        restarted = [e for e in client.get("/audit?action=job.snapshot.create&limit=1000")
+                     .json()["items"] if e["job_id"] == job_id]
+        assert [e["result"] for e in restarted] == ["succeeded"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(env: Settings) -> Iterator[Client]:
+    """A second API for the fuzzer: its own home and a connector and topic prefix that do
+    not exist, so random requests cannot touch the CDC pipeline of the other tests."""
+    fuzz_env = dataclasses.replace(env, connector_name="fuzz-no-such-connector",
+                                   topic_prefix="fuzznothing",
+                                   snapshot_root=str(Path(env.home) / "fuzz-snapshots"))
+    server, client = _start(fuzz_env, Path(env.home) / "fuzz-home")
+    try:
+        yield client
+        text = client.get("/metrics", role="").text
+        sent = sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("tidelog_api_requests_total"))
+        statuses = sorted({line.split('status="')[1].split('"')[0] for line in text.splitlines()
+                           if line.startswith("tidelog_api_requests_total")})
+        print(f"\nfuzzed API answered {sent} requests; statuses {statuses}")
+        assert not [s for s in statuses if s.startswith("5")]
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def live_schema(fuzz_api: Client) -> Any:
+    return schemathesis.openapi.from_url(f"{fuzz_api.server.url}/openapi.json")
+
+
+try:
+    import schemathesis
+except ImportError:  # the pytest plugin is optional; everything else runs without it
+    schemathesis = None
+
+if schemathesis is not None:
+    from hypothesis import HealthCheck, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        ignored_auth,
+        negative_data_rejection,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+        unsupported_method,
+    )
+
+    CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance, response_headers_conformance,
+              negative_data_rejection, ignored_auth, unsupported_method]
+    schema = schemathesis.pytest.from_fixture("live_schema")
+
+    @schema.parametrize()
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def test_schemathesis_every_operation(case: Any, fuzz_api: Client) -> None:
+        """Hundreds of generated requests: never a 5xx, always the documented schema."""
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {fuzz_api.keys['admin']}"}, checks=CHECKS)
+else:
+    def test_schemathesis_every_operation() -> None:
+        pytest.skip("schemathesis is not installed")
