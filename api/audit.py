@@ -50,7 +50,8 @@ class AuditLog:
               result: str | None = None, since: str | None = None, until: str | None = None,
               after: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
         """Entries oldest first, after sequence number `after`; plus the next cursor."""
-        where, params = ["seq > ?"], [after]
+        where: list[str] = ["seq > ?"]
+        params: list[object] = [after]
         for column, value in (("actor", actor), ("action", action), ("result", result)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -52,7 +52,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    keys = [k.to_json() for k in _keys().list()]
+    keys = [k.to_json() for k in _keys().all()]
     if args.json:
         _print_json(keys)
     else:

@@ -262,7 +262,7 @@ class Core:
                 "partitions": partitions}
 
     def _admin_client(self) -> Any:
-        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.admin import AdminClient  # type: ignore[import-untyped]
 
         with self._admin_lock:
             if self._admin is None:
@@ -276,8 +276,12 @@ class Core:
         ListOffsets(LATEST): exact on Apache Kafka; a broker that answers with the base
         offset of its last batch (Tansu) under-reports the lag by up to one batch.
         """
-        from confluent_kafka import KafkaException, TopicCollection, TopicPartition
-        from confluent_kafka.admin import OffsetSpec
+        from confluent_kafka import (  # type: ignore[import-untyped]
+            KafkaException,
+            TopicCollection,
+            TopicPartition,
+        )
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[import-untyped]
 
         admin = self._admin_client()
         identities: dict[str, tuple[str, str]] = {}

@@ -37,7 +37,7 @@ def _postgres(settings: Settings) -> str:
 
 
 def _broker(settings: Settings) -> str:
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient  # type: ignore[import-untyped]
 
     admin = AdminClient(settings.kafka_config())
     metadata = admin.list_topics(timeout=TIMEOUT)

@@ -116,9 +116,10 @@ class JobStore:
             raise HttpError(404, "job_not_found", f"no job {job_id!r}; `GET /jobs` lists them")
         return _job(row)
 
-    def list(self, *, state: str | None = None, kind: str | None = None, after: int = 0,
+    def page(self, *, state: str | None = None, kind: str | None = None, after: int = 0,
              limit: int = 50) -> tuple[list[Job], int | None]:
-        where, params = ["seq > ?"], [after]
+        where: list[str] = ["seq > ?"]
+        params: list[object] = [after]
         if state is not None:
             where.append("state = ?")
             params.append(state)

@@ -101,7 +101,7 @@ class KeyStore:
                             "`GET /admin/keys` (or `tidelog api keys list`) lists them")
         return _info(row)
 
-    def list(self) -> list[KeyInfo]:
+    def all(self) -> list[KeyInfo]:
         return [_info(r) for r in self.db.query("select * from api_keys order by created_at")]
 
     def revoke(self, key_id: str, revoked_by: str) -> KeyInfo:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-__all__ = ["Metrics", "CONTENT_TYPE"]
+__all__ = ["Metrics", "CONTENT_TYPE", "Gauges"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# name -> (type, help, {((label, value), ...): sample})
+Gauges = dict[str, tuple[str, str, dict[tuple[tuple[str, str], ...], float]]]
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,8 +46,7 @@ class Metrics:
             hist[-2] += seconds
             hist[-1] += 1
 
-    def render(self, gauges: dict[str, tuple[str, str, dict[tuple[tuple[str, str], ...], float]]]
-               ) -> str:
+    def render(self, gauges: Gauges) -> str:
         """The exposition text; `gauges` maps name -> (type, help, {labels: value})."""
         lines = ["# HELP tidelog_api_requests_total HTTP requests by method, route, status.",
                  "# TYPE tidelog_api_requests_total counter"]
@@ -53,16 +54,16 @@ class Metrics:
             requests = dict(self._requests)
             latency = {k: list(v) for k, v in self._latency.items()}
         for (method, route, status), count in sorted(requests.items()):
-            labels = _labels((("method", method), ("route", route), ("status", status)))
-            lines.append(f"tidelog_api_requests_total{labels} {count}")
+            text = _labels((("method", method), ("route", route), ("status", status)))
+            lines.append(f"tidelog_api_requests_total{text} {count}")
         name = "tidelog_api_request_duration_seconds"
         lines += [f"# HELP {name} Time to answer a request, by method and route.",
                   f"# TYPE {name} histogram"]
         for (method, route), hist in sorted(latency.items()):
             base = (("method", method), ("route", route))
-            for bound, count in zip(BUCKETS, hist, strict=False):
+            for bound, cumulative in zip(BUCKETS, hist, strict=False):
                 lines.append(f"{name}_bucket{_labels((*base, ('le', repr(bound))))} "
-                             f"{_number(count)}")
+                             f"{_number(cumulative)}")
             lines.append(f"{name}_bucket{_labels((*base, ('le', '+Inf')))} "
                          f"{_number(hist[-1])}")
             lines.append(f"{name}_sum{_labels(base)} {repr(hist[-2])}")

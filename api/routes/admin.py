@@ -29,7 +29,7 @@ def create_key(state: State, body: KeyCreate, principal: Principal = admin) -> J
 @router.get("/admin/keys", response_model=KeyList, name="keys.list")
 def list_keys(state: State, principal: Principal = admin) -> dict[str, Any]:
     """List API keys (admin), without secrets."""
-    return {"items": [k.to_json() for k in state.keys.list()]}
+    return {"items": [k.to_json() for k in state.keys.all()]}
 
 
 @router.delete("/admin/keys/{key_id}", response_model=KeyOut, name="keys.revoke")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from api.errors import HttpError
-from api.metrics import CONTENT_TYPE
+from api.metrics import CONTENT_TYPE, Gauges
 from api.schemas import LiveOut, ReadyOut
 from api.state import ApiState, get_state
 
@@ -40,10 +40,11 @@ def ready(state: State) -> dict[str, Any]:
                              "description": "Prometheus text format"}})
 def metrics(state: State) -> Response:
     """Prometheus metrics (text format)."""
-    jobs = {(("kind", kind), ("state", job_state)): float(n)
-            for (kind, job_state), n in state.jobs.counts().items()}
+    jobs: dict[tuple[tuple[str, str], ...], float] = {
+        (("kind", kind), ("state", job_state)): float(n)
+        for (kind, job_state), n in state.jobs.counts().items()}
     cache = state.core.lineage_cache
-    gauges = {
+    gauges: Gauges = {
         "tidelog_api_jobs": ("gauge", "Jobs in the store by kind and state.", jobs),
         "tidelog_api_lineage_cache_total": (
             "counter", "Lineage answers served from memory (hit) or computed (miss).",

@@ -52,7 +52,7 @@ def list_jobs(
 ) -> dict[str, Any]:
     """List jobs, oldest first."""
     after = decode_cursor(cursor, int) or 0
-    jobs, last = state.jobs.list(state=job_state, kind=kind, after=after, limit=limit)
+    jobs, last = state.jobs.page(state=job_state, kind=kind, after=after, limit=limit)
     return {"items": [j.to_json() for j in jobs],
             "next_cursor": encode_cursor(last) if last is not None else None}
 

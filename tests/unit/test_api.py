@@ -706,7 +706,7 @@ def test_audit_log_records_writes_denials_and_jobs(api: Api) -> None:
     assert ("snapshots.create", "accepted") in results
     assert ("job.snapshot.create", "succeeded") in results
     pin = next(e for e in entries if e["action"] == "snapshots.pin")
-    writer_id = next(k.id for k in api.state.keys.list() if k.role == "writer")
+    writer_id = next(k.id for k in api.state.keys.all() if k.role == "writer")
     assert pin["actor"] == writer_id and pin["target"] == sid and pin["status"] == 200
     assert all(e["at"] and e["request_id"] for e in entries if e["method"] != "JOB")
     mine = api.get(f"/audit?actor={writer_id}").json()["items"]
