@@ -44,15 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tidelog.demo import PARAMS as DEMO_PARAMS  # noqa: E402
+from tidelog.demo import RECIPE as DEMO_RECIPE  # noqa: E402
 from trainer.recipe import RecipeResult, recipe  # noqa: E402
 
 __all__ = ["amount_model", "main"]
 
 BIG_TABLE = "public.bench_payments_1m"
 BIG_RECIPE = "benchmarks.bench_rebuild:amount_model"
-DEMO_RECIPE = "examples.churn:train"
-DEMO_PARAMS: dict[str, str | int | float] = {"model": "forest", "n_estimators": 60,
-                                             "max_depth": 8}
 
 
 @recipe(tables=[BIG_TABLE])
@@ -134,9 +133,9 @@ def _measure(settings: Any, scratch: Path, label: str, recipe_ref: str,
         parts.append({"original": {k: round(v, 3) for k, v in result.timings.items()},
                       "rebuild": {k: round(v, 3) for k, v in report.timings.items()}})
         say(f"  {label} run {i + 1}: original {original[-1]:.2f}s "
-            f"(snapshot {result.timings['snapshot']:.2f}, train+log {result.timings['train']:.2f})"
-            f", rebuild {rebuilt[-1]:.2f}s (snapshot+verify {report.timings['snapshot']:.2f}, "
-            f"train {report.timings['train']:.2f})")
+            f"(snapshot {result.timings['snapshot']:.2f}, fit+predict "
+            f"{result.timings['train']:.2f}), rebuild {rebuilt[-1]:.2f}s (snapshot+digests "
+            f"{report.timings['snapshot']:.2f}, fit+predict {report.timings['train']:.2f})")
         shutil.rmtree(home, ignore_errors=True)
     med_original, med_rebuild = statistics.median(original), statistics.median(rebuilt)
     rows = sum(cut_rows for cut_rows in (result.manifest.tables[t].rows for t in tables))

@@ -14,11 +14,12 @@ cluster, restarted local broker) opens a new generation; offsets never mix acros
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -214,21 +215,38 @@ def _transaction_table(messages: Sequence[RawMessage]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
 
 
+def _schema_bytes(value: bytes | None) -> bytes | None:
+    """The value schema's exact bytes (JsonConverter writes `{"schema":S,"payload":P}`)."""
+    if value is None:
+        return None
+    cut = value.find(b',"payload":')
+    return value[:cut] if cut > 0 else value
+
+
 def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int, int]]:
-    """Messages of one partition -> runs of one schema each, in the archive layout."""
-    from cdc.events import ChangeEvent, decode_any, events_to_arrow, split_by_schema
+    """Messages of one partition -> runs of one value schema each, in the archive layout.
+
+    Runs are split on the schema's bytes, and each run is decoded straight from the raw
+    messages into Arrow columns: no per-event Python objects on the archive's hot path.
+    """
+    from cdc.events import events_to_arrow
 
     if messages[0].topic.endswith(".transaction"):
         return [(_transaction_table(messages), messages[0].offset, messages[-1].offset)]
-    events = []
+    runs: list[list[RawMessage]] = []
+    current: bytes | None = None
     for m in messages:
-        event = decode_any(m.topic, m.partition, m.offset, m.key, m.value, typed=False)
-        if isinstance(event, ChangeEvent):
-            events.append(event)
-    if not events:
-        # Only heartbeats: an empty segment still advances the high-water mark.
-        return [(events_to_arrow([]), messages[0].offset, messages[-1].offset)]
-    runs = split_by_schema(events)
+        value = m.value
+        if value is not None and current is not None and value.startswith(current) and \
+                value.startswith(b',"payload":', len(current)):
+            schema: bytes | None = current  # the common case: a memcmp, no search
+        else:
+            schema = _schema_bytes(value)
+        if not runs or (schema is not None and current is not None and schema != current):
+            runs.append([])
+        if schema is not None:
+            current = schema
+        runs[-1].append(m)
     result = []
     for i, run in enumerate(runs):
         last = runs[i + 1][0].offset - 1 if i + 1 < len(runs) else messages[-1].offset
@@ -244,6 +262,51 @@ def cdc_topics(settings: Settings, prefix: str | None = None) -> list[str]:
     admin = AdminClient(settings.kafka_config())
     names = admin.list_topics(timeout=15).topics
     return sorted(t for t in names if t.startswith(f"{prefix}."))
+
+
+def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4
+                ) -> Iterator[list[RawMessage]]:
+    """Fetch the next batches in a thread while this one is decoded and written.
+
+    librdkafka fetches without the GIL, so fetching and decoding overlap; errors from the
+    reader are re-raised here, in order.
+    """
+    done = object()
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            buffer.put(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the reader's consumer is closed in the thread that used it
+
+    worker = threading.Thread(target=pump, name="tidelog-archive-fetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join(timeout=30)
 
 
 def archive_topics(
@@ -279,20 +342,30 @@ def archive_topics(
         start[(topic, partition)] = archive.high_water_mark(topic, partition, gen)
         generation[(topic, partition)] = gen.number
     marks = dict(start)
-    for batch in read_range(settings, start, batch_size=batch_size):
-        by_tp: dict[TopicPartitionKey, list[RawMessage]] = {}
+    pending: dict[TopicPartitionKey, list[RawMessage]] = {}
+
+    def flush(tp: TopicPartitionKey) -> None:
+        messages = pending.pop(tp, [])
+        if not messages:
+            return
+        # Offsets may skip (transaction markers, compaction): segments still cover
+        # [previous end, last offset + 1) so the archive stays gap-free.
+        for table, _first, last in decoder(messages):
+            archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
+            marks[tp] = last + 1
+
+    # Buffer up to `batch_size` messages per partition: fewer, larger segments.
+    for batch in _prefetched(read_range(settings, start, batch_size=batch_size)):
         for msg in batch:
-            by_tp.setdefault((msg.topic, msg.partition), []).append(msg)
-        for tp, messages in by_tp.items():
-            if messages[0].offset < marks[tp]:
-                messages = [m for m in messages if m.offset >= marks[tp]]
-                if not messages:
-                    continue
-            # Offsets may skip (transaction markers, compaction): segments still cover
-            # [previous end, last offset + 1) so the archive stays gap-free.
-            for table, _first, last in decoder(messages):
-                archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
-                marks[tp] = last + 1
+            tp = (msg.topic, msg.partition)
+            if msg.offset < marks[tp]:
+                continue
+            buffer = pending.setdefault(tp, [])
+            buffer.append(msg)
+            if len(buffer) >= batch_size:
+                flush(tp)
+    for tp in list(pending):
+        flush(tp)
     return marks
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from tidelog.errors import ConnectorError, TidelogError
 from tidelog.settings import Settings, home_dir, load_settings
 
-__all__ = ["register", "run_demo", "DemoNames", "wait_for_capture", "RECIPE", "MODEL_NAME"]
+__all__ = ["register", "run_demo", "DemoNames", "wait_for_capture", "RECIPE", "PARAMS",
+           "MODEL_NAME"]
 
 RECIPE = "examples.churn:train"
 MODEL_NAME = "demo-churn"
