@@ -13,7 +13,6 @@ It starts a private Postgres and a Tansu broker in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
 import json
 import statistics

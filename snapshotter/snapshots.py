@@ -308,6 +308,24 @@ def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnecti
     return True
 
 
+FOLD_SEGMENTS = 40  # ~2M events at the archiver's default segment size
+
+
+def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None) -> pl.DataFrame:
+    """Materialise in groups of segments, each on top of the state so far.
+
+    Peak memory is then about the table state plus one group of segments, instead of
+    growing with the whole change history; the result is the same (the incremental rule).
+    """
+    if len(frames) <= FOLD_SEGMENTS:
+        return materialise(frames, base=base, keep_key=True)
+    state: pl.DataFrame | pl.LazyFrame | None = base
+    for i in range(0, len(frames), FOLD_SEGMENTS):
+        state = materialise(frames[i:i + FOLD_SEGMENTS], base=state, keep_key=True)
+    assert isinstance(state, pl.DataFrame)
+    return state
+
+
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
            target: Path, incremental: bool) -> Manifest:
     sid = target.name
@@ -333,7 +351,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
                 base_dir = _snapshot_root(settings) / base.id
                 base_frame = pl.scan_parquet([str(base_dir / f)
                                               for f in base.tables[table].files])
-            state = materialise(frames, base=base_frame, keep_key=True)
+            state = _fold(frames, base_frame)
             key_columns = _key_columns(state) if KEY_COLUMN in state.columns else []
             data_cols = [c for c in state.columns if c != KEY_COLUMN]
             file_name = f"{table}.parquet"
