@@ -308,20 +308,29 @@ def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnecti
     return True
 
 
-FOLD_SEGMENTS = 40  # ~2M events at the archiver's default segment size
+FOLD_EVENTS = 2_000_000  # events materialised at once; bounds peak memory
 
 
 def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None) -> pl.DataFrame:
-    """Materialise in groups of segments, each on top of the state so far.
+    """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
-    Peak memory is then about the table state plus one group of segments, instead of
-    growing with the whole change history; the result is the same (the incremental rule).
+    Peak memory is then about the table state plus one group, instead of growing with
+    the whole change history; the result is the same (the incremental rule).
     """
-    if len(frames) <= FOLD_SEGMENTS:
+    sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
+    if sum(sizes) <= FOLD_EVENTS:
         return materialise(frames, base=base, keep_key=True)
     state: pl.DataFrame | pl.LazyFrame | None = base
-    for i in range(0, len(frames), FOLD_SEGMENTS):
-        state = materialise(frames[i:i + FOLD_SEGMENTS], base=state, keep_key=True)
+    group: list[pl.LazyFrame] = []
+    count = 0
+    for frame, size in zip(frames, sizes, strict=True):
+        group.append(frame)
+        count += size
+        if count >= FOLD_EVENTS:
+            state = materialise(group, base=state, keep_key=True)
+            group, count = [], 0
+    if group:
+        state = materialise(group, base=state, keep_key=True)
     assert isinstance(state, pl.DataFrame)
     return state
 

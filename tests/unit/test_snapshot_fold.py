@@ -36,7 +36,7 @@ def _segments(n_segments: int, per_segment: int, keys: int, seed: int) -> list[p
 def test_fold_equals_single_pass(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     frames = _segments(9, 200, 150, seed)
     whole = materialise(frames, keep_key=True)
-    monkeypatch.setattr(snapshots, "FOLD_SEGMENTS", 2)
+    monkeypatch.setattr(snapshots, "FOLD_EVENTS", 500)
     folded = snapshots._fold(frames, None)
     assert folded.equals(whole)
     # and on top of a base state, as an incremental build does
