@@ -114,9 +114,7 @@ def _scan(archive: Archive, topic: str, partition: int, generation: int, start: 
           end: int, columns: list[str] | None = None) -> list[pl.LazyFrame]:
     frames = []
     for seg in archive.segments_for_range(topic, partition, generation, start, end):
-        frame = pl.scan_parquet(seg.path)
-        if columns is not None:
-            frame = frame.select(columns)
+        frame = archive.storage.scan(seg.path, columns)
         if seg.start < start or seg.end > end:
             frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
         frames.append(frame)
@@ -131,8 +129,8 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
     (`r` events) into the new log; a topic recreated under a running connector does not.
     """
     segs = archive.segments(topic, partition, generation)
-    ops = next((pl.read_parquet(s.path, columns=["__op"])["__op"] for s in segs
-                if pl.read_parquet(s.path, columns=["__op"]).height), None)
+    ops = next((frame["__op"] for frame in (
+        archive.storage.scan(s.path, ["__op"]).collect() for s in segs) if frame.height), None)
     if ops is not None and ops[0] != "r":
         raise CutError(
             f"{topic}[{partition}] is on a new log (archive generation {generation}) that "

@@ -11,6 +11,7 @@ import os
 import uuid
 from dataclasses import dataclass
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -79,6 +80,13 @@ class Storage:
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, filesystem=self.fs, columns=columns)
+
+    def scan(self, path: str, columns: list[str] | None = None) -> pl.LazyFrame:
+        """A lazy frame over one Parquet file: scanned in place locally, fetched remotely."""
+        if self.local:
+            frame = pl.scan_parquet(path)
+            return frame.select(columns) if columns is not None else frame
+        return pl.from_arrow(self.read_parquet(path, columns)).lazy()  # type: ignore[union-attr]
 
     def remove_temporaries(self, path: str) -> None:
         for name in self.listdir(path):

@@ -39,6 +39,7 @@ PARAMS: dict[str, str | int | float] = {"model": "forest", "n_estimators": 60, "
 SEED = 42
 CONNECTOR_RE = re.compile(r"^tidelog-demo-(\d+)$")
 SCHEMA_RE = re.compile(r"^shop_(\d+)$")
+SLOT_RE = re.compile(r"^tidelog_demo_(\d+)$")
 TOPIC_RE = re.compile(r"^demo(\d+)\.")
 
 
@@ -117,22 +118,43 @@ def next_names(settings: Settings) -> DemoNames:
     return DemoNames(max(seen) + 1)
 
 
-def remove_previous_runs(settings: Settings) -> list[str]:
-    """Delete earlier demo connectors (with their slots) and source schemas."""
+def stop_previous_runs(settings: Settings) -> list[str]:
+    """Delete earlier demo connectors; their slots are dropped at the end of the run
+    (`drop_previous_runs`), once Debezium has let go of them."""
+    from cdc.connector import ConnectorSpec, delete
+
+    stopped = []
+    for name in _connectors(settings):
+        if m := CONNECTOR_RE.match(name):
+            delete(settings, ConnectorSpec(name, (), DemoNames(int(m[1])).topic_prefix))
+            stopped.append(name)
+    return stopped
+
+
+def drop_previous_runs(settings: Settings, current: DemoNames) -> list[str]:
+    """Drop the replication slots, publications and source schemas of earlier runs.
+
+    Their archives, snapshots and MLflow runs stay: their models remain rebuildable."""
+    import psycopg
+
     from cdc.connector import ConnectorSpec, delete
     from examples.shop import Shop
 
-    removed = []
-    for name in _connectors(settings):
-        if m := CONNECTOR_RE.match(name):
-            names = DemoNames(int(m[1]))
-            delete(settings, ConnectorSpec(name, (), names.topic_prefix), drop_slot=True)
-            removed.append(f"connector {name}")
+    dropped = []
+    with psycopg.connect(settings.require("postgres_dsn")) as conn:
+        slots = [r[0] for r in conn.execute("select slot_name from pg_replication_slots")]
+    for slot in slots:
+        number = int(slot.rsplit("_", 1)[1]) if SLOT_RE.match(slot) else None
+        if number is not None and number != current.number:
+            names = DemoNames(number)
+            delete(settings, ConnectorSpec(names.connector, (), names.topic_prefix),
+                   drop_slot=True)
+            dropped.append(f"slot {slot}")
     for schema in _schemas(settings):
-        if SCHEMA_RE.match(schema):
+        if SCHEMA_RE.match(schema) and schema != current.schema:
             Shop(settings.require("postgres_dsn"), schema).drop()
-            removed.append(f"schema {schema}")
-    return removed
+            dropped.append(f"schema {schema}")
+    return dropped
 
 
 # -- capture -------------------------------------------------------------------------------
@@ -322,11 +344,12 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         for key, value in sorted(status.endpoints.items()):
             p.say(f"  {key:18} {value}")
     with p.step("reset", "Fresh names for this run"):
-        removed = remove_previous_runs(base)
+        stopped = stop_previous_runs(base)
         names = next_names(base)
         settings = replace(base, topic_prefix=names.topic_prefix,
                            connector_name=names.connector)
-        p.say(f"  removed from earlier runs: {', '.join(removed) or 'nothing'}")
+        p.say("  stopped earlier runs' connectors: "
+              + (", ".join(f"connector {n}" for n in stopped) or "none"))
         p.say(f"  schema {names.schema}, topic prefix {names.topic_prefix}, connector "
               f"{names.connector}")
     shop = Shop(settings.require("postgres_dsn"), names.schema)
@@ -335,11 +358,15 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         p.say("  " + ", ".join(f"{t} {n}" for t, n in rows.items()) + " rows; types: "
               "bigint, text, date, timestamptz, boolean, numeric, jsonb")
     with p.step("capture", "Capture: Debezium connector -> Kafka topics -> Parquet archive"):
+        began = time.perf_counter()
         apply(settings, ConnectorSpec(names.connector, shop.tables, names.topic_prefix),
               timeout=180)
+        p.say(f"  connector {names.connector}: initial snapshot done, streaming "
+              f"({time.perf_counter() - began:.1f}s)")
+        began = time.perf_counter()
         cut1 = wait_for_capture(settings, dict(shop.events))
-        p.say(f"  connector {names.connector} streaming; {sum(shop.events.values())} "
-              "change events archived")
+        p.say(f"  {sum(shop.events.values())} change events archived "
+              f"({time.perf_counter() - began:.1f}s)")
     with p.step("train1", "Snapshot at the captured cut, train the churn model"):
         first = _snapshot_and_train(settings, p, shop.tables, cut1, "run 1")
     tracked = {"before": {k: shop.row("customers", v) for k, v in shop.tracked.items()}}
@@ -379,6 +406,14 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
                 if d["columns_added"] else ""
             p.say(f"    {name:26} +{d['inserted']} inserted, ~{d['updated']} updated, "
                   f"-{d['deleted']} deleted{added}")
+    with p.step("tidy", "Tidy up earlier runs (slots, publications, source schemas)"):
+        try:
+            dropped = drop_previous_runs(settings, names)
+            p.say(f"  dropped: {', '.join(dropped) or 'nothing'}; their archives, snapshots "
+                  "and runs stay, so their models can still be rebuilt")
+        except TidelogError as exc:  # a slot still held: the next run drops it
+            dropped = []
+            p.say(f"  left for the next run: {exc.message}")
 
     rebuilt = report.to_json()
     diff_changes = sum(d["inserted"] + d["updated"] + d["deleted"]
@@ -413,6 +448,7 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
     summary.update({
         "ok": verification["ok"],
         "verification": verification,
+        "cleanup": {"connectors_stopped": stopped, "dropped": dropped},
         "names": {"number": names.number, "schema": names.schema,
                   "topic_prefix": names.topic_prefix, "connector": names.connector,
                   "model": MODEL_NAME, "recipe": RECIPE},

@@ -108,7 +108,11 @@ def test_demo_runs_end_to_end_and_again(settings: Settings,
     _check(again, progress)
     assert again["names"]["number"] > first_demo["names"]["number"]
     assert again["names"]["schema"] != first_demo["names"]["schema"]
-    assert f"connector {first_demo['names']['connector']}" in progress  # cleaned up
+    # the first demo's connector was stopped, then its slot and source schema dropped
+    assert again["cleanup"]["connectors_stopped"] == [first_demo["names"]["connector"]]
+    slot = first_demo["names"]["connector"].replace("-", "_")
+    assert {f"slot {slot}", f"schema {first_demo['names']['schema']}"} <= set(
+        again["cleanup"]["dropped"])
 
     # run 1 of the first demo: its connector, slot and source schema are gone; the
     # archive still rebuilds it exactly
