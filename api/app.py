@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lock = _lock_home(config)
         try:
+            core.lineage_cache.start()
             failed, requeued = runner.start()
             if failed or requeued:
                 _LOG.warning("jobs cut off by the previous API process: %d failed, %d "
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
                              "caller is an admin")
             yield
         finally:
+            core.lineage_cache.stop()
             runner.stop()
             db.close()
             lock.close()

@@ -9,7 +9,8 @@ All come from `TIDELOG_API_*` environment variables, so `docker-compose.yml` and
     TIDELOG_API_RECIPES         comma-separated module prefixes the API may import recipes
                                 from, e.g. "examples,acme.recipes"; unset = no training over
                                 HTTP (a recipe is arbitrary code in the API process)
-    TIDELOG_API_LINEAGE_TTL     seconds a lineage answer may be served from memory (default 5)
+    TIDELOG_API_LINEAGE_TTL     longest a lineage answer is served from memory, in seconds
+                                (default 60; 0 = never); see `api.cache`
     TIDELOG_API_DB              the SQLite file holding jobs, keys, pins and the audit log
                                 (default: $TIDELOG_HOME/api.db)
 """
@@ -33,7 +34,7 @@ class ApiConfig:
     auth: bool = True
     workers: int = 2
     recipe_modules: tuple[str, ...] = ()
-    lineage_ttl: float = 5.0
+    lineage_ttl: float = 60.0
 
     def recipe_allowed(self, reference: str) -> bool:
         module = reference.partition(":")[0]
@@ -70,5 +71,5 @@ def load_api_config(settings: Settings, env: Mapping[str, str] | None = None) ->
         workers=int(_number("TIDELOG_API_WORKERS", env.get("TIDELOG_API_WORKERS", "2"), int, 1)),
         recipe_modules=recipes,
         lineage_ttl=float(_number("TIDELOG_API_LINEAGE_TTL",
-                                  env.get("TIDELOG_API_LINEAGE_TTL", "5"), float, 0)),
+                                  env.get("TIDELOG_API_LINEAGE_TTL", "60"), float, 0)),
     )

@@ -7,11 +7,12 @@ in-memory fake; tests replace the other methods (verify, connector, ...) one by 
 
 from __future__ import annotations
 
+import os
 import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
+from api.cache import LineageCache
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
 from tidelog.errors import BrokerError, CutError, TidelogError
@@ -19,48 +20,7 @@ from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
 from trainer.tracking import DEFAULT_EXPERIMENT
 
-__all__ = ["Core", "TTLCache", "run_to_json", "cut_or_latest"]
-
-T = TypeVar("T")
-
-
-class TTLCache:
-    """Answers remembered for `ttl` seconds; one computation per key at a time."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._values: dict[Any, tuple[float, Any]] = {}
-        self._locks: dict[Any, threading.Lock] = {}
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Any, compute: Callable[[], T]) -> T:
-        if self.ttl <= 0:
-            return compute()
-        found = self._values.get(key)
-        if found is not None and found[0] > time.monotonic():
-            self.hits += 1
-            return found[1]  # type: ignore[no-any-return]
-        with self._lock:
-            key_lock = self._locks.setdefault(key, threading.Lock())
-        with key_lock:
-            found = self._values.get(key)
-            if found is not None and found[0] > time.monotonic():
-                self.hits += 1
-                return found[1]  # type: ignore[no-any-return]
-            self.misses += 1
-            value = compute()
-            with self._lock:
-                if len(self._values) > 10_000:
-                    self._values.clear()
-                self._values[key] = (time.monotonic() + self.ttl, value)
-            return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
+__all__ = ["Core", "run_to_json", "cut_or_latest"]
 
 def run_to_json(lineage: Any, rebuilds: list[Any]) -> dict[str, Any]:
     """A tidelog run's recorded lineage plus the verification result of each rebuild."""
@@ -105,10 +65,10 @@ def _rebuild_summary(run: Any) -> dict[str, Any]:
 
 class Core:
     def __init__(self, settings: Settings, provider: SnapshotProvider | None = None,
-                 lineage_ttl: float = 5.0) -> None:
+                 lineage_ttl: float = 60.0) -> None:
         self.settings = settings
         self.provider = provider or default_provider()
-        self.lineage_cache = TTLCache(lineage_ttl)
+        self.lineage_cache = LineageCache(self.lineage_fingerprint, max_age=lineage_ttl)
         # Archive catch-up is not safe to run twice at once against one archive root.
         self.archive_lock = threading.Lock()
         # MLflow's fluent API keeps process-global state; one training at a time.
@@ -193,6 +153,32 @@ class Core:
             ("model", name, version, experiment),
             lambda: model_lineage(self.settings, name, version, experiment=experiment
                                   ).to_json())
+
+    def lineage_fingerprint(self) -> Hashable:
+        """Changes whenever a lineage answer may: snapshots come or go, an MLflow run
+        starts or ends, a model version is registered or changed. Four cheap calls."""
+        from trainer.tracking import connect, mlflow_errors
+
+        root = self.settings.snapshot_root
+        try:
+            snapshots = frozenset(e.name for e in os.scandir(root)
+                                  if not e.name.startswith("."))
+        except FileNotFoundError:
+            snapshots = frozenset()
+        tracking = connect(self.settings)
+        client = tracking.client
+        with mlflow_errors("check for new runs", tracking.uri):
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            latest = [r.info.run_id for r in client.search_runs(
+                experiments, max_results=1, order_by=["attributes.start_time DESC"])] \
+                if experiments else []
+            running = frozenset(r.info.run_id for r in client.search_runs(
+                experiments, "attributes.status = 'RUNNING'", max_results=1000)) \
+                if experiments else frozenset()
+            versions = [(v.name, v.version, v.last_updated_timestamp, v.current_stage)
+                        for v in client.search_model_versions(
+                            max_results=1, order_by=["last_updated_timestamp DESC"])]
+        return snapshots, tuple(experiments), tuple(latest), running, tuple(versions)
 
     def row_lineage(self, table: str, key: Mapping[str, Any],
                     experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:

@@ -86,6 +86,42 @@ def register_snapshot(settings: Settings, manifest: Manifest) -> None:
         if newest and newest[0] == manifest.id:
             con.execute("drop schema if exists latest cascade")
             _create_views(con, "latest", manifest, snapshot_dir)
+        _create_change_views(con, settings, manifest)
+
+
+def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
+                         manifest: Manifest) -> None:
+    """`changes.<table>`: every archived change event of the table, with before/after.
+
+    Filter by `__offset` between two cuts' ends to get the changes between them; the
+    view globs the archive, so it sees segments archived later too. Local archives only
+    (an object-store archive would need DuckDB's httpfs extension).
+    """
+    root = settings.archive_root
+    if "://" in root:
+        return
+    con.execute("create schema if not exists changes")
+    for table, view in view_names(manifest).items():
+        part = next(p for p in manifest.cut.partitions if p.topic == manifest.tables[table].topic)
+        generation = _generation_number(root, part.topic, part.partition, part.topic_id)
+        if generation is None:
+            continue
+        pattern = f"{root}/{part.topic}/p{part.partition}/g{generation}/*.parquet"
+        con.execute(
+            f"create or replace view changes.{_quote(view)} as select "
+            "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
+            "* exclude (__partition, __offset, __op, __key, __lsn, __txid, __tx, __ts_ms, "
+            f"__before) from read_parquet('{pattern}', union_by_name = true)")
+
+
+def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> int | None:
+    log = Path(root) / topic / f"p{partition}" / "log.json"
+    if not log.exists():
+        return None
+    for gen in json.loads(log.read_text())["generations"]:
+        if gen["topic_id"] == topic_id:
+            return int(gen["generation"])
+    return None
 
 
 def unregister_snapshot(settings: Settings, snapshot_id: str) -> None:

@@ -117,6 +117,15 @@ def test_snapshots_equal_postgres_at_each_moment(env: Settings) -> None:
     _, rows = run_sql(env, "select id, digest from tidelog.snapshots order by created_at")
     assert {r[0] for r in rows} == {m.id for m in manifests}
     assert catalog_path(env).exists()
+    # the change log between two cuts, with before and after images
+    ends = [m.cut.ends()[(f"{env.topic_prefix}.public.snap_customers", 0)] for m in manifests]
+    _, rows = run_sql(env, "select __op, count(*) from changes.snap_customers where "
+                           f"__offset >= {ends[0]} and __offset < {ends[1]} group by 1")
+    kinds = dict(rows)
+    assert kinds.get("u", 0) > 0 and kinds.get("d", 0) >= 2 and kinds.get("c", 0) >= 1
+    _, rows = run_sql(env, "select __before, name from changes.snap_customers where "
+                           f"__op = 'u' and __offset >= {ends[0]} limit 1")
+    assert rows[0][0] and json.loads(rows[0][0])["name"]  # replica identity full
 
     diff = diff_snapshots(env, manifests[0].id, manifests[1].id)
     orders = diff["tables"]["public.snap_orders"]
