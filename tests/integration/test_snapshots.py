@@ -105,6 +105,14 @@ def test_snapshots_equal_postgres_at_each_moment(env: Settings) -> None:
         assert {t: m.digest for t, m in rebuilt.tables.items()} == {
             t: m.digest for t, m in manifest.tables.items()}
         assert verify_snapshot(env, manifest.id)["ok"]
+    # the last snapshot is the current state: live Postgres agrees, value by value
+    report = verify_snapshot(env, manifests[-1].id, against_source=True)
+    assert report["ok"], report["source"]
+    assert report["source"]["public.snap_orders"]["rows_source"] == \
+        manifests[-1].tables["public.snap_orders"].rows
+    # an earlier one does not, and the report says where
+    stale = verify_snapshot(env, manifests[0].id, against_source=True)
+    assert not stale["ok"] and stale["source"]["public.snap_orders"]["differences"] > 0
     # asking again for the same cut gives the same snapshot, not a second one
     again = create_snapshot(env, TABLES, manifests[-1].cut)
     assert again.id == manifests[-1].id

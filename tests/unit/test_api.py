@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.cache import LineageCache
 from api.config import ApiConfig, load_api_config
 from api.errors import HttpError, status_for
 from api.jobs import INTERRUPTED
@@ -653,6 +654,35 @@ def test_recipes_outside_the_allowlist_are_refused(make_app: AppFactory) -> None
         assert "TIDELOG_API_RECIPES" in err["message"]
     assert ApiConfig(Path("x"), recipe_modules=("examples",)).recipe_allowed(RECIPE)
     assert not ApiConfig(Path("x"), recipe_modules=("ex",)).recipe_allowed(RECIPE)
+
+
+def test_lineage_cache_keeps_answers_until_their_inputs_change() -> None:
+    inputs = {"runs": 1}
+    cache = LineageCache(lambda: inputs["runs"], max_age=60, check_every=0.01)
+    computed: list[int] = []
+
+    def compute() -> int:
+        computed.append(1)
+        return len(computed)
+
+    cache.start()
+    try:
+        time.sleep(0.1)  # the watcher's first look
+        assert cache.get("k", compute) == cache.get("k", compute) == 1
+        inputs["runs"] = 2  # e.g. a run logged from the CLI
+        time.sleep(0.1)
+        assert cache.get("k", compute) == 2
+        cache.clear()  # e.g. a job of this API finished
+        assert cache.get("k", compute) == 3
+        assert (cache.hits, cache.misses) == (1, 3)
+    finally:
+        cache.stop()
+    short = LineageCache(None, max_age=0.05)
+    assert short.get("k", compute) == short.get("k", compute) == 4
+    time.sleep(0.1)
+    assert short.get("k", compute) == 5
+    off = LineageCache(None, max_age=0)
+    assert off.get("k", compute) == 6 and off.get("k", compute) == 7
 
 
 # -- CDC -------------------------------------------------------------------------------
