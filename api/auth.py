@@ -6,10 +6,11 @@ needs writer, key management and the audit log need admin. Health and metrics ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import HttpError
@@ -35,11 +36,14 @@ def _token(request: Request, credentials: HTTPAuthorizationCredentials | None,
     return None
 
 
-def require(role: str) -> Callable[..., Principal]:
-    def dependency(request: Request,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Security(bearer)],
-                   header_key: Annotated[str | None, Security(api_key_header)]) -> Principal:
+def require(role: str) -> Callable[..., Awaitable[Principal]]:
+    # async: answered on the event loop without a thread hop, except for the one scrypt
+    # check per key and process, which goes to a worker thread.
+    async def dependency(request: Request,
+                         credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                Security(bearer)],
+                         header_key: Annotated[str | None, Security(api_key_header)]
+                         ) -> Principal:
         state: Any = request.app.state.tidelog
         if not state.config.auth:
             principal = ANONYMOUS
@@ -52,7 +56,9 @@ def require(role: str) -> Callable[..., Principal]:
                 raise HttpError(401, "unauthorized",
                                 "missing API key: send `Authorization: Bearer <key>` or "
                                 f"`X-API-Key: <key>`{hint}", _CHALLENGE)
-            found = state.keys.authenticate(token)
+            found, needs_hash = state.keys.authenticate(token, hash_allowed=False)
+            if needs_hash:
+                found, _ = await run_in_threadpool(state.keys.authenticate, token)
             if found is None:
                 raise HttpError(401, "unauthorized",
                                 "unknown or revoked API key; ask an admin for a key "

@@ -39,6 +39,14 @@ class LineageCache:
         self.hits = 0
         self.misses = 0
 
+    def peek(self, key: Hashable) -> tuple[bool, Any]:
+        """(True, answer) when `key` is cached and fresh; never computes or blocks."""
+        found = self._values.get(key) if self.max_age > 0 else None
+        if found is not None and found[0] > time.monotonic():
+            self.hits += 1
+            return True, found[1]
+        return False, None
+
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         if self.max_age <= 0:
             return compute()

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from anyio import to_thread
+
 from api.cache import LineageCache
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
@@ -154,6 +156,30 @@ class Core:
             lambda: model_lineage(self.settings, name, version, experiment=experiment
                                   ).to_json())
 
+    def row_lineage(self, table: str, key: Mapping[str, Any],
+                    experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        from trainer.lineage import row_lineage
+
+        return self.lineage_cache.get(
+            _row_cache_key(table, key, experiment),
+            lambda: row_lineage(self.settings, table, dict(key), provider=self.provider,
+                                experiment=experiment).to_json())
+
+    # A cached answer is served on the event loop; only a miss takes a worker thread.
+    async def model_lineage_async(self, name: str, version: int | None,
+                                  experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        hit, value = self.lineage_cache.peek(("model", name, version, experiment))
+        if hit:
+            return dict(value)
+        return await to_thread.run_sync(self.model_lineage, name, version, experiment)
+
+    async def row_lineage_async(self, table: str, key: Mapping[str, Any],
+                                experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+        hit, value = self.lineage_cache.peek(_row_cache_key(table, key, experiment))
+        if hit:
+            return dict(value)
+        return await to_thread.run_sync(self.row_lineage, table, key, experiment)
+
     def lineage_fingerprint(self) -> Hashable:
         """Changes whenever a lineage answer may: snapshots come or go, an MLflow run
         starts or ends, a model version is registered or changed. Four cheap calls."""
@@ -179,17 +205,6 @@ class Core:
                         for v in client.search_model_versions(
                             max_results=1, order_by=["last_updated_timestamp DESC"])]
         return snapshots, tuple(experiments), tuple(latest), running, tuple(versions)
-
-    def row_lineage(self, table: str, key: Mapping[str, Any],
-                    experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
-        from trainer.lineage import row_lineage
-
-        cache_key = ("row", table, tuple(sorted((k, repr(v)) for k, v in key.items())),
-                     experiment)
-        return self.lineage_cache.get(
-            cache_key,
-            lambda: row_lineage(self.settings, table, dict(key), provider=self.provider,
-                                experiment=experiment).to_json())
 
     # -- CDC --------------------------------------------------------------------------
 
@@ -299,6 +314,10 @@ class Core:
         from api.health import readiness
 
         return readiness(self.settings)
+
+
+def _row_cache_key(table: str, key: Mapping[str, Any], experiment: str) -> Hashable:
+    return ("row", table, tuple(sorted((k, repr(v)) for k, v in key.items())), experiment)
 
 
 def cut_or_latest(at: Any) -> str | Cut:

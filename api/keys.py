@@ -118,26 +118,34 @@ class KeyStore:
         row = self.db.one("select count(*) from api_keys where revoked_at is null")
         return int(row[0]) if row else 0
 
-    def authenticate(self, token: str) -> Principal | None:
+    def authenticate(self, token: str, *, hash_allowed: bool = True
+                     ) -> tuple[Principal | None, bool]:
+        """(the key's principal or None, whether scrypt was needed but not allowed).
+
+        With `hash_allowed=False` only tokens this process verified before are checked,
+        so an event loop can answer them without blocking for ~20 ms.
+        """
         parsed = _parse(token)
         if parsed is None:
-            return None
+            return None, False
         key_id, secret = parsed
         row = self.db.one("select id, name, role, salt, hash, revoked_at from api_keys "
                           "where id = ?", (key_id,))
         if row is None or row["revoked_at"] is not None:
-            return None
+            return None, False
         fingerprint = hashlib.sha256(token.encode()).digest()
         with self._lock:
             known = self._verified.get(fingerprint) == key_id
         if not known:
+            if not hash_allowed:
+                return None, True
             if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
-                return None
+                return None, False
             with self._lock:
                 if len(self._verified) >= 4096:
                     self._verified.clear()
                 self._verified[fingerprint] = key_id
-        return Principal(row["id"], row["name"], row["role"])
+        return Principal(row["id"], row["name"], row["role"]), False
 
 
 def _info(row: Any) -> KeyInfo:

@@ -33,6 +33,6 @@ class ApiState:
     metrics: Metrics
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     state: ApiState = request.app.state.tidelog
     return state

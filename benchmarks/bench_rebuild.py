@@ -91,13 +91,18 @@ def _big_table(dsn: str, rows: int) -> dict[str, int]:
     return {name: rows}
 
 
+CREATED: list[tuple[Any, Any]] = []  # (settings, ConnectorSpec) to delete at the end
+
+
 def _capture(settings: Any, name: str, tables: tuple[str, ...], expected: dict[str, int],
              timeout: float) -> Any:
     from cdc.connector import ConnectorSpec, apply
     from tidelog.demo import wait_for_capture
 
     local = dataclasses.replace(settings, topic_prefix=name, connector_name=name)
-    apply(local, ConnectorSpec(name, tables, name), timeout=timeout)
+    spec = ConnectorSpec(name, tables, name)
+    CREATED.append((local, spec))
+    apply(local, spec, timeout=timeout)
     return local, wait_for_capture(local, expected, timeout=timeout, interval=5.0)
 
 
@@ -148,6 +153,18 @@ def _measure(settings: Any, scratch: Path, label: str, recipe_ref: str,
             "within_target": med_rebuild / med_original <= 1.2, "parts": parts}
 
 
+def _clean_up(settings: Any, shop: Any) -> None:
+    import psycopg
+
+    from cdc.connector import delete
+
+    for local, spec in CREATED:
+        delete(local, spec, drop_slot=True)
+    shop.drop()
+    with psycopg.connect(settings.require("postgres_dsn"), autocommit=True) as conn:
+        conn.execute(f"drop table if exists {BIG_TABLE}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--home", help="use the stack of this TIDELOG_HOME (default: own)")
@@ -173,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TIDELOG_HOME"] = str(home)
     scratch = Path(tempfile.mkdtemp(prefix="tlrb-scratch-"))
     results = []
+    settings: Any = None
+    shop: Any = None
     try:
         began = time.perf_counter()
         stack.up(home)
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                     {}, args.runs, say))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if not own and shop is not None:  # leave someone else's stack as we found it
+            _clean_up(settings, shop)
         if own:
             stack.down(home)
             shutil.rmtree(home, ignore_errors=True)

@@ -67,7 +67,11 @@ def aligned_ends(tables: list[TableEvents], txs: Mapping[int, TxInfo]
                 per_table[t.table] = per_table.get(t.table, 0) + 1
     chosen = {t.table for t in tables}
     incomplete: list[int] = []
-    for txid, seen in counts.items():
+    # Every transaction the archive knows of counts, including ones none of whose events
+    # are archived yet: leaving out an earlier transaction while keeping a later one would
+    # give a state the database never had.
+    for txid in set(counts) | set(txs):
+        seen = counts.get(txid, {})
         info = txs.get(txid)
         if info is None or info.counts is None:
             incomplete.append(txid)
@@ -87,7 +91,7 @@ def aligned_ends(tables: list[TableEvents], txs: Mapping[int, TxInfo]
         return info.order if info is not None else math.inf
 
     first_bad = min(order(t) for t in incomplete)
-    left_out = sorted({txid for txid in counts if order(txid) >= first_bad})
+    left_out = sorted({txid for txid in set(counts) | set(txs) if order(txid) >= first_bad})
     for t in tables:
         for offset, txid in zip(t.offsets, t.txids, strict=True):
             if txid is not None and order(txid) >= first_bad:

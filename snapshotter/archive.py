@@ -13,6 +13,8 @@ cluster, restarted local broker) opens a new generation; offsets never mix acros
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import queue
 import re
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cdc.reader import (
     LogIdentity,
@@ -45,7 +48,9 @@ __all__ = [
     "cdc_topics",
 ]
 
-SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+# <start>-<end>-<first 16 hex of the file's sha256>.parquet: the name commits the range
+# and the content together, so a changed file is detected and named.
+SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})-([0-9a-f]{16})\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Segment:
     start: int
     end: int  # exclusive
     path: str
+    checksum: str = ""
 
 
 class Archive:
@@ -130,7 +136,7 @@ class Archive:
             match = SEGMENT_RE.match(name)
             if match:
                 result.append(Segment(topic, partition, generation, int(match[1]),
-                                      int(match[2]), f"{directory}/{name}"))
+                                      int(match[2]), f"{directory}/{name}", match[3]))
         result.sort(key=lambda s: s.start)
         return result
 
@@ -141,9 +147,19 @@ class Archive:
     def write_segment(self, topic: str, partition: int, generation: int, start: int,
                       end: int, table: pa.Table) -> Segment:
         directory = self._generation_dir(topic, partition, generation)
-        path = f"{directory}/{start:020d}-{end:020d}.parquet"
-        self.storage.write_parquet(path, table)
-        return Segment(topic, partition, generation, start, end, path)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue()
+        checksum = hashlib.sha256(data).hexdigest()[:16]
+        path = f"{directory}/{start:020d}-{end:020d}-{checksum}.parquet"
+        self.storage.write_bytes(path, data)
+        return Segment(topic, partition, generation, start, end, path, checksum)
+
+    def damaged(self, segments: Iterable[Segment]) -> list[Segment]:
+        """Segments whose bytes no longer match the checksum in their name."""
+        return [seg for seg in segments
+                if hashlib.sha256(self.storage.read_bytes(seg.path)).hexdigest()[:16]
+                != seg.checksum]
 
     def segments_for_range(self, topic: str, partition: int, generation: int, start: int,
                            end: int) -> list[Segment]:

@@ -31,7 +31,7 @@ from snapshotter.digest import overall_digest, table_digest
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import materialise
 from tidelog import __version__
-from tidelog.errors import ArchiveError, CutError, SnapshotError, TidelogError
+from tidelog.errors import ArchiveError, CutError, DigestMismatch, SnapshotError, TidelogError
 from tidelog.settings import Settings
 
 __all__ = [
@@ -114,10 +114,10 @@ def _scan(archive: Archive, topic: str, partition: int, generation: int, start: 
           end: int, columns: list[str] | None = None) -> list[pl.LazyFrame]:
     frames = []
     for seg in archive.segments_for_range(topic, partition, generation, start, end):
-        frame = archive.storage.scan(seg.path, columns)
+        frame = archive.storage.scan(seg.path)
         if seg.start < start or seg.end > end:
             frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
-        frames.append(frame)
+        frames.append(frame.select(columns) if columns is not None else frame)
     return frames
 
 
@@ -432,11 +432,32 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
     return manifest
 
 
+def check_archive(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
+                  ) -> None:
+    """Refuse, naming table and segment, when an archived segment was changed."""
+    for table in sorted(tables):
+        topic = _topic(settings, table)
+        for p in (p for p in cut.partitions if p.topic == topic):
+            gen = _generation_of(archive, p)
+            segments = archive.segments_for_range(p.topic, p.partition, gen.number,
+                                                  p.start, p.end)
+            bad = archive.damaged(segments)
+            if bad:
+                raise DigestMismatch(
+                    f"archived segment {bad[0].path} of table {table} ({p.topic}"
+                    f"[{p.partition}] offsets {bad[0].start}..{bad[0].end - 1}) no longer "
+                    f"matches its checksum {bad[0].checksum}: the archive was changed after "
+                    "it was written. Restore it from a backup; tidelog will not rebuild "
+                    "from altered history",
+                    tables=[table], segments=[s.path for s in bad])
+
+
 def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: Path
                      ) -> Manifest:
     """Materialise `cut` again from the archive alone (no Kafka, no earlier snapshot)."""
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, cut, archive, catch_up=False)
+    check_archive(settings, archive, cut, tables)
     into.mkdir(parents=True, exist_ok=True)
     target = into / snapshot_id(cut, tables)
     if target.exists():

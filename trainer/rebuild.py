@@ -4,6 +4,7 @@ data is the same by digest, retrain at the recorded code version, and compare th
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -214,7 +215,17 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
     snapshot_started = time.perf_counter()
     into = Path(tempfile.mkdtemp(prefix="tidelog-rebuild-", dir=workdir))
     try:
-        manifest = provider.rebuild_snapshot(settings, lineage.cut, lineage.tables, into)
+        # Topic names come from the run's own record, not from today's settings.
+        recorded = dataclasses.replace(
+            settings,
+            topic_prefix=lineage.source.get("topic_prefix") or settings.topic_prefix,
+            connector_name=lineage.source.get("connector") or settings.connector_name)
+        try:
+            manifest = provider.rebuild_snapshot(recorded, lineage.cut, lineage.tables, into)
+        except DigestMismatch as exc:
+            raise DigestMismatch(
+                f"rebuild of run {run_id} refused: {exc.message}",
+                **{**exc.details, "run_id": run_id}) from exc
         rebuilt = provider.open_rebuilt(manifest, into)
         checks = compare_digests(
             lineage, manifest, rebuilt,

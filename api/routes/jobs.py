@@ -58,7 +58,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, name="jobs.get")
-def get_job(state: Annotated[ApiState, Depends(get_state)],
+async def get_job(state: Annotated[ApiState, Depends(get_state)],
             job_id: Annotated[str, Path(pattern=r"^job_[0-9a-f]{32}$")],
             principal: Principal = reader) -> dict[str, Any]:
     """A job's state, parameters, plan, result or error."""

@@ -37,7 +37,7 @@ def parse_row_key(text: str) -> dict[str, Any]:
 
 
 @router.get("/models/{name:path}", response_model=ModelLineageOut, name="lineage.model")
-def model_lineage(
+async def model_lineage(
     state: State,
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.\-][A-Za-z0-9_.\- /]{0,199}$",
                               description="registered model name")],
@@ -47,11 +47,11 @@ def model_lineage(
     principal: Principal = reader,
 ) -> dict[str, Any]:
     """A registered model version back to run, snapshot, cut and source."""
-    return state.core.model_lineage(name, version, experiment)
+    return await state.core.model_lineage_async(name, version, experiment)
 
 
 @router.get("/rows", response_model=RowLineageOut, name="lineage.row")
-def row_lineage(
+async def row_lineage(
     state: State,
     table: Annotated[str, Query(pattern=TABLE_PATTERN)],
     key: Annotated[str, Query(min_length=2, max_length=2000,
@@ -60,4 +60,4 @@ def row_lineage(
     principal: Principal = reader,
 ) -> dict[str, Any]:
     """Which snapshots hold a row key, which version each saw, which runs used them."""
-    return state.core.row_lineage(table, parse_row_key(key), experiment)
+    return await state.core.row_lineage_async(table, parse_row_key(key), experiment)

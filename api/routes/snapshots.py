@@ -81,9 +81,10 @@ def diff_other_methods(request: Request) -> None:
 
 
 @router.get("/{snapshot_id}", response_model=ManifestOut, name="snapshots.get")
-def get_snapshot(state: State, snapshot_id: SnapshotPath,
+async def get_snapshot(state: State, snapshot_id: SnapshotPath,
                  principal: Principal = reader) -> dict[str, Any]:
     """A snapshot's manifest: cut, tables, schemas, row counts, digests."""
+    # async: a manifest and a pin are small local reads, answered without a thread hop
     manifest = state.core.manifest(snapshot_id)
     pin = state.pins.get(snapshot_id)
     return {**manifest.to_json(), "pinned": pin is not None,

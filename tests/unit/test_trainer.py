@@ -278,8 +278,10 @@ def test_train_and_rebuild_with_the_real_snapshotter(settings: Settings, tmp_pat
     events = pl.read_parquet(segment.path)
     Path(segment.path).unlink()
     events.with_columns(amount=pl.col("amount") + 1).write_parquet(segment.path)
-    with pytest.raises(DigestMismatch, match="public.payments: digest"):
+    with pytest.raises(DigestMismatch, match="segment .* of table public.payments") as caught:
         rebuild(real, result.run_id)
+    assert caught.value.details["segments"] == [segment.path]
+    assert caught.value.details["run_id"] == result.run_id
 
 
 # -- recipes ------------------------------------------------------------------------------
