@@ -257,7 +257,8 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
         row = conn.execute(
             "select r.state from pg_replication_slots s join pg_stat_replication r on "
             "r.pid = s.active_pid where s.slot_name = %s", (slot,)).fetchone()
-    return bool(row and row[0] == "streaming")
+    # "catchup": the sender is streaming but still behind the WAL end; both are live.
+    return bool(row and row[0] in ("streaming", "catchup"))
 
 
 def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120

@@ -13,6 +13,7 @@ cluster, restarted local broker) opens a new generation; offsets never mix acros
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -124,6 +126,19 @@ class Archive:
         self.storage.write_bytes(f"{self._partition_dir(topic, partition)}/log.json",
                                  json.dumps(body, indent=2).encode())
         return new
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        if not self.storage.local:
+            yield
+            return
+        self.storage.makedirs(self.storage.base)
+        with open(f"{self.storage.base}/.writer.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     # -- segments --------------------------------------------------------------------
     def _generation_dir(self, topic: str, partition: int, generation: int) -> str:
@@ -334,8 +349,20 @@ def archive_topics(
     archive: Archive | None = None,
     batch_size: int = 50_000,
 ) -> dict[TopicPartitionKey, int]:
-    """Append everything new on `topics` to the archive; return the high-water marks."""
+    """Append everything new on `topics` to the archive; return the high-water marks.
+
+    One writer at a time per local archive (an exclusive lock on `<root>/.writer.lock`):
+    two archivers resuming from the same high-water mark would write overlapping
+    segments. Object-store archives need a single archiver by deployment.
+    """
     archive = archive or Archive(settings.archive_root)
+    with archive.writer_lock():
+        return _archive_topics(settings, topics, decoder, on_new_log, archive, batch_size)
+
+
+def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
+                    on_new_log: str, archive: Archive, batch_size: int
+                    ) -> dict[TopicPartitionKey, int]:
     topics = sorted(set(topics))
     identities = log_identity(settings, topics)
     start: dict[TopicPartitionKey, int] = {}

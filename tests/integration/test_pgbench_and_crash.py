@@ -97,28 +97,38 @@ def test_sigkill_connect_mid_load_loses_nothing(settings: Settings, stack_home: 
     execute(settings, f"drop table if exists {table}",
             f"create table {table} (id int primary key, v text)")
     spec = connect_tables(settings, [table], "crash")
-    total, per_tx = 30_000, 100
+    per_tx = 50
+    stop_loading = threading.Event()
+    inserted = [0]
 
     def load() -> None:
+        # Keeps writing until told to stop, so the kill always lands mid-load.
         with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
-            for start in range(0, total, per_tx):
+            while not stop_loading.is_set() or inserted[0] < 5_000:
+                start = inserted[0]
                 with conn.transaction():
                     conn.execute(
                         f"insert into {table} select g, 'row ' || g "
                         "from generate_series(%s::int, %s::int) g", (start, start + per_tx - 1))
-                time.sleep(0.02)
+                inserted[0] += per_tx
+                time.sleep(0.05)
 
     loader = threading.Thread(target=load)
     loader.start()
-    wait_for_events(settings, spec.topic(table), lambda ev: len(ev) > 1_000, timeout=60)
-    assert loader.is_alive(), "the load finished before the kill; nothing was tested"
-    connect = stack.status(stack_home).components["connect"]
-    os.kill(int(connect["pid"]), signal.SIGKILL)  # type: ignore[arg-type]
-    time.sleep(1)
-    restarted = stack.up(stack_home)
-    assert restarted.components["connect"]["pid"] != connect["pid"]
-    wait_streaming(settings, ConnectorSpec(spec.name, spec.tables, spec.topic_prefix), 180)
-    loader.join()
+    try:
+        wait_for_events(settings, spec.topic(table), lambda ev: len(ev) > 1_000, timeout=120)
+        assert loader.is_alive()
+        connect = stack.status(stack_home).components["connect"]
+        os.kill(int(connect["pid"]), signal.SIGKILL)  # type: ignore[arg-type]
+        time.sleep(1)
+        restarted = stack.up(stack_home)
+        assert restarted.components["connect"]["pid"] != connect["pid"]
+        wait_streaming(settings, ConnectorSpec(spec.name, spec.tables, spec.topic_prefix), 180)
+        time.sleep(1)
+    finally:
+        stop_loading.set()
+        loader.join()
+    total = inserted[0]
     events = wait_for_events(
         settings, spec.topic(table),
         lambda ev: len({e.key["id"] for e in ev if e.key}) >= total, timeout=180)

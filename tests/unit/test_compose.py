@@ -33,7 +33,7 @@ PUBLISHED = {
     "tidelog-api": {8000},
 }
 # Variables tidelog/settings.py reads besides ENV_FIELDS.
-EXTRA_TIDELOG_VARS = {"TIDELOG_HOME", "TIDELOG_CONFIG"}
+EXTRA_TIDELOG_VARS = {"TIDELOG_HOME", "TIDELOG_CONFIG", "TIDELOG_API_RECIPES"}
 PASSTHROUGH_PREFIX = "TIDELOG_KAFKA__"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 
