@@ -89,6 +89,7 @@ def read_range(
     *,
     idle_timeout: float = 30.0,
     batch_size: int = 10_000,
+    eof_patience: float = 20.0,
 ) -> Iterator[list[RawMessage]]:
     """Yield batches of messages from `start` (inclusive) to `end` (exclusive).
 
@@ -116,7 +117,22 @@ def read_range(
     )
     try:
         consumer.assign([TopicPartition(t, p, start[(t, p)]) for (t, p) in pending])
+        # Under continuous writes partition EOF may never come. After `eof_patience`
+        # seconds an open-ended read also stops at the end offset the broker reported when
+        # it began. Not sooner: some brokers (Tansu) report an end one batch early, and
+        # only EOF is exact.
+        horizon: dict[TopicPartitionKey, int] = {}
+        if end is None:
+            for tp in pending:
+                try:
+                    _low, high = consumer.get_watermark_offsets(
+                        TopicPartition(*tp), timeout=10, cached=False)
+                except KafkaException:
+                    continue
+                if high > start[tp]:
+                    horizon[tp] = high
         last_progress = time.monotonic()
+        patience_ends = last_progress + eof_patience
         while pending:
             messages = consumer.consume(num_messages=batch_size, timeout=0.5)
             batch: list[RawMessage] = []
@@ -140,9 +156,15 @@ def read_range(
                 if stop is not None and msg.offset() >= stop:
                     del pending[tp]
                     continue
+                if stop is None and tp in horizon and msg.offset() >= horizon[tp] \
+                        and time.monotonic() > patience_ends:
+                    del pending[tp]
+                    continue
                 batch.append(RawMessage(tp[0], tp[1], msg.offset(), msg.key(), msg.value(),
                                         msg.timestamp()[1]))
-                if stop is not None and msg.offset() + 1 >= stop:
+                bound = stop if stop is not None else (
+                    horizon.get(tp) if time.monotonic() > patience_ends else None)
+                if bound is not None and msg.offset() + 1 >= bound:
                     del pending[tp]
             if batch:
                 last_progress = time.monotonic()
