@@ -481,9 +481,8 @@ def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], sc
         "duckdb_command": f'duckdb -readonly {catalog} -c "{sql}"',
         "sql_command": f'tidelog sql "select * from snap_{b}.customers limit 5"',
         "api_command": "tidelog api serve",
-        # `rebuild` resolves topics with the configured prefix, not the run's recorded one.
-        "rebuild_command": f"TIDELOG_TOPIC_PREFIX={settings.topic_prefix} tidelog rebuild "
-                           f"{first['run_id']}",
+        # `rebuild` reads the topic prefix from the run's own lineage tags.
+        "rebuild_command": f"tidelog rebuild {first['run_id']}",
         "lineage_command": f"tidelog lineage model {first['model']}; tidelog lineage row "
                            f"{schema}.customers '{{\"id\": 1}}'",
     }
