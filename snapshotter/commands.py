@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from tidelog.output import print_json as _print_json
 from tidelog.settings import load_settings
 
 __all__ = ["register"]
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _tables(text: str) -> list[str]:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tidelog.errors import TidelogError
+from tidelog.output import print_json as _print_json
 from tidelog.settings import home_dir, load_settings
 
 __all__ = ["main", "build_parser"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # -- stack ----------------------------------------------------------------------------

@@ -166,7 +166,6 @@ def wait_for_capture(settings: Settings, expected: dict[str, int], timeout: floa
 
     Each poll archives what is new, so a long capture polled often leaves many small
     segments: poll less often (`interval`) for big loads."""
-    import polars as pl
 
     from snapshotter.snapshots import resolve_cut
 
@@ -184,11 +183,6 @@ def wait_for_capture(settings: Settings, expected: dict[str, int], timeout: floa
             last_error = ""
         except TidelogError as exc:
             last_error = f"; last error: {exc.message}"  # e.g. topics not created yet
-        except pl.exceptions.ColumnNotFoundError as exc:
-            # snapshotter.snapshots._scan selects columns before filtering on __offset, so
-            # planning fails while a cut ends inside a segment (a transaction half
-            # archived); the next poll, with the transaction whole, succeeds.
-            last_error = f"; last error: {str(exc).splitlines()[0]}"
         if time.monotonic() > deadline:
             behind = ", ".join(f"{t} {have.get(t, 0)}/{expected[t]}" for t in tables)
             raise ConnectorError(

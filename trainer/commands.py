@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tidelog.errors import TrainingError
+from tidelog.output import print_json as _print_json
 
 __all__ = ["register", "parse_param", "parse_at"]
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def parse_param(text: str) -> tuple[str, str | int | float]:
