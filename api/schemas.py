@@ -172,6 +172,11 @@ class TableManifestOut(_Out):
     key_columns: list[str]
     digest: str
     files: list[str]
+    delete_files: list[str] = []
+    delta_files: list[str] = []
+    content_digest: str = ""
+    schema_digest: str = ""
+    checksums: dict[str, str] = {}
 
 
 class PinOut(_Out):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 
+from snapshotter.layout import visible_sql
 from snapshotter.manifest import Manifest
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
@@ -57,10 +58,9 @@ def _create_views(con: duckdb.DuckDBPyConnection, schema: str, manifest: Manifes
                   snapshot_dir: Path) -> None:
     con.execute(f"create schema if not exists {_quote(schema)}")
     for table, view in view_names(manifest).items():
-        files = [str(snapshot_dir / f) for f in manifest.tables[table].files]
-        columns = ", ".join(_quote(c) for c, _ in manifest.tables[table].columns)
+        relation = visible_sql(snapshot_dir, manifest.tables[table])
         con.execute(f"create or replace view {_quote(schema)}.{_quote(view)} as "
-                    f"select {columns} from read_parquet({files!r})")
+                    f"select * from {relation}")
 
 
 def register_snapshot(settings: Settings, manifest: Manifest) -> None:

@@ -20,7 +20,11 @@ from tidelog.errors import SnapshotError
 __all__ = [
     "DIGEST_VERSION",
     "TableDigest",
+    "ContentSum",
     "table_digest",
+    "content_sum",
+    "digest_from_parts",
+    "schema_digest",
     "overall_digest",
     "digest_sql",
     "schema_text",
@@ -117,18 +121,55 @@ def _combine(schema_digest: str, content_digest: str, rows: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def table_digest(con: duckdb.DuckDBPyConnection, relation_sql: str) -> TableDigest:
-    """Digest of a relation's content: a query (`SELECT …`, `FROM t`, `(…)`), a table
-    name or a table function call (`read_parquet('…')`).
+@dataclass(frozen=True)
+class ContentSum:
+    """The additive part of a digest: row count and the two 64-bit sums of row hashes.
 
-    Pins `TimeZone` to UTC for the query (nested timestamps render through it) and puts
-    the caller's setting back afterwards.
+    Sums of row hashes compose: the content of `A - removed + added` is
+    `sum(A) - sum(removed) + sum(added)` (mod 2**64 per half), which lets an incremental
+    snapshot derive its digest from its base's without reading the unchanged rows.
+    """
+
+    rows: int
+    hi: int
+    lo: int
+
+    @classmethod
+    def parse(cls, content_digest: str, rows: int) -> ContentSum:
+        if len(content_digest) != 32:
+            raise SnapshotError(f"malformed content digest {content_digest!r}")
+        return cls(rows, int(content_digest[:16], 16), int(content_digest[16:], 16))
+
+    def __add__(self, other: ContentSum) -> ContentSum:
+        return ContentSum(self.rows + other.rows, (self.hi + other.hi) % 2**64,
+                          (self.lo + other.lo) % 2**64)
+
+    def __sub__(self, other: ContentSum) -> ContentSum:
+        return ContentSum(self.rows - other.rows, (self.hi - other.hi) % 2**64,
+                          (self.lo - other.lo) % 2**64)
+
+    @property
+    def hex(self) -> str:
+        return f"{self.hi:016x}{self.lo:016x}"
+
+
+def digest_from_parts(schema_digest: str, content: ContentSum) -> TableDigest:
+    """The table digest for a schema digest and a content sum."""
+    return TableDigest(content.rows, schema_digest, content.hex,
+                       _combine(schema_digest, content.hex, content.rows))
+
+
+def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,
+                columns: Sequence[tuple[str, str]]) -> ContentSum:
+    """The content sum of a relation whose columns are `columns` (name, DuckDB type).
+
+    The caller names the columns so that a relation with no rows, or one built from a
+    subset of a table, is hashed exactly as the whole table's rows are.
     """
     try:
         previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
         _set_timezone(con, "UTC")
         try:
-            columns = _describe(con, relation_sql)
             result = con.execute(digest_sql(relation_sql, columns)).fetchone()
         finally:
             if previous is not None:
@@ -139,11 +180,28 @@ def table_digest(con: duckdb.DuckDBPyConnection, relation_sql: str) -> TableDige
             relation=relation_sql,
         ) from exc
     assert result is not None
-    rows, hi, lo = int(result[0]), int(result[1]), int(result[2])
-    schema_digest = hashlib.sha256(schema_text(columns).encode()).hexdigest()
-    content_digest = f"{hi:016x}{lo:016x}"
-    digest = _combine(schema_digest, content_digest, rows)
-    return TableDigest(rows, schema_digest, content_digest, digest)
+    return ContentSum(int(result[0]), int(result[1]), int(result[2]))
+
+
+def table_digest(con: duckdb.DuckDBPyConnection, relation_sql: str) -> TableDigest:
+    """Digest of a relation's content: a query (`SELECT …`, `FROM t`, `(…)`), a table
+    name or a table function call (`read_parquet('…')`).
+
+    Pins `TimeZone` to UTC for the query (nested timestamps render through it) and puts
+    the caller's setting back afterwards.
+    """
+    try:
+        columns = _describe(con, relation_sql)
+    except duckdb.Error as exc:
+        raise SnapshotError(
+            f"could not compute the digest of {relation_sql!r}: {exc}",
+            relation=relation_sql,
+        ) from exc
+    return digest_from_parts(schema_digest(columns), content_sum(con, relation_sql, columns))
+
+
+def schema_digest(columns: Sequence[tuple[str, str]]) -> str:
+    return hashlib.sha256(schema_text(columns).encode()).hexdigest()
 
 
 def overall_digest(table_digests: Mapping[str, str]) -> str:

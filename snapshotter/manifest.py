@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from snapshotter.cut import Cut
@@ -12,11 +12,17 @@ from tidelog.errors import SnapshotError
 __all__ = ["TableManifest", "Manifest", "MANIFEST_NAME", "FORMAT_VERSION"]
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: delete and delta files, content/schema digests, file checksums
 
 
 @dataclass(frozen=True)
 class TableManifest:
+    """One table of a snapshot and the files that hold it (docs/archive.md, "Layout").
+
+    The table is the rows of `files`, minus those whose `__key` is listed in
+    `delete_files`, plus the rows of `delta_files`. A full build writes only `files`.
+    """
+
     name: str  # schema.table
     topic: str
     rows: int
@@ -24,19 +30,40 @@ class TableManifest:
     key_columns: tuple[str, ...]
     digest: str
     files: tuple[str, ...]  # relative to the snapshot directory
+    delete_files: tuple[str, ...] = ()
+    delta_files: tuple[str, ...] = ()
+    content_digest: str = ""  # the two 64-bit row-hash sums, hex (docs/digest.md)
+    schema_digest: str = ""
+    checksums: dict[str, str] = field(default_factory=dict)  # file -> sha256 of its bytes
+
+    @property
+    def all_files(self) -> tuple[str, ...]:
+        return (*self.files, *self.delete_files, *self.delta_files)
+
+    @property
+    def layered(self) -> bool:
+        return bool(self.delete_files or self.delta_files)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "topic": self.topic, "rows": self.rows,
                 "columns": [list(c) for c in self.columns],
                 "key_columns": list(self.key_columns), "digest": self.digest,
-                "files": list(self.files)}
+                "files": list(self.files), "delete_files": list(self.delete_files),
+                "delta_files": list(self.delta_files),
+                "content_digest": self.content_digest, "schema_digest": self.schema_digest,
+                "checksums": dict(sorted(self.checksums.items()))}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableManifest:
         return cls(name=data["name"], topic=data["topic"], rows=int(data["rows"]),
                    columns=tuple((c[0], c[1]) for c in data["columns"]),
                    key_columns=tuple(data["key_columns"]), digest=data["digest"],
-                   files=tuple(data["files"]))
+                   files=tuple(data["files"]),
+                   delete_files=tuple(data.get("delete_files", ())),
+                   delta_files=tuple(data.get("delta_files", ())),
+                   content_digest=str(data.get("content_digest", "")),
+                   schema_digest=str(data.get("schema_digest", "")),
+                   checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -71,6 +98,14 @@ class Manifest:
     def loads(cls, text: str, where: str = "manifest") -> Manifest:
         try:
             data = json.loads(text)
+            version = int(data.get("format_version", 1))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"{where} is not a valid tidelog manifest: {exc}") from exc
+        if version > FORMAT_VERSION:
+            raise SnapshotError(
+                f"{where} has manifest format {version}, newer than this tidelog reads "
+                f"({FORMAT_VERSION}); upgrade tidelog to read it")
+        try:
             return cls(
                 id=data["id"],
                 cut=Cut.from_json(data["cut"]),
@@ -80,7 +115,7 @@ class Manifest:
                 tidelog_version=data["tidelog_version"],
                 built_from=data.get("built_from", "full"),
                 source=data.get("source", {}),
-                format_version=int(data.get("format_version", 1)),
+                format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"{where} is not a valid tidelog manifest: {exc}") from exc

@@ -254,6 +254,7 @@ def plan_materialise(
     base_position: Mapping[int, int] | None = None,
     *,
     keep_key: bool = False,
+    where: pl.Expr | None = None,
 ) -> pl.LazyFrame:
     """The lazy query giving the table state; only the metadata pre-pass runs here.
 
@@ -264,6 +265,9 @@ def plan_materialise(
     `__key` it is rebuilt with `key_expr`). `base_position`: per partition, the exclusive
     end offset the base already includes; earlier events are skipped. `keep_key` adds
     `__key` as the last column, which is what a later incremental build needs.
+    `where`: a predicate on `__key` choosing a subset of keys (e.g. one hash bucket); the
+    plan's decisions (column set, truncates, order) are still taken over all events, so
+    the states of disjoint subsets concatenate to the whole state.
     Casting errors surface when the plan is collected; `materialise` maps them.
     """
     if base is None and base_position:
@@ -322,6 +326,8 @@ def plan_materialise(
         if truncate_at is not None and seg.last[1] <= truncate_at:
             continue  # wholly before the truncate: nothing in it survives
         rows = seg.frame.filter(keep)
+        if where is not None:
+            rows = rows.filter(where)
         if truncate_at is not None:
             rows = rows.filter(pl.col(OFFSET) > truncate_at)
         parts.append(rows.select(*meta, *(_column_expr(n, t, n in cols) for n, t in out.items())))
@@ -349,6 +355,8 @@ def plan_materialise(
                 base_lf = base_lf.with_columns(key_expr(keys))
             else:
                 base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
+        if where is not None:
+            base_lf = base_lf.filter(where)
         base_alive = set(base_schema) & (alive[0] if alive else set(out))
         base_rows = base_lf.select(
             *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
@@ -387,13 +395,15 @@ def materialise(
     *,
     keep_key: bool = False,
     engine: Engine = "auto",
+    where: pl.Expr | None = None,
 ) -> pl.DataFrame:
     """The table state after applying `events` (on top of `base`), sorted by key.
 
     See `plan_materialise` for the arguments; this runs the plan and maps polars errors
     (a column whose old values cannot take the new type) to `SnapshotError`.
     """
-    plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key)
+    plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
+                            where=where)
     try:
         return plan.collect(engine=engine)
     except pl.exceptions.InvalidOperationError as exc:

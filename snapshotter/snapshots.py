@@ -8,6 +8,7 @@ derived from the cut and the tables, so asking twice for the same data yields on
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -22,12 +23,21 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 
 from cdc.reader import LogIdentity
 from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows, txid_of
 from snapshotter.archive import Archive, archive_topics
 from snapshotter.cut import Cut, PartitionCut
-from snapshotter.digest import overall_digest, table_digest
+from snapshotter.digest import (
+    ContentSum,
+    TableDigest,
+    content_sum,
+    digest_from_parts,
+    overall_digest,
+    table_digest,
+)
+from snapshotter.layout import file_sha256, read_table, scan_visible, visible_sql
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import materialise
 from tidelog import __version__
@@ -45,6 +55,7 @@ __all__ = [
 ]
 
 KEY_COLUMN = "__key"
+OP_COLUMN = "__op"
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,11 @@ class Snapshot:
     path: Path
 
     def table(self, name: str) -> pl.DataFrame:
+        """The table's rows in the canonical order (key columns, then `__key`)."""
         if name not in self.manifest.tables:
             raise SnapshotError(f"snapshot {self.manifest.id} has no table {name}; it has "
                                 f"{sorted(self.manifest.tables)}")
-        files = [str(self.path / f) for f in self.manifest.tables[name].files]
-        return pl.read_parquet(files).drop(KEY_COLUMN, strict=False)
+        return read_table(self.path, self.manifest.tables[name])
 
     def tables(self) -> dict[str, pl.DataFrame]:
         return {name: self.table(name) for name in sorted(self.manifest.tables)}
@@ -67,9 +78,8 @@ class Snapshot:
         for name, table in self.manifest.tables.items():
             schema, rel = name.split(".", 1)
             con.execute(f'create schema if not exists "{schema}"')
-            files = [str(self.path / f) for f in table.files]
-            con.execute(f'create view "{schema}"."{rel}" as select * exclude ({KEY_COLUMN}) '
-                        f"from read_parquet({files!r})")
+            con.execute(f'create view "{schema}"."{rel}" as '
+                        f"select * from {visible_sql(self.path, table)}")
         return con
 
 
@@ -293,13 +303,18 @@ def _find_base(settings: Settings, cut: Cut, tables: Sequence[str]) -> Manifest 
 
 
 def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a snapshot's files are still exactly what its manifest describes."""
     directory = _snapshot_root(settings) / manifest.id
     for table in manifest.tables.values():
-        files = [str(directory / f) for f in table.files]
-        try:
-            got = table_digest(con, f"(select * exclude ({KEY_COLUMN}) "
-                                    f"from read_parquet({files!r}))")
-        except duckdb.Error:
+        if table.checksums:  # format 2: one sha256 per file, cheap to check
+            for name in table.all_files:
+                path = directory / name
+                if not path.is_file() or file_sha256(path) != table.checksums.get(name):
+                    return False
+            continue
+        try:  # format 1: recompute the digest
+            got = table_digest(con, visible_sql(directory, table))
+        except TidelogError:
             return False
         if got.digest != table.digest:
             return False
@@ -307,9 +322,13 @@ def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnecti
 
 
 FOLD_EVENTS = 2_000_000  # events materialised at once; bounds peak memory
+BUCKET_ROWS = 4_000_000  # events + base rows per key-hash bucket of a full build
+COMPACT_FRACTION = 0.1  # a delta past this fraction of the data files is folded back in
+_BUCKET_SEED = 0x7D1E
 
 
-def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None) -> pl.DataFrame:
+def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
+          where: pl.Expr | None = None) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
@@ -317,7 +336,7 @@ def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None) -> pl.DataFrame
     """
     sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
     if sum(sizes) <= FOLD_EVENTS:
-        return materialise(frames, base=base, keep_key=True)
+        return materialise(frames, base=base, keep_key=True, where=where)
     state: pl.DataFrame | pl.LazyFrame | None = base
     group: list[pl.LazyFrame] = []
     count = 0
@@ -325,12 +344,184 @@ def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None) -> pl.DataFrame
         group.append(frame)
         count += size
         if count >= FOLD_EVENTS:
-            state = materialise(group, base=state, keep_key=True)
+            state = materialise(group, base=state, keep_key=True, where=where)
             group, count = [], 0
     if group:
-        state = materialise(group, base=state, keep_key=True)
+        state = materialise(group, base=state, keep_key=True, where=where)
     assert isinstance(state, pl.DataFrame)
     return state
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The earlier snapshot an incremental build starts from."""
+
+    manifest: Manifest
+    directory: Path
+
+
+def _data_schema(schema: Any) -> list[tuple[str, pl.DataType]]:
+    return [(n, t) for n, t in schema.items() if not n.startswith("__")]
+
+
+def _file_rows(paths: Sequence[Path]) -> int:
+    return sum(pq.read_metadata(str(p)).num_rows for p in paths)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Share an unchanged file with the base snapshot (a copy where links cannot be made)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
+                    key_columns: Sequence[str], files: Sequence[str], *,
+                    delete_files: Sequence[str] = (), delta_files: Sequence[str] = (),
+                    digest: TableDigest | None = None,
+                    columns: Sequence[tuple[str, str]] | None = None,
+                    checksums: dict[str, str] | None = None) -> TableManifest:
+    """The manifest entry for files written under `tmp`; the digest is computed from the
+    files unless the caller derived it."""
+    if columns is None:
+        relation = f"read_parquet({[str(tmp / f) for f in files]!r})"
+        described = con.execute(f"describe select * from {relation}").fetchall()
+        columns = [(str(r[0]), str(r[1])) for r in described if r[0] != KEY_COLUMN]
+    draft = TableManifest(name=table, topic=topic, rows=0, columns=tuple(columns),
+                          key_columns=tuple(key_columns), digest="", files=tuple(files),
+                          delete_files=tuple(delete_files), delta_files=tuple(delta_files))
+    if digest is None:
+        digest = table_digest(con, visible_sql(tmp, draft))
+    sums = dict(checksums or {})
+    for name in draft.all_files:
+        if name not in sums:
+            sums[name] = file_sha256(tmp / name)
+    return dataclasses.replace(draft, rows=digest.rows, digest=digest.digest,
+                               content_digest=digest.content_digest,
+                               schema_digest=digest.schema_digest, checksums=sums)
+
+
+def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
+                frames: list[pl.LazyFrame], base: pl.LazyFrame | None, base_rows: int
+                ) -> TableManifest:
+    """The whole table state, in key-hash buckets small enough to fit in memory.
+
+    Each bucket is folded from every event (filtered to its keys) and written before the
+    next one starts, so peak memory follows the bucket size, not the table's.
+    """
+    total = sum(int(f.select(pl.len()).collect().item()) for f in frames) + base_rows
+    buckets = max(1, -(-total // BUCKET_ROWS))
+    files: list[str] = []
+    key_columns: list[str] = []
+    for i in range(buckets):
+        where = None if buckets == 1 else (
+            pl.col(KEY_COLUMN).hash(_BUCKET_SEED).fill_null(0) % buckets == i)
+        state = _fold(frames, base, where)
+        name = f"{table}/data-{i:05d}.parquet"
+        (tmp / table).mkdir(parents=True, exist_ok=True)
+        state.write_parquet(tmp / name, compression="zstd", statistics=True)
+        files.append(name)
+        if not key_columns and KEY_COLUMN in state.columns:
+            key_columns = _key_columns(state)
+        del state
+    return _table_manifest(con, table, topic, tmp, key_columns, files)
+
+
+def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
+                   frames: list[pl.LazyFrame], base: _Base) -> TableManifest | None:
+    """Base data files (shared) + accumulated deletes and delta; None where that layout
+    cannot express the change (truncate, schema change, older base, delta grown large).
+
+    The digest is derived, not recomputed: base content - rows replaced + rows written.
+    """
+    prev = base.manifest.tables[table]
+    if not (prev.content_digest and prev.schema_digest and prev.checksums):
+        return None
+    src = base.directory
+    file_schema = _data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
+    if any(_data_schema(f.collect_schema()) != file_schema for f in frames):
+        return None  # a column added, dropped or retyped: rewrite the table
+    if frames:
+        events = pl.concat([f.select(OP_COLUMN, KEY_COLUMN) for f in frames]).collect()
+    else:
+        events = pl.DataFrame(schema={OP_COLUMN: pl.String, KEY_COLUMN: pl.String})
+    if (events[OP_COLUMN] == "t").any():
+        return None
+    changed = events.select(KEY_COLUMN).drop_nulls().unique()
+    old_deletes = (pl.read_parquet([str(src / f) for f in prev.delete_files])
+                   if prev.delete_files else changed.clear())
+    deletes = pl.concat([old_deletes, changed]).unique().sort(KEY_COLUMN)
+    old_delta = (pl.read_parquet([str(src / f) for f in prev.delta_files])
+                 if prev.delta_files else None)
+    changes = (materialise(frames, keep_key=True) if frames
+               else pl.DataFrame(schema=[*file_schema, (KEY_COLUMN, pl.String())]))
+    if old_delta is not None:
+        delta = pl.concat([old_delta.join(changed, on=KEY_COLUMN, how="anti"), changes])
+    else:
+        delta = changes
+    data_paths = [src / f for f in prev.files]
+    if deletes.height + delta.height > COMPACT_FRACTION * _file_rows(data_paths):
+        return None
+
+    # Rows of the base that the changed keys replace or delete.
+    keys = changed[KEY_COLUMN].implode()
+    replaced = [pl.scan_parquet([str(p) for p in data_paths])
+                .filter(pl.col(KEY_COLUMN).is_in(keys))
+                .join(old_deletes.lazy(), on=KEY_COLUMN, how="anti")]
+    if old_delta is not None:
+        replaced.append(old_delta.lazy().filter(pl.col(KEY_COLUMN).is_in(keys)))
+    removed = pl.concat(replaced).collect()
+
+    (tmp / table).mkdir(parents=True, exist_ok=True)
+    for name in prev.files:
+        _link(src / name, tmp / name)
+    delete_name, delta_name = f"{table}/deletes.parquet", f"{table}/delta.parquet"
+    deletes.write_parquet(tmp / delete_name, compression="zstd", statistics=True)
+    delta.write_parquet(tmp / delta_name, compression="zstd", statistics=True)
+    scratch = tmp / f".scratch-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    try:
+        # Hash through Parquet, exactly as a full build's files are read for its digest.
+        removed.write_parquet(scratch / "removed.parquet")
+        changes.write_parquet(scratch / "changes.parquet")
+        sums = []
+        for part in ("removed", "changes"):
+            path = scratch / f"{part}.parquet"
+            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet('{path}'))"
+            described = con.execute(f"describe select * from {relation}").fetchall()
+            if [(str(r[0]), str(r[1])) for r in described] != list(prev.columns):
+                return None
+            sums.append(content_sum(con, relation, prev.columns))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    content = ContentSum.parse(prev.content_digest, prev.rows) - sums[0] + sums[1]
+    digest = digest_from_parts(prev.schema_digest, content)
+    return _table_manifest(con, table, topic, tmp, prev.key_columns, prev.files,
+                           delete_files=(delete_name,), delta_files=(delta_name,),
+                           digest=digest, columns=prev.columns,
+                           checksums={f: prev.checksums[f] for f in prev.files})
+
+
+def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Archive,
+                 cut: Cut, table: str, tmp: Path, base: _Base | None) -> TableManifest:
+    topic = _topic(settings, table)
+    base_ends = base.manifest.cut.ends() if base else {}
+    frames: list[pl.LazyFrame] = []
+    for p in (p for p in cut.partitions if p.topic == topic):
+        gen = _generation_of(archive, p)
+        start = base_ends.get((p.topic, p.partition), p.start)
+        frames.extend(_scan(archive, p.topic, p.partition, gen.number, start, p.end))
+    if base is None:
+        return _write_full(con, table, topic, tmp, frames, None, 0)
+    layered = _write_layered(con, table, topic, tmp, frames, base)
+    if layered is not None:
+        return layered
+    shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
+    prev = base.manifest.tables[table]
+    return _write_full(con, table, topic, tmp, frames, scan_visible(base.directory, prev),
+                       prev.rows)
 
 
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
@@ -339,45 +530,20 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
     tmp = target.parent / f".tmp-{sid}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        base = _find_base(settings, cut, tables) if incremental and not cut.is_window else None
-        if base is not None and not _intact(settings, base, con := duckdb.connect()):
-            base = None  # never build on a damaged snapshot; a full build is always right
-        base_cut = base.cut.ends() if base else {}
         con = duckdb.connect()
-        table_manifests: dict[str, TableManifest] = {}
-        for table in sorted(tables):
-            topic = _topic(settings, table)
-            parts = [p for p in cut.partitions if p.topic == topic]
-            frames: list[pl.LazyFrame] = []
-            for p in parts:
-                gen = _generation_of(archive, p)
-                start = base_cut.get((p.topic, p.partition), p.start)
-                frames.extend(_scan(archive, p.topic, p.partition, gen.number, start, p.end))
-            base_frame = None
-            if base is not None:
-                base_dir = _snapshot_root(settings) / base.id
-                base_frame = pl.scan_parquet([str(base_dir / f)
-                                              for f in base.tables[table].files])
-            state = _fold(frames, base_frame)
-            key_columns = _key_columns(state) if KEY_COLUMN in state.columns else []
-            data_cols = [c for c in state.columns if c != KEY_COLUMN]
-            file_name = f"{table}.parquet"
-            state.write_parquet(tmp / file_name, compression="zstd", statistics=True)
-            path = str(tmp / file_name)
-            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet('{path}'))" \
-                if KEY_COLUMN in state.columns else f"read_parquet('{path}')"
-            digest = table_digest(con, relation)
-            described = con.execute(f"describe select * from {relation}").fetchall()
-            table_manifests[table] = TableManifest(
-                name=table, topic=topic, rows=digest.rows,
-                columns=tuple((r[0], r[1]) for r in described if r[0] in data_cols),
-                key_columns=tuple(key_columns), digest=digest.digest, files=(file_name,))
+        found = _find_base(settings, cut, tables) if incremental and not cut.is_window else None
+        base = None
+        if found is not None and _intact(settings, found, con):
+            # never build on a damaged snapshot; a full build is always right
+            base = _Base(found, _snapshot_root(settings) / found.id)
+        table_manifests = {table: _build_table(con, settings, archive, cut, table, tmp, base)
+                           for table in sorted(tables)}
         manifest = Manifest(
             id=sid, cut=cut, tables=table_manifests,
             digest=overall_digest({k: v.digest for k, v in table_manifests.items()}),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             tidelog_version=__version__,
-            built_from=base.id if base else "full",
+            built_from=base.manifest.id if base else "full",
             source={"topic_prefix": settings.topic_prefix,
                     "connector": settings.connector_name,
                     "database": _redacted_dsn(settings.postgres_dsn)},

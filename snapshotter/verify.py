@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from snapshotter.digest import overall_digest, table_digest
+from snapshotter.layout import file_sha256, visible_sql
+from snapshotter.manifest import TableManifest
 from snapshotter.snapshots import KEY_COLUMN, open_snapshot
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
@@ -14,8 +17,10 @@ from tidelog.settings import Settings
 __all__ = ["verify_snapshot", "diff_snapshots"]
 
 
-def _relation(files: list[str]) -> str:
-    return f"(select * exclude ({KEY_COLUMN}) from read_parquet({files!r}))"
+def _damaged_files(directory: Path, table: TableManifest) -> list[str]:
+    """Files whose bytes differ from the checksum the manifest recorded (format 2)."""
+    return [name for name, expected in sorted(table.checksums.items())
+            if not (directory / name).is_file() or file_sha256(directory / name) != expected]
 
 
 def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool = False
@@ -26,16 +31,18 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
     tables: dict[str, Any] = {}
     recomputed: dict[str, str] = {}
     for name, table in sorted(snap.manifest.tables.items()):
-        files = [str(snap.path / f) for f in table.files]
         try:
-            got = table_digest(con, _relation(files))
-        except duckdb.Error as exc:
+            got = table_digest(con, visible_sql(snap.path, table))
+        except SnapshotError as exc:
             tables[name] = {"ok": False, "error": f"unreadable: {exc}"}
             continue
         recomputed[name] = got.digest
-        tables[name] = {"ok": got.digest == table.digest and got.rows == table.rows,
+        damaged = _damaged_files(snap.path, table)
+        tables[name] = {"ok": got.digest == table.digest and got.rows == table.rows
+                        and not damaged,
                         "recorded": table.digest, "recomputed": got.digest,
-                        "rows_recorded": table.rows, "rows_recomputed": got.rows}
+                        "rows_recorded": table.rows, "rows_recomputed": got.rows,
+                        "files": len(table.all_files), "files_damaged": damaged}
     overall = overall_digest(recomputed) if len(recomputed) == len(tables) else None
     report: dict[str, Any] = {
         "id": snapshot_id,
@@ -61,9 +68,8 @@ def diff_snapshots(settings: Settings, a: str, b: str, limit: int = 20) -> dict[
     con = duckdb.connect()
     result: dict[str, Any] = {"a": a, "b": b, "tables": {}}
     for name in common:
-        files_a = [str(snap_a.path / f) for f in snap_a.manifest.tables[name].files]
-        files_b = [str(snap_b.path / f) for f in snap_b.manifest.tables[name].files]
-        _diff_view(con, files_a, files_b)
+        _diff_view(con, visible_sql(snap_a.path, snap_a.manifest.tables[name], with_key=True),
+                   visible_sql(snap_b.path, snap_b.manifest.tables[name], with_key=True))
         counts = dict(con.execute("select kind, count(*) from diff group by kind").fetchall())
         examples = {
             kind: [r[0] for r in con.execute(
@@ -84,17 +90,15 @@ def diff_snapshots(settings: Settings, a: str, b: str, limit: int = 20) -> dict[
     return result
 
 
-def _diff_view(con: duckdb.DuckDBPyConnection, files_a: list[str], files_b: list[str]
-               ) -> None:
+def _diff_view(con: duckdb.DuckDBPyConnection, relation_a: str, relation_b: str) -> None:
     # A row's fingerprint is the md5 of the whole row rendered as text; the key is part of
     # it on both sides, so only the other columns can make two fingerprints differ.
-    def side(files: list[str]) -> str:
-        return (f"select t.{KEY_COLUMN} as k, md5(cast(t as varchar)) as h "
-                f"from read_parquet({files!r}) t")
+    def side(relation: str) -> str:
+        return f"select t.{KEY_COLUMN} as k, md5(cast(t as varchar)) as h from {relation} t"
 
     con.execute(f"""
         create or replace temp view diff as
-        with a as ({side(files_a)}), b as ({side(files_b)})
+        with a as ({side(relation_a)}), b as ({side(relation_b)})
         select coalesce(a.k, b.k) as key,
                case when a.k is null then 'inserted' when b.k is null then 'deleted'
                     else 'updated' end as kind

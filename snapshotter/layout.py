@@ -1,0 +1,81 @@
+"""How one table of a snapshot lies on disk, and how to read it back.
+
+A table is the rows of its data `files`, minus the rows whose `__key` is listed in its
+`delete_files`, plus the rows of its `delta_files` (all Parquet, all with the hidden
+`__key` column). A full build writes only data files, sorted by key. An incremental
+build hard-links its base's data files and writes the keys changed since then as a
+delete file and their current rows as a delta file: Iceberg's equality deletes, in
+small. Rows with a null `__key` (tables without a primary key) are never deleted.
+
+Readers get one canonical row order whatever the layout: the order of a full build
+(key columns, then `__key`; keyless rows first, in event order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+
+from snapshotter.manifest import TableManifest
+
+__all__ = ["KEY", "scan_visible", "read_table", "visible_sql", "quote", "file_sha256"]
+
+KEY = "__key"
+
+
+def _paths(directory: Path, names: tuple[str, ...]) -> list[str]:
+    return [str(directory / name) for name in names]
+
+
+def scan_visible(directory: Path, table: TableManifest) -> pl.LazyFrame:
+    """The table's rows with their `__key`, in no particular order."""
+    rows = pl.scan_parquet(_paths(directory, table.files))
+    if table.delete_files:
+        deleted = pl.scan_parquet(_paths(directory, table.delete_files)).select(KEY)
+        rows = rows.join(deleted, on=KEY, how="anti")  # a null key never matches
+    if table.delta_files:
+        rows = pl.concat([rows, pl.scan_parquet(_paths(directory, table.delta_files))],
+                         how="vertical")
+    return rows
+
+
+def read_table(directory: Path, table: TableManifest) -> pl.DataFrame:
+    """The table's rows without `__key`, in the canonical order."""
+    if not table.layered and len(table.files) == 1:
+        frame = pl.read_parquet(str(directory / table.files[0]))  # a full build is sorted
+    else:
+        frame = scan_visible(directory, table).collect()
+        keys = [k for k in table.key_columns if k in frame.columns]
+        frame = frame.sort([*keys, KEY], maintain_order=True)
+    return frame.drop(KEY, strict=False)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def visible_sql(directory: Path, table: TableManifest, *, with_key: bool = False) -> str:
+    """A DuckDB relation (parenthesised query) of the table's rows, columns in manifest
+    order, `__key` last if `with_key`."""
+    names = [c for c, _ in table.columns] + ([KEY] if with_key else [])
+    columns = ", ".join(f"r.{quote(c)}" for c in names)
+    files = _paths(directory, table.files)
+    query = f"select {columns} from read_parquet({files!r}) r"
+    if table.delete_files:
+        deletes = _paths(directory, table.delete_files)
+        query += f" anti join read_parquet({deletes!r}) d on r.{KEY} = d.{KEY}"
+    if table.delta_files:
+        deltas = _paths(directory, table.delta_files)
+        query += f" union all select {columns} from read_parquet({deltas!r}) r"
+    return f"({query})"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, as recorded per file in the manifest."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,253 @@
+"""Snapshot layouts on a real archive directory: layered incremental builds, compaction,
+key-hash buckets. Every layout must give the full build's digest, rows and row order."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from cdc.reader import LogIdentity
+from snapshotter import snapshots
+from snapshotter.archive import Archive
+from snapshotter.cut import Cut, PartitionCut
+from snapshotter.manifest import Manifest
+from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
+from snapshotter.verify import diff_snapshots, verify_snapshot
+from tidelog.settings import Settings
+
+PREFIX = "lay"
+IDENTITY = LogIdentity("cluster-a", "topic-a")
+# typed like the archiver's segments, even where a segment holds only deletes
+TYPES: dict[str, pl.DataType] = {
+    "__partition": pl.Int32(), "__offset": pl.Int64(), "__op": pl.String(),
+    "__key": pl.String(), "__lsn": pl.Int64(), "__ts_ms": pl.Int64(), "__tx": pl.String(),
+    "__txid": pl.Int64(), "__before": pl.String(), "id": pl.Int64(), "v": pl.Float64(),
+    "name": pl.String(), "extra": pl.String(),
+}
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", topic_prefix=PREFIX,
+                    archive_root=str(tmp_path / "archive"),
+                    snapshot_root=str(tmp_path / "snapshots"))
+
+
+class History:
+    """Writes archive segments for one table and keeps a last-write-wins replay."""
+
+    def __init__(self, settings: Settings, table: str, keyed: bool = True) -> None:
+        self.archive = Archive(settings.archive_root)
+        self.topic = f"{PREFIX}.{table}"
+        self.table = table
+        self.keyed = keyed
+        self.generation = self.archive.open_generation(self.topic, 0, IDENTITY).number
+        self.offset = 0
+        self.rows: list[dict[str, object]] = []
+        self.state: dict[int, dict[str, object]] = {}
+        self.keyless: list[dict[str, object]] = []
+
+    def event(self, op: str, key: int | None, **values: object) -> None:
+        upsert = op in "rcu"
+        record: dict[str, object] = {
+            "__partition": 0, "__offset": self.offset, "__op": op,
+            "__key": json.dumps({"id": key}, separators=(",", ":")) if self.keyed else None,
+            "__lsn": 1000 + self.offset, "__ts_ms": 1_700_000_000_000 + self.offset,
+            "__tx": None, "__txid": self.offset, "__before": None,
+            "id": key if upsert else None,
+        }
+        for name, value in values.items():
+            record[name] = value if upsert else None
+        self.rows.append(record)
+        self.offset += 1
+        if not self.keyed:
+            self.keyless.append({"id": key, **values})
+        elif op == "t":
+            self.state.clear()
+        elif upsert:
+            assert key is not None
+            self.state[key] = {"id": key, **values}
+        else:
+            assert key is not None
+            self.state.pop(key, None)
+
+    def flush(self) -> None:
+        """Write the pending events as one segment."""
+        if not self.rows:
+            return
+        columns = {name for row in self.rows for name in row}
+        types = {name: t for name, t in TYPES.items() if name in columns}
+        frame = pl.DataFrame(self.rows, schema_overrides=types)
+        start = self.offset - len(self.rows)
+        self.archive.write_segment(self.topic, 0, self.generation, start, self.offset,
+                                   frame.to_arrow())
+        self.rows = []
+
+    def cut(self) -> Cut:
+        self.flush()
+        return Cut((PartitionCut(self.topic, 0, self.offset, 0, IDENTITY.cluster_id,
+                                 IDENTITY.topic_id),), lsn=1000 + self.offset)
+
+
+def _random_changes(history: History, rng: random.Random, n: int, keys: int) -> None:
+    for _ in range(n):
+        key = rng.randrange(keys)
+        op = rng.choice("cuuuudx")
+        history.event(op, key, v=rng.random(), name=f"n{rng.randrange(100)}")
+
+
+def _full(settings: Settings, tmp_path: Path, cut: Cut, tables: list[str]
+          ) -> tuple[Manifest, Snapshot]:
+    into = tmp_path / "rebuilt"
+    manifest = rebuild_snapshot(settings, cut, tables, into)
+    return manifest, Snapshot(manifest, into / manifest.id)
+
+
+def _assert_same_as_full(settings: Settings, tmp_path: Path, manifest: Manifest) -> None:
+    full, full_snap = _full(settings, tmp_path, manifest.cut, sorted(manifest.tables))
+    assert manifest.digest == full.digest
+    snap = open_snapshot(settings, manifest.id)
+    for name, table in manifest.tables.items():
+        assert table.rows == full.tables[name].rows
+        assert table.content_digest == full.tables[name].content_digest
+        assert snap.table(name).equals(full_snap.table(name))  # same rows, same order
+    assert verify_snapshot(settings, manifest.id)["ok"]
+
+
+def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    rng = random.Random(11)
+    for key in range(2000):
+        history.event("r", key, v=rng.random(), name=f"n{key}")
+    first = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert first.built_from == "full"
+    previous = first
+    for _ in range(4):  # about 1% of the keys each time; the delta stays below 10%
+        _random_changes(history, rng, 15, 2000)
+        history.flush()
+        _random_changes(history, rng, 5, 2000)
+        manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+        table = manifest.tables["public.items"]
+        assert manifest.built_from == previous.id
+        assert table.delete_files and table.delta_files, "a 1% change must not rewrite"
+        # the unchanged data files are shared with the first snapshot, not rewritten
+        assert table.files == first.tables["public.items"].files
+        shared = Path(settings.snapshot_root) / manifest.id / table.files[0]
+        original = Path(settings.snapshot_root) / first.id / table.files[0]
+        assert shared.stat().st_ino == original.stat().st_ino
+        _assert_same_as_full(settings, tmp_path, manifest)
+        replay = pl.DataFrame(sorted(history.state.values(), key=lambda r: r["id"]))
+        got = open_snapshot(settings, manifest.id).table("public.items")
+        assert got.select("id", "v", "name").equals(replay.select("id", "v", "name"))
+        previous = manifest
+
+    # The catalog view, diff and DuckDB connection read the layered table too.
+    con = duckdb.connect(str(settings.home / "catalog.duckdb"), read_only=True)
+    count = con.execute(f"select count(*) from snap_{previous.id}.items").fetchone()
+    assert count == (len(history.state),)
+    diff = diff_snapshots(settings, first.id, previous.id)["tables"]["public.items"]
+    assert diff["inserted"] + diff["updated"] + diff["deleted"] > 0
+    view = open_snapshot(settings, previous.id).duckdb()
+    assert view.execute("select count(*) from public.items").fetchone() == count
+
+    # Deleting the base snapshot does not break the snapshots sharing its files.
+    import shutil
+
+    shutil.rmtree(Path(settings.snapshot_root) / first.id)
+    assert verify_snapshot(settings, previous.id)["ok"]
+
+
+def test_delta_past_threshold_is_compacted(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    rng = random.Random(3)
+    for key in range(200):
+        history.event("r", key, v=float(key), name="x")
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    monkeypatch.setattr(snapshots, "COMPACT_FRACTION", 0.05)
+    _random_changes(history, rng, 40, 200)  # ~20% of keys: past the threshold
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    table = manifest.tables["public.items"]
+    assert not table.delete_files and not table.delta_files
+    _assert_same_as_full(settings, tmp_path, manifest)
+
+
+@pytest.mark.parametrize("change", ["added_column", "truncate"])
+def test_schema_change_or_truncate_rewrites_the_table(tmp_path: Path, change: str) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    for key in range(100):
+        history.event("r", key, v=float(key), name="x")
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    if change == "truncate":
+        history.event("t", None)
+        history.rows[-1]["__key"] = None
+        history.event("c", 5, v=5.0, name="after")
+    else:
+        history.event("u", 3, v=3.5, name="y", extra="new column")
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert not manifest.tables["public.items"].layered
+    _assert_same_as_full(settings, tmp_path, manifest)
+
+
+def test_keyless_table_appends_in_event_order(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.log", keyed=False)
+    for i in range(300):
+        history.event("c", i % 7, v=float(i), name=f"e{i}")
+    create_snapshot(settings, ["public.log"], history.cut(), catch_up=False)
+    for i in range(10):
+        history.event("c", i % 3, v=-float(i), name=f"late{i}")
+    manifest = create_snapshot(settings, ["public.log"], history.cut(), catch_up=False)
+    assert manifest.tables["public.log"].delta_files
+    _assert_same_as_full(settings, tmp_path, manifest)
+    got = open_snapshot(settings, manifest.id).table("public.log")
+    assert got["name"].to_list() == [r["name"] for r in history.keyless]
+
+
+def test_key_hash_buckets_equal_one_file(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    rng = random.Random(5)
+    for key in range(300):
+        history.event("r", key, v=rng.random(), name="x")
+    history.flush()
+    _random_changes(history, rng, 500, 300)
+    cut = history.cut()
+    one, one_snap = _full(settings, tmp_path, cut, ["public.items"])
+    assert len(one.tables["public.items"].files) == 1
+    monkeypatch.setattr(snapshots, "BUCKET_ROWS", 90)
+    monkeypatch.setattr(snapshots, "FOLD_EVENTS", 120)  # and fold within each bucket
+    many = create_snapshot(settings, ["public.items"], cut, catch_up=False,
+                           incremental=False)
+    assert len(many.tables["public.items"].files) == -(-(300 + 500) // 90)
+    assert many.digest == one.digest
+    got = open_snapshot(settings, many.id).table("public.items")
+    assert got.equals(one_snap.table("public.items"))
+
+
+def test_damaged_base_is_not_built_upon(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    for key in range(100):
+        history.event("r", key, v=float(key), name="x")
+    base = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    data = Path(settings.snapshot_root) / base.id / base.tables["public.items"].files[0]
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    report = verify_snapshot(settings, base.id)
+    assert not report["ok"]
+    assert report["tables"]["public.items"]["files_damaged"] == [
+        base.tables["public.items"].files[0]]
+    history.event("u", 1, v=-1.0, name="y")
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert manifest.built_from == "full"
+    _assert_same_as_full(settings, tmp_path, manifest)
