@@ -1,55 +1,76 @@
-"""Peak memory of materialising a large table, folded segment group by group.
+"""Peak memory of a full snapshot build of a large table, in key-hash buckets.
 
-    .venv/bin/python benchmarks/bench_memory.py --keys 10000000 --events 12000000
+    .venv/bin/python benchmarks/bench_memory.py --keys 10000000 --events 12000000 \
+        [--bucket-rows 4000000 ...]
 
-Generates archive-layout segments (bench_materialise.generate), then in a fresh process
-runs the snapshotter's fold (`snapshotter.snapshots._fold`) to Parquet and reports the
-peak RSS next to the size of the resulting state.
+Generates archive-layout segments (bench_materialise.generate), then, for each
+`--bucket-rows` value, in a fresh process, runs the snapshotter's full build
+(`snapshotter.snapshots._write_full`: buckets of keys, each folded from the events in
+groups of FOLD_EVENTS and written before the next; then the DuckDB digest) and reports
+its peak RSS next to the size of the whole state. A bucket size at least the event count
+means one bucket: the whole state in memory at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def child(directory: Path) -> None:
+def child(directory: Path, bucket_rows: int) -> None:
+    import duckdb
     import polars as pl
 
-    from snapshotter.snapshots import _fold
+    from snapshotter import snapshots
 
+    snapshots.BUCKET_ROWS = bucket_rows
     segments = sorted(str(p) for p in directory.glob("segment-0*.parquet"))
+    out = Path(tempfile.mkdtemp(prefix="out-", dir=directory))
     t = time.perf_counter()
-    state = _fold([pl.scan_parquet(s) for s in segments], None)
-    state.write_parquet(directory / "state.parquet")
+    table = snapshots._write_full(duckdb.connect(), "public.big", "bench.public.big", out,
+                                  [pl.scan_parquet(s) for s in segments], None, 0)
     elapsed = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"rows {state.height:,}; state in memory {state.estimated_size('mb'):,.0f} MB; "
-          f"peak RSS {peak:,.0f} MB; {elapsed:.1f} s; segments {len(segments)}")
+    # measured after the peak was taken: one bucket at a time
+    state_mb = sum(pl.read_parquet(str(out / f)).estimated_size("mb") for f in table.files)
+    on_disk = sum((out / f).stat().st_size for f in table.files) / 2**20
+    print(f"bucket rows {bucket_rows:,}: {len(table.files)} bucket(s); rows {table.rows:,}; "
+          f"state in memory ~{state_mb:,.0f} MB ({on_disk:,.0f} MB Parquet); "
+          f"peak RSS {peak:,.0f} MB; {elapsed:.1f} s", flush=True)
+    shutil.rmtree(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=10_000_000)
     parser.add_argument("--events", type=int, default=12_000_000)
+    parser.add_argument("--bucket-rows", type=int, nargs="+",
+                        default=[100_000_000, 4_000_000, 2_000_000])
     parser.add_argument("--child", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child)
+        child(args.child, args.bucket_rows[0])
         return
     from bench_materialise import generate
 
     directory = Path(tempfile.mkdtemp(prefix="tidelog-bench-mem-"))
-    generate(directory, args.keys, args.events)
-    subprocess.run([sys.executable, __file__, "--child", str(directory)], check=True)
-    subprocess.run(["rm", "-rf", str(directory)], check=True)
+    try:
+        generate(directory, args.keys, args.events)
+        for rows in args.bucket_rows:
+            subprocess.run([sys.executable, __file__, "--child", str(directory),
+                            "--bucket-rows", str(rows)], check=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,25 @@ def test_damaged_base_is_not_built_upon(tmp_path: Path) -> None:
     manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     assert manifest.built_from == "full"
     _assert_same_as_full(settings, tmp_path, manifest)
+
+
+def test_docs_layered_view_checks_the_digest_with_duckdb_alone(tmp_path: Path) -> None:
+    """docs/digest.md's view for an incremental snapshot + its digest SQL = manifest."""
+    from tests.unit.test_digest import run_doc_table_sql
+
+    settings = _settings(tmp_path)
+    history = History(settings, "public.orders")
+    rng = random.Random(2)
+    for key in range(500):
+        history.event("r", key, v=rng.random(), name=f"n{key}")
+    create_snapshot(settings, ["public.orders"], history.cut(), catch_up=False)
+    _random_changes(history, rng, 10, 500)
+    manifest = create_snapshot(settings, ["public.orders"], history.cut(), catch_up=False)
+    assert manifest.tables["public.orders"].layered
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "digest.md").read_text()
+    view = next(block.split("```", 1)[0] for block in doc.split("```sql")[1:]
+                if "ANTI JOIN" in block)
+    view = view.replace("snapshots/<id>", f"{settings.snapshot_root}/{manifest.id}")
+    con = duckdb.connect()
+    con.execute(view)
+    assert run_doc_table_sql(con).digest == manifest.tables["public.orders"].digest
