@@ -111,7 +111,15 @@ def read_range(
             "auto.offset.reset": "error",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            "queued.max.messages.kbytes": 262144,
+            # A small local queue refilled promptly: with ~10 KB messages a large one
+            # (256 MB) ran slower, the memory touched costs more than it buys.
+            "queued.max.messages.kbytes": 16384,
+            # When the local queue is full librdkafka waits this long before fetching
+            # again (default 1 s): with large messages that stalled every read.
+            "fetch.queue.backoff.ms": 10,
+            # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
+            # which they hold this long.
+            "fetch.wait.max.ms": 50,
         }),
         logger=_LOG,
     )
@@ -134,12 +142,15 @@ def read_range(
         last_progress = time.monotonic()
         patience_ends = last_progress + eof_patience
         while pending:
-            messages = consumer.consume(num_messages=batch_size, timeout=0.5)
+            # A short wait: consume() blocks until the batch is full or the wait is over,
+            # and with large messages the local queue may hold less than a full batch.
+            messages = consumer.consume(num_messages=batch_size, timeout=0.05)
             batch: list[RawMessage] = []
+            patient = time.monotonic() > patience_ends
             for msg in messages:
-                tp = (msg.topic(), msg.partition())
                 err = msg.error()
                 if err is not None:
+                    tp = (msg.topic(), msg.partition())
                     if err.code() == KafkaError._PARTITION_EOF:
                         if tp in pending and pending[tp] is None:
                             del pending[tp]
@@ -150,21 +161,20 @@ def read_range(
                             "broker (retention or a recreated topic); read it from the archive"
                         )
                     raise BrokerError(f"reading {tp[0]}[{tp[1]}]: {err.str()}")
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                tp = (topic, partition)
                 if tp not in pending:
                     continue
                 stop = pending[tp]
-                if stop is not None and msg.offset() >= stop:
+                if stop is None:
+                    # Open-ended: stop at the horizon only once patience has run out.
+                    stop = horizon.get(tp) if patient else None
+                if stop is not None and offset >= stop:
                     del pending[tp]
                     continue
-                if stop is None and tp in horizon and msg.offset() >= horizon[tp] \
-                        and time.monotonic() > patience_ends:
-                    del pending[tp]
-                    continue
-                batch.append(RawMessage(tp[0], tp[1], msg.offset(), msg.key(), msg.value(),
+                batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(),
                                         msg.timestamp()[1]))
-                bound = stop if stop is not None else (
-                    horizon.get(tp) if time.monotonic() > patience_ends else None)
-                if bound is not None and msg.offset() + 1 >= bound:
+                if stop is not None and offset + 1 >= stop:
                     del pending[tp]
             if batch:
                 last_progress = time.monotonic()

@@ -222,6 +222,11 @@ class Archive:
 
 Decoder = Callable[[Sequence[RawMessage]], list[tuple[pa.Table, int, int]]]
 
+# Messages per fetched batch handed to the decoder. Small batches keep the bytes in
+# flight few (fetch, decode and the prefetch queue then work in cache and on reused
+# memory): 1,000 ran ~1.3x faster than 10,000 for ~10 KB messages.
+READ_BATCH = 1_000
+
 
 TRANSACTION_SCHEMA = pa.schema([
     ("__partition", pa.int32()), ("__offset", pa.int64()), ("status", pa.string()),
@@ -385,31 +390,50 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
         start[(topic, partition)] = archive.high_water_mark(topic, partition, gen)
         generation[(topic, partition)] = gen.number
     marks = dict(start)
-    pending: dict[TopicPartitionKey, list[RawMessage]] = {}
+    # Each fetched batch is decoded as soon as it arrives, while the reader thread fetches
+    # the next one; segments are written once `batch_size` events of a partition are
+    # decoded (fewer, larger segments).
+    decoded: dict[TopicPartitionKey, list[tuple[pa.Table, int, int]]] = {}
+    counts: dict[TopicPartitionKey, int] = {}
 
     def flush(tp: TopicPartitionKey) -> None:
-        messages = pending.pop(tp, [])
-        if not messages:
-            return
+        counts.pop(tp, None)
         # Offsets may skip (transaction markers, compaction): segments still cover
         # [previous end, last offset + 1) so the archive stays gap-free.
-        for table, _first, last in decoder(messages):
+        for table, last in _merge_runs(decoded.pop(tp, [])):
             archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
             marks[tp] = last + 1
 
-    # Buffer up to `batch_size` messages per partition: fewer, larger segments.
-    for batch in _prefetched(read_range(settings, start, batch_size=batch_size)):
+    for batch in _prefetched(read_range(settings, start, batch_size=READ_BATCH)):
+        by_partition: dict[TopicPartitionKey, list[RawMessage]] = {}
         for msg in batch:
             tp = (msg.topic, msg.partition)
-            if msg.offset < marks[tp]:
-                continue
-            buffer = pending.setdefault(tp, [])
-            buffer.append(msg)
-            if len(buffer) >= batch_size:
+            if msg.offset >= marks[tp]:
+                by_partition.setdefault(tp, []).append(msg)
+        for tp, messages in by_partition.items():
+            decoded.setdefault(tp, []).extend(decoder(messages))
+            counts[tp] = counts.get(tp, 0) + len(messages)
+            if counts[tp] >= batch_size:
                 flush(tp)
-    for tp in list(pending):
+    for tp in list(decoded):
         flush(tp)
     return marks
+
+
+def _merge_runs(runs: list[tuple[pa.Table, int, int]]) -> list[tuple[pa.Table, int]]:
+    """Consecutive decoded runs of one partition -> (table, last offset) per segment.
+
+    Neighbouring runs with the same Arrow schema (metadata included) become one table;
+    a change of schema starts a new segment.
+    """
+    groups: list[list[tuple[pa.Table, int, int]]] = []
+    for run in runs:
+        if groups and groups[-1][-1][0].schema.equals(run[0].schema, check_metadata=True):
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    return [(pa.concat_tables([t for t, _f, _l in group]) if len(group) > 1 else group[0][0],
+             group[-1][2]) for group in groups]
 
 
 def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bool,

@@ -144,6 +144,9 @@ def start_connect(root: Path, cache: Path, port: int, bootstrap: str) -> Process
                 "rebalance.timeout.ms=10000",
                 "scheduled.rebalance.max.delay.ms=0",
                 "topic.creation.enable=true",
+                # Connect's default, spelled out: the connector template sets
+                # producer.override.compression.type.
+                "connector.client.config.override.policy=All",
                 "producer.linger.ms=5",
                 "producer.batch.size=262144",
                 "",
