@@ -55,17 +55,24 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10_000_000)
     parser.add_argument("--events", type=int, default=12_000_000)
     parser.add_argument("--bucket-rows", type=int, nargs="+",
-                        default=[100_000_000, 4_000_000, 2_000_000])
+                        default=[100_000_000, 4_000_000, 2_000_000, 1_000_000])
     parser.add_argument("--child", type=Path)
+    parser.add_argument("--generate", type=Path)
     args = parser.parse_args()
+    if args.generate:
+        from bench_materialise import generate
+
+        generate(args.generate, args.keys, args.events)
+        return
     if args.child:
         child(args.child, args.bucket_rows[0])
         return
-    from bench_materialise import generate
-
     directory = Path(tempfile.mkdtemp(prefix="tidelog-bench-mem-"))
     try:
-        generate(directory, args.keys, args.events)
+        # Every step in its own process: ru_maxrss survives fork and exec on Linux, so a
+        # parent that held the generated events would inflate each child's peak.
+        subprocess.run([sys.executable, __file__, "--generate", str(directory),
+                        "--keys", str(args.keys), "--events", str(args.events)], check=True)
         for rows in args.bucket_rows:
             subprocess.run([sys.executable, __file__, "--child", str(directory),
                             "--bucket-rows", str(rows)], check=True)

@@ -322,7 +322,7 @@ def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnecti
 
 
 FOLD_EVENTS = 2_000_000  # events materialised at once; bounds peak memory
-BUCKET_ROWS = 4_000_000  # events + base rows per key-hash bucket of a full build
+BUCKET_ROWS = 2_000_000  # events + base rows per key-hash bucket of a full build
 COMPACT_FRACTION = 0.1  # a delta past this fraction of the data files is folded back in
 _BUCKET_SEED = 0x7D1E
 
