@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdc.events import METADATA_COLUMNS
 from cdc.reader import (
     LogIdentity,
     RawMessage,
@@ -423,17 +424,43 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
 def _merge_runs(runs: list[tuple[pa.Table, int, int]]) -> list[tuple[pa.Table, int]]:
     """Consecutive decoded runs of one partition -> (table, last offset) per segment.
 
-    Neighbouring runs with the same Arrow schema (metadata included) become one table;
-    a change of schema starts a new segment.
+    Neighbouring runs with the same Arrow schema (metadata included) become one table; a
+    run of only tombstones (no data columns) joins its neighbour with null data columns,
+    as one decode of both would give; any other change of schema starts a new segment.
     """
-    groups: list[list[tuple[pa.Table, int, int]]] = []
-    for run in runs:
-        if groups and groups[-1][-1][0].schema.equals(run[0].schema, check_metadata=True):
-            groups[-1].append(run)
-        else:
-            groups.append([run])
-    return [(pa.concat_tables([t for t, _f, _l in group]) if len(group) > 1 else group[0][0],
-             group[-1][2]) for group in groups]
+    groups: list[tuple[pa.Schema, list[pa.Table], int]] = []
+    for table, _first, last in runs:
+        if groups:
+            schema, tables, _last = groups[-1]
+            if table.schema.equals(schema, check_metadata=True):
+                groups[-1] = (schema, [*tables, table], last)
+                continue
+            if _only_metadata_of(table.schema, schema):
+                groups[-1] = (schema, [*tables, _padded(table, schema)], last)
+                continue
+            if _only_metadata_of(schema, table.schema):
+                groups[-1] = (table.schema,
+                              [*(_padded(t, table.schema) for t in tables), table], last)
+                continue
+        groups.append((table.schema, [table], last))
+    return [(pa.concat_tables(tables) if len(tables) > 1 else tables[0], last)
+            for _schema, tables, last in groups]
+
+
+_METADATA_FIELDS = [pa.field(name, t) for name, t in METADATA_COLUMNS]
+
+
+def _only_metadata_of(small: pa.Schema, big: pa.Schema) -> bool:
+    """`small` has only the metadata columns, and `big` starts with them."""
+    n = len(_METADATA_FIELDS)
+    return (len(small) == n and len(big) > n
+            and all(small.field(i).equals(f) and big.field(i).equals(f)
+                    for i, f in enumerate(_METADATA_FIELDS)))
+
+
+def _padded(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    nulls = [pa.nulls(table.num_rows, f.type) for f in list(schema)[table.num_columns:]]
+    return pa.Table.from_arrays([*table.columns, *nulls], schema=schema)
 
 
 def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bool,

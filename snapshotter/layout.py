@@ -20,7 +20,8 @@ import polars as pl
 
 from snapshotter.manifest import TableManifest
 
-__all__ = ["KEY", "scan_visible", "read_table", "visible_sql", "quote", "file_sha256"]
+__all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
+           "file_sha256"]
 
 KEY = "__key"
 
@@ -34,11 +35,26 @@ def scan_visible(directory: Path, table: TableManifest) -> pl.LazyFrame:
     rows = pl.scan_parquet(_paths(directory, table.files))
     if table.delete_files:
         deleted = pl.scan_parquet(_paths(directory, table.delete_files)).select(KEY)
-        rows = rows.join(deleted, on=KEY, how="anti")  # a null key never matches
+        rows = rows.join(deleted, on=KEY, how="anti",  # a null key never matches
+                         maintain_order="left")
     if table.delta_files:
         rows = pl.concat([rows, pl.scan_parquet(_paths(directory, table.delta_files))],
                          how="vertical")
     return rows
+
+
+def base_pieces_of(directory: Path, table: TableManifest) -> list[pl.LazyFrame]:
+    """The table's rows with `__key` as a list of pieces (one per file, deletes applied),
+    in file order: a caller can process a large table a piece at a time."""
+    deleted = (pl.scan_parquet(_paths(directory, table.delete_files)).select(KEY)
+               if table.delete_files else None)
+    pieces = []
+    for path in _paths(directory, table.files):
+        rows = pl.scan_parquet(path)
+        pieces.append(rows.join(deleted, on=KEY, how="anti", maintain_order="left")
+                      if deleted is not None else rows)
+    pieces.extend(pl.scan_parquet(path) for path in _paths(directory, table.delta_files))
+    return pieces
 
 
 def read_table(directory: Path, table: TableManifest) -> pl.DataFrame:

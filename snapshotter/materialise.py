@@ -35,6 +35,7 @@ __all__ = [
     "Events",
     "materialise",
     "plan_materialise",
+    "survey",
     "key_expr",
     "data_columns",
 ]
@@ -153,6 +154,15 @@ def _not_in_base(base_position: Mapping[int, int] | None) -> pl.Expr:
     return pl.col(OFFSET) >= start
 
 
+Surveyed: TypeAlias = "_Segment"
+
+
+def survey(events: Events, base_position: Mapping[int, int] | None = None
+           ) -> list[_Segment]:
+    """The metadata pre-pass of `plan_materialise`, to reuse across several plans."""
+    return _survey(_as_list(events), _not_in_base(base_position))
+
+
 def _survey(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[_Segment]:
     """The pre-pass: reads only the metadata columns of every segment, in parallel."""
     try:
@@ -255,6 +265,7 @@ def plan_materialise(
     *,
     keep_key: bool = False,
     where: pl.Expr | None = None,
+    surveyed: Sequence[Surveyed] | None = None,
 ) -> pl.LazyFrame:
     """The lazy query giving the table state; only the metadata pre-pass runs here.
 
@@ -265,15 +276,17 @@ def plan_materialise(
     `__key` it is rebuilt with `key_expr`). `base_position`: per partition, the exclusive
     end offset the base already includes; earlier events are skipped. `keep_key` adds
     `__key` as the last column, which is what a later incremental build needs.
-    `where`: a predicate on `__key` choosing a subset of keys (e.g. one hash bucket); the
-    plan's decisions (column set, truncates, order) are still taken over all events, so
-    the states of disjoint subsets concatenate to the whole state.
+    `where`: a predicate on the events choosing a subset of keys (e.g. one hash bucket;
+    the caller restricts `base` to the same keys); the plan's decisions (column set,
+    truncates, order) are still taken over all events, so the states of disjoint subsets
+    concatenate to the whole state. `surveyed`: what `survey(events, base_position)`
+    returned for these same events, to plan several subsets after one pre-pass.
     Casting errors surface when the plan is collected; `materialise` maps them.
     """
     if base is None and base_position:
         raise ValueError("base_position only makes sense together with a base state")
     keep = _not_in_base(base_position)
-    segments = _survey(_as_list(events), keep)
+    segments = list(surveyed) if surveyed is not None else _survey(_as_list(events), keep)
     live = sorted((s for s in segments if s.rows), key=lambda s: s.last)
     keys = list(key_columns) if key_columns is not None else _infer_key_columns(live)
 
@@ -355,8 +368,6 @@ def plan_materialise(
                 base_lf = base_lf.with_columns(key_expr(keys))
             else:
                 base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
-        if where is not None:
-            base_lf = base_lf.filter(where)
         base_alive = set(base_schema) & (alive[0] if alive else set(out))
         base_rows = base_lf.select(
             *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
@@ -396,6 +407,7 @@ def materialise(
     keep_key: bool = False,
     engine: Engine = "auto",
     where: pl.Expr | None = None,
+    surveyed: Sequence[Surveyed] | None = None,
 ) -> pl.DataFrame:
     """The table state after applying `events` (on top of `base`), sorted by key.
 
@@ -403,7 +415,7 @@ def materialise(
     (a column whose old values cannot take the new type) to `SnapshotError`.
     """
     plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
-                            where=where)
+                            where=where, surveyed=surveyed)
     try:
         return plan.collect(engine=engine)
     except pl.exceptions.InvalidOperationError as exc:

@@ -37,9 +37,9 @@ from snapshotter.digest import (
     overall_digest,
     table_digest,
 )
-from snapshotter.layout import file_sha256, read_table, scan_visible, visible_sql
+from snapshotter.layout import base_pieces_of, file_sha256, read_table, visible_sql
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
-from snapshotter.materialise import materialise
+from snapshotter.materialise import Surveyed, materialise, survey
 from tidelog import __version__
 from tidelog.errors import ArchiveError, CutError, DigestMismatch, SnapshotError, TidelogError
 from tidelog.settings import Settings
@@ -56,6 +56,7 @@ __all__ = [
 
 KEY_COLUMN = "__key"
 OP_COLUMN = "__op"
+BUCKET_COLUMN = "__bucket"  # only in spill files
 
 
 @dataclass(frozen=True)
@@ -328,26 +329,33 @@ _BUCKET_SEED = 0x7D1E
 
 
 def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
-          where: pl.Expr | None = None) -> pl.DataFrame:
+          where: pl.Expr | None = None,
+          surveys: dict[int, list[Surveyed]] | None = None) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
-    the whole change history; the result is the same (the incremental rule).
+    the whole change history; the result is the same (the incremental rule). `where`
+    restricts the events to some keys (the base must already be restricted to them);
+    `surveys` keeps each group's metadata pre-pass for the next call on the same frames.
     """
     sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
-    if sum(sizes) <= FOLD_EVENTS:
-        return materialise(frames, base=base, keep_key=True, where=where)
-    state: pl.DataFrame | pl.LazyFrame | None = base
-    group: list[pl.LazyFrame] = []
+    groups: list[list[pl.LazyFrame]] = [[]]
     count = 0
     for frame, size in zip(frames, sizes, strict=True):
-        group.append(frame)
-        count += size
         if count >= FOLD_EVENTS:
-            state = materialise(group, base=state, keep_key=True, where=where)
-            group, count = [], 0
-    if group:
-        state = materialise(group, base=state, keep_key=True, where=where)
+            groups.append([])
+            count = 0
+        groups[-1].append(frame)
+        count += size
+    state: pl.DataFrame | pl.LazyFrame | None = base
+    for number, group in enumerate(groups):
+        surveyed = None
+        if surveys is not None:
+            surveyed = surveys.get(number)
+            if surveyed is None:
+                surveyed = surveys[number] = survey(group)
+        state = materialise(group, base=state, keep_key=True, where=where,
+                            surveyed=surveyed)
     assert isinstance(state, pl.DataFrame)
     return state
 
@@ -403,29 +411,71 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
                                schema_digest=digest.schema_digest, checksums=sums)
 
 
+def _bucket_of(buckets: int) -> pl.Expr:
+    return (pl.col(KEY_COLUMN).hash(_BUCKET_SEED).fill_null(0) % buckets).alias(BUCKET_COLUMN)
+
+
+def _spill(pieces: Sequence[pl.LazyFrame], buckets: int, directory: Path) -> list[pl.LazyFrame]:
+    """Rewrite each piece (one at a time) sorted by key bucket, in small row groups, so a
+    scan filtered on one bucket skips the others' row groups by their statistics.
+
+    Sorting is stable, so each bucket keeps its events' order within a piece.
+    """
+    directory.mkdir(parents=True)
+    spilled = []
+    for number, piece in enumerate(pieces):
+        frame = piece.with_columns(_bucket_of(buckets)).collect()
+        frame = frame.sort(BUCKET_COLUMN, maintain_order=True)
+        path = directory / f"{number:06d}.parquet"
+        frame.write_parquet(path, compression="lz4", statistics=True,
+                            row_group_size=max(1024, frame.height // (buckets * 4)))
+        spilled.append(pl.scan_parquet(str(path)))
+        del frame
+    return spilled
+
+
 def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
-                frames: list[pl.LazyFrame], base: pl.LazyFrame | None, base_rows: int
-                ) -> TableManifest:
+                frames: list[pl.LazyFrame], base: _Base | None) -> TableManifest:
     """The whole table state, in key-hash buckets small enough to fit in memory.
 
-    Each bucket is folded from every event (filtered to its keys) and written before the
-    next one starts, so peak memory follows the bucket size, not the table's.
+    With several buckets the events (and a base state) are first spilled once, sorted by
+    bucket; then each bucket is folded from its own events and written before the next
+    one starts, so peak memory follows the bucket size, not the table's.
     """
-    total = sum(int(f.select(pl.len()).collect().item()) for f in frames) + base_rows
+    prev = base.manifest.tables[table] if base is not None else None
+    base_pieces: list[pl.LazyFrame] = []
+    if base is not None and prev is not None:
+        base_pieces = base_pieces_of(base.directory, prev)
+    total = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    total += prev.rows if prev is not None else 0
     buckets = max(1, -(-total // BUCKET_ROWS))
+    (tmp / table).mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     key_columns: list[str] = []
-    for i in range(buckets):
-        where = None if buckets == 1 else (
-            pl.col(KEY_COLUMN).hash(_BUCKET_SEED).fill_null(0) % buckets == i)
-        state = _fold(frames, base, where)
-        name = f"{table}/data-{i:05d}.parquet"
-        (tmp / table).mkdir(parents=True, exist_ok=True)
+
+    def write(state: pl.DataFrame, number: int) -> None:
+        nonlocal key_columns
+        name = f"{table}/data-{number:05d}.parquet"
         state.write_parquet(tmp / name, compression="zstd", statistics=True)
         files.append(name)
         if not key_columns and KEY_COLUMN in state.columns:
             key_columns = _key_columns(state)
-        del state
+
+    if buckets == 1:
+        write(_fold(frames, pl.concat(base_pieces) if base_pieces else None), 0)
+    else:
+        spill = tmp / f".spill-{uuid.uuid4().hex[:8]}"
+        try:
+            events = _spill(frames, buckets, spill / "events")
+            spilled_base = _spill(base_pieces, buckets, spill / "base") if base_pieces else []
+            surveys: dict[int, list[Surveyed]] = {}
+            for number in range(buckets):
+                mine = pl.col(BUCKET_COLUMN) == number
+                own_base = (pl.concat(spilled_base).filter(mine).drop(BUCKET_COLUMN)
+                            if spilled_base else None)
+                write(_fold(events, own_base, mine, surveys), number)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
     return _table_manifest(con, table, topic, tmp, key_columns, files)
 
 
@@ -458,7 +508,8 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
     changes = (materialise(frames, keep_key=True) if frames
                else pl.DataFrame(schema=[*file_schema, (KEY_COLUMN, pl.String())]))
     if old_delta is not None:
-        delta = pl.concat([old_delta.join(changed, on=KEY_COLUMN, how="anti"), changes])
+        delta = pl.concat([old_delta.join(changed, on=KEY_COLUMN, how="anti",
+                                          maintain_order="left"), changes])
     else:
         delta = changes
     data_paths = [src / f for f in prev.files]
@@ -513,15 +564,12 @@ def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Ar
         gen = _generation_of(archive, p)
         start = base_ends.get((p.topic, p.partition), p.start)
         frames.extend(_scan(archive, p.topic, p.partition, gen.number, start, p.end))
-    if base is None:
-        return _write_full(con, table, topic, tmp, frames, None, 0)
-    layered = _write_layered(con, table, topic, tmp, frames, base)
-    if layered is not None:
-        return layered
-    shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
-    prev = base.manifest.tables[table]
-    return _write_full(con, table, topic, tmp, frames, scan_visible(base.directory, prev),
-                       prev.rows)
+    if base is not None:
+        layered = _write_layered(con, table, topic, tmp, frames, base)
+        if layered is not None:
+            return layered
+        shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
+    return _write_full(con, table, topic, tmp, frames, base)
 
 
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],

@@ -239,6 +239,24 @@ def test_key_hash_buckets_equal_one_file(tmp_path: Path,
     assert got.equals(one_snap.table("public.items"))
 
 
+def test_key_hash_buckets_keep_keyless_event_order(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.log", keyed=False)
+    for i in range(250):
+        history.event("c", i % 11, v=float(i), name=f"e{i}")
+        if i % 60 == 59:
+            history.flush()
+    cut = history.cut()
+    one, _ = _full(settings, tmp_path, cut, ["public.log"])
+    monkeypatch.setattr(snapshots, "BUCKET_ROWS", 40)
+    many = create_snapshot(settings, ["public.log"], cut, catch_up=False, incremental=False)
+    assert len(many.tables["public.log"].files) > 1
+    assert many.digest == one.digest
+    got = open_snapshot(settings, many.id).table("public.log")
+    assert got["name"].to_list() == [r["name"] for r in history.keyless]
+
+
 def test_damaged_base_is_not_built_upon(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
@@ -289,17 +307,22 @@ _STEP = st.tuples(st.sampled_from(_KINDS), st.sampled_from("ccuuudx"), st.intege
 
 
 @given(steps=st.lists(_STEP, min_size=15, max_size=60),
-       compact=st.sampled_from([0.5, 100.0, 100.0]))
+       compact=st.sampled_from([0.5, 100.0, 100.0]),
+       bucket_rows=st.sampled_from([1_000_000, 12]),
+       fold_events=st.sampled_from([1_000_000, 9]))
 @hsettings(max_examples=20, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tuple],
-                                                  compact: float,
+                                                  compact: float, bucket_rows: int,
+                                                  fold_events: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Random histories, snapshots at random cuts, layered or compacted at random:
-    every snapshot equals its full rebuild and a last-write-wins replay."""
+    """Random histories, snapshots at random cuts, layered or compacted at random, full
+    builds in one bucket or spilled into several, folded in small groups or not: every
+    snapshot equals its full rebuild and a last-write-wins replay."""
     import tempfile
 
     monkeypatch.setattr(snapshots, "COMPACT_FRACTION", compact)
+    monkeypatch.setattr(snapshots, "FOLD_EVENTS", fold_events)
     with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
         root = Path(scratch)
         settings = _settings(root)
@@ -321,9 +344,11 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
                 history.flush()
                 extra = True
             elif history.offset and history.cut().partitions[0].end:
-                manifest = create_snapshot(settings, ["public.items"], history.cut(),
-                                           catch_up=False)
-                _assert_same_as_full(settings, root, manifest)
+                with monkeypatch.context() as patch:
+                    patch.setattr(snapshots, "BUCKET_ROWS", bucket_rows)
+                    manifest = create_snapshot(settings, ["public.items"], history.cut(),
+                                               catch_up=False)
+                _assert_same_as_full(settings, root, manifest)  # one bucket
                 got = open_snapshot(settings, manifest.id).table("public.items")
                 replay = sorted(history.state.values(), key=lambda r: r["id"])  # type: ignore[arg-type, return-value]
                 assert got["id"].to_list() == [r["id"] for r in replay]
