@@ -38,7 +38,7 @@ def child(directory: Path, bucket_rows: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="out-", dir=directory))
     t = time.perf_counter()
     table = snapshots._write_full(duckdb.connect(), "public.big", "bench.public.big", out,
-                                  [pl.scan_parquet(s) for s in segments], None, 0)
+                                  [pl.scan_parquet(s) for s in segments], None)
     elapsed = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # measured after the peak was taken: one bucket at a time

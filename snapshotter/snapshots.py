@@ -330,19 +330,22 @@ _BUCKET_SEED = 0x7D1E
 
 def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
           where: pl.Expr | None = None,
-          surveys: dict[int, list[Surveyed]] | None = None) -> pl.DataFrame:
+          surveys: dict[int, list[Surveyed]] | None = None,
+          group_events: int | None = None) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
     the whole change history; the result is the same (the incremental rule). `where`
     restricts the events to some keys (the base must already be restricted to them);
     `surveys` keeps each group's metadata pre-pass for the next call on the same frames.
+    `group_events`: events per group before `where` (default FOLD_EVENTS).
     """
+    limit = group_events or FOLD_EVENTS
     sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
     groups: list[list[pl.LazyFrame]] = [[]]
     count = 0
     for frame, size in zip(frames, sizes, strict=True):
-        if count >= FOLD_EVENTS:
+        if count >= limit:
             groups.append([])
             count = 0
         groups[-1].append(frame)
@@ -473,7 +476,8 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
                 mine = pl.col(BUCKET_COLUMN) == number
                 own_base = (pl.concat(spilled_base).filter(mine).drop(BUCKET_COLUMN)
                             if spilled_base else None)
-                write(_fold(events, own_base, mine, surveys), number)
+                # a bucket holds about 1/buckets of each group's events
+                write(_fold(events, own_base, mine, surveys, FOLD_EVENTS * buckets), number)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
     return _table_manifest(con, table, topic, tmp, key_columns, files)
