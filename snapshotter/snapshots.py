@@ -41,7 +41,14 @@ from snapshotter.layout import base_pieces_of, file_sha256, read_table, visible_
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey
 from tidelog import __version__
-from tidelog.errors import ArchiveError, CutError, DigestMismatch, SnapshotError, TidelogError
+from tidelog.errors import (
+    ArchiveError,
+    ConfigError,
+    CutError,
+    DigestMismatch,
+    SnapshotError,
+    TidelogError,
+)
 from tidelog.settings import Settings
 
 __all__ = [
@@ -323,7 +330,11 @@ def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnecti
 
 
 FOLD_EVENTS = 2_000_000  # events materialised at once; bounds peak memory
-BUCKET_ROWS = 2_000_000  # events + base rows per key-hash bucket of a full build
+# A full build's memory (measured, BENCHMARKS.md): one bucket peaks at about 4x the
+# in-memory size of its events and base rows; spilling and folding add about 1 GiB.
+PEAK_PER_INPUT_BYTE = 4
+BUILD_FLOOR_BYTES = 1 << 30
+DEFAULT_MEMORY_MB = 4096
 COMPACT_FRACTION = 0.1  # a delta past this fraction of the data files is folded back in
 _BUCKET_SEED = 0x7D1E
 
@@ -414,6 +425,38 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
                                schema_digest=digest.schema_digest, checksums=sums)
 
 
+def memory_budget(settings: Settings) -> int:
+    """Bytes a full build aims to stay within (`TIDELOG_SNAPSHOT_MEMORY_MB`)."""
+    text = settings.snapshot_memory_mb or str(DEFAULT_MEMORY_MB)
+    minimum = (BUILD_FLOOR_BYTES >> 20) + 512
+    try:
+        megabytes = int(text)
+    except ValueError:
+        megabytes = -1
+    if megabytes < minimum:
+        raise ConfigError(
+            f"snapshot_memory_mb is {text!r}: give a whole number of MiB of at least "
+            f"{minimum} (a full build needs about {BUILD_FLOOR_BYTES >> 20} MiB beyond "
+            f"its buckets); the default is {DEFAULT_MEMORY_MB}")
+    return megabytes << 20
+
+
+def plan_buckets(input_bytes: int, memory_bytes: int) -> int:
+    """Key-hash buckets for a full build whose events and base rows take `input_bytes`
+    in memory, so that one bucket's build fits in `memory_bytes`."""
+    per_bucket = memory_bytes - BUILD_FLOOR_BYTES
+    return max(1, -(-input_bytes * PEAK_PER_INPUT_BYTE // per_bucket))
+
+
+def _bytes_per_row(frames: Sequence[pl.LazyFrame], sample: int = 1000) -> float:
+    """In-memory bytes per row, from the first rows of the first non-empty frame."""
+    for frame in frames:
+        head = frame.head(sample).collect()
+        if head.height:
+            return head.estimated_size() / head.height
+    return 0.0
+
+
 def _bucket_of(buckets: int) -> pl.Expr:
     return (pl.col(KEY_COLUMN).hash(_BUCKET_SEED).fill_null(0) % buckets).alias(BUCKET_COLUMN)
 
@@ -438,7 +481,8 @@ def _spill(pieces: Sequence[pl.LazyFrame], buckets: int, directory: Path) -> lis
 
 
 def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
-                frames: list[pl.LazyFrame], base: _Base | None) -> TableManifest:
+                frames: list[pl.LazyFrame], base: _Base | None, memory_bytes: int
+                ) -> TableManifest:
     """The whole table state, in key-hash buckets small enough to fit in memory.
 
     With several buckets the events (and a base state) are first spilled once, sorted by
@@ -449,9 +493,11 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
     base_pieces: list[pl.LazyFrame] = []
     if base is not None and prev is not None:
         base_pieces = base_pieces_of(base.directory, prev)
-    total = sum(int(f.select(pl.len()).collect().item()) for f in frames)
-    total += prev.rows if prev is not None else 0
-    buckets = max(1, -(-total // BUCKET_ROWS))
+    events = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    input_bytes = events * _bytes_per_row(frames)
+    if prev is not None:
+        input_bytes += prev.rows * _bytes_per_row(base_pieces)
+    buckets = plan_buckets(int(input_bytes), memory_bytes)
     (tmp / table).mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     key_columns: list[str] = []
@@ -573,7 +619,7 @@ def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Ar
         if layered is not None:
             return layered
         shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
-    return _write_full(con, table, topic, tmp, frames, base)
+    return _write_full(con, table, topic, tmp, frames, base, memory_budget(settings))
 
 
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],

@@ -29,6 +29,7 @@ ENV_FIELDS = {
     "TIDELOG_ARCHIVE_ROOT": "archive_root",
     "TIDELOG_SNAPSHOT_ROOT": "snapshot_root",
     "TIDELOG_CONNECTOR_NAME": "connector_name",
+    "TIDELOG_SNAPSHOT_MEMORY_MB": "snapshot_memory_mb",
 }
 
 
@@ -43,6 +44,7 @@ class Settings:
     connector_name: str = "tidelog-postgres"
     archive_root: str = ""
     snapshot_root: str = ""
+    snapshot_memory_mb: str = ""  # what a full snapshot build aims to stay within
     kafka: dict[str, str] = field(default_factory=dict)
 
     def kafka_config(self, **extra: str | int | bool) -> dict[str, object]:

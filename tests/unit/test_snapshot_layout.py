@@ -3,6 +3,7 @@ key-hash buckets. Every layout must give the full build's digest, rows and row o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -21,6 +22,7 @@ from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
 from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
 from snapshotter.verify import diff_snapshots, verify_snapshot
+from tidelog.errors import ConfigError
 from tidelog.settings import Settings
 
 PREFIX = "lay"
@@ -229,11 +231,11 @@ def test_key_hash_buckets_equal_one_file(tmp_path: Path,
     cut = history.cut()
     one, one_snap = _full(settings, tmp_path, cut, ["public.items"])
     assert len(one.tables["public.items"].files) == 1
-    monkeypatch.setattr(snapshots, "BUCKET_ROWS", 90)
+    monkeypatch.setattr(snapshots, "plan_buckets", lambda input_bytes, memory: 9)
     monkeypatch.setattr(snapshots, "FOLD_EVENTS", 120)  # and fold within each bucket
     many = create_snapshot(settings, ["public.items"], cut, catch_up=False,
                            incremental=False)
-    assert len(many.tables["public.items"].files) == -(-(300 + 500) // 90)
+    assert len(many.tables["public.items"].files) == 9
     assert many.digest == one.digest
     got = open_snapshot(settings, many.id).table("public.items")
     assert got.equals(one_snap.table("public.items"))
@@ -249,7 +251,7 @@ def test_key_hash_buckets_keep_keyless_event_order(tmp_path: Path,
             history.flush()
     cut = history.cut()
     one, _ = _full(settings, tmp_path, cut, ["public.log"])
-    monkeypatch.setattr(snapshots, "BUCKET_ROWS", 40)
+    monkeypatch.setattr(snapshots, "plan_buckets", lambda input_bytes, memory: 6)
     many = create_snapshot(settings, ["public.log"], cut, catch_up=False, incremental=False)
     assert len(many.tables["public.log"].files) > 1
     assert many.digest == one.digest
@@ -308,12 +310,12 @@ _STEP = st.tuples(st.sampled_from(_KINDS), st.sampled_from("ccuuudx"), st.intege
 
 @given(steps=st.lists(_STEP, min_size=15, max_size=60),
        compact=st.sampled_from([0.5, 100.0, 100.0]),
-       bucket_rows=st.sampled_from([1_000_000, 12]),
+       buckets=st.sampled_from([1, 5]),
        fold_events=st.sampled_from([1_000_000, 9]))
 @hsettings(max_examples=20, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tuple],
-                                                  compact: float, bucket_rows: int,
+                                                  compact: float, buckets: int,
                                                   fold_events: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Random histories, snapshots at random cuts, layered or compacted at random, full
@@ -345,7 +347,7 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
                 extra = True
             elif history.offset and history.cut().partitions[0].end:
                 with monkeypatch.context() as patch:
-                    patch.setattr(snapshots, "BUCKET_ROWS", bucket_rows)
+                    patch.setattr(snapshots, "plan_buckets", lambda *_: buckets)
                     manifest = create_snapshot(settings, ["public.items"], history.cut(),
                                                catch_up=False)
                 _assert_same_as_full(settings, root, manifest)  # one bucket
@@ -353,3 +355,20 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
                 replay = sorted(history.state.values(), key=lambda r: r["id"])  # type: ignore[arg-type, return-value]
                 assert got["id"].to_list() == [r["id"] for r in replay]
                 assert got["name"].to_list() == [r["name"] for r in replay]
+
+
+def test_bucket_count_follows_the_memory_budget(tmp_path: Path) -> None:
+    gib = 1 << 30
+    # the benchmark table: ~114 bytes per event in memory
+    assert snapshots.plan_buckets(3_000_000 * 114, 4 * gib) == 1
+    assert snapshots.plan_buckets(12_000_000 * 114, 4 * gib) == 2
+    assert snapshots.plan_buckets(24_000_000 * 114, 4 * gib) == 4
+    assert snapshots.plan_buckets(12_000_000 * 114, 2 * gib) == 6
+    assert snapshots.plan_buckets(0, 4 * gib) == 1
+    settings = _settings(tmp_path)
+    assert snapshots.memory_budget(settings) == snapshots.DEFAULT_MEMORY_MB << 20
+    assert snapshots.memory_budget(
+        dataclasses.replace(settings, snapshot_memory_mb="8192")) == 8 * gib
+    for bad in ("lots", "100"):
+        with pytest.raises(ConfigError, match="snapshot_memory_mb"):
+            snapshots.memory_budget(dataclasses.replace(settings, snapshot_memory_mb=bad))
