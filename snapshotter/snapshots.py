@@ -493,8 +493,8 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
     base_pieces: list[pl.LazyFrame] = []
     if base is not None and prev is not None:
         base_pieces = base_pieces_of(base.directory, prev)
-    events = sum(int(f.select(pl.len()).collect().item()) for f in frames)
-    input_bytes = events * _bytes_per_row(frames)
+    event_count = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    input_bytes = event_count * _bytes_per_row(frames)
     if prev is not None:
         input_bytes += prev.rows * _bytes_per_row(base_pieces)
     buckets = plan_buckets(int(input_bytes), memory_bytes)
