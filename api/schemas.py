@@ -177,6 +177,7 @@ class TableManifestOut(_Out):
     content_digest: str = ""
     schema_digest: str = ""
     checksums: dict[str, str] = {}
+    file_stats: dict[str, list[int]] = {}
 
 
 class PinOut(_Out):

@@ -35,6 +35,9 @@ class TableManifest:
     content_digest: str = ""  # the two 64-bit row-hash sums, hex (docs/digest.md)
     schema_digest: str = ""
     checksums: dict[str, str] = field(default_factory=dict)  # file -> sha256 of its bytes
+    # file -> (size, mtime_ns) when written: a file that still stats the same is taken as
+    # unchanged when a later build reuses it (as git's index does); `verify` rehashes all
+    file_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def all_files(self) -> tuple[str, ...]:
@@ -51,7 +54,8 @@ class TableManifest:
                 "files": list(self.files), "delete_files": list(self.delete_files),
                 "delta_files": list(self.delta_files),
                 "content_digest": self.content_digest, "schema_digest": self.schema_digest,
-                "checksums": dict(sorted(self.checksums.items()))}
+                "checksums": dict(sorted(self.checksums.items())),
+                "file_stats": {k: list(v) for k, v in sorted(self.file_stats.items())}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableManifest:
@@ -63,7 +67,9 @@ class TableManifest:
                    delta_files=tuple(data.get("delta_files", ())),
                    content_digest=str(data.get("content_digest", "")),
                    schema_digest=str(data.get("schema_digest", "")),
-                   checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()})
+                   checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()},
+                   file_stats={str(k): (int(v[0]), int(v[1]))
+                               for k, v in data.get("file_stats", {}).items()})
 
 
 @dataclass(frozen=True)

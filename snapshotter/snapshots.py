@@ -310,14 +310,23 @@ def _find_base(settings: Settings, cut: Cut, tables: Sequence[str]) -> Manifest 
     return best
 
 
+def _file_stat(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnection) -> bool:
     """Whether a snapshot's files are still exactly what its manifest describes."""
     directory = _snapshot_root(settings) / manifest.id
     for table in manifest.tables.values():
-        if table.checksums:  # format 2: one sha256 per file, cheap to check
+        if table.checksums:  # format 2: a sha256 per file, rehashed unless it stats the same
             for name in table.all_files:
                 path = directory / name
-                if not path.is_file() or file_sha256(path) != table.checksums.get(name):
+                if not path.is_file():
+                    return False
+                if _file_stat(path) == table.file_stats.get(name):
+                    continue
+                if file_sha256(path) != table.checksums.get(name):
                     return False
             continue
         try:  # format 1: recompute the digest
@@ -396,7 +405,7 @@ def _link(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        shutil.copy2(source, target)  # keeps the modification time the manifest recorded
 
 
 def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
@@ -422,7 +431,8 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
             sums[name] = file_sha256(tmp / name)
     return dataclasses.replace(draft, rows=digest.rows, digest=digest.digest,
                                content_digest=digest.content_digest,
-                               schema_digest=digest.schema_digest, checksums=sums)
+                               schema_digest=digest.schema_digest, checksums=sums,
+                               file_stats={n: _file_stat(tmp / n) for n in draft.all_files})
 
 
 def memory_budget(settings: Settings) -> int:
