@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from snapshotter.layout import visible_sql
+from snapshotter.layout import sql_text, visible_sql
 from snapshotter.manifest import Manifest
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
@@ -111,7 +111,7 @@ def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
             f"create or replace view changes.{_quote(view)} as select "
             "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
             "* exclude (__partition, __offset, __op, __key, __lsn, __txid, __tx, __ts_ms, "
-            f"__before) from read_parquet('{pattern}', union_by_name = true)")
+            f"__before) from read_parquet({sql_text(pattern)}, union_by_name = true)")
 
 
 def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> int | None:

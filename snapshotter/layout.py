@@ -8,7 +8,9 @@ delete file and their current rows as a delta file: Iceberg's equality deletes, 
 small. Rows with a null `__key` (tables without a primary key) are never deleted.
 
 Readers get one canonical row order whatever the layout: the order of a full build
-(key columns, then `__key`; keyless rows first, in event order).
+(key columns, then `__key`; keyless rows first, in event order). Topics with more than
+one partition are always built in full (snapshots.py), since the order of events across
+partitions is only defined by a full build's sort.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import polars as pl
 from snapshotter.manifest import TableManifest
 
 __all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
-           "file_sha256"]
+           "sql_text", "sql_paths", "file_sha256"]
 
 KEY = "__key"
 
@@ -72,19 +74,29 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sql_text(text: str) -> str:
+    """A SQL string literal (a path may contain quotes)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_paths(paths: list[str]) -> str:
+    """A DuckDB list literal of paths, for read_parquet."""
+    return "[" + ", ".join(sql_text(p) for p in paths) + "]"
+
+
 def visible_sql(directory: Path, table: TableManifest, *, with_key: bool = False) -> str:
     """A DuckDB relation (parenthesised query) of the table's rows, columns in manifest
     order, `__key` last if `with_key`."""
     names = [c for c, _ in table.columns] + ([KEY] if with_key else [])
     columns = ", ".join(f"r.{quote(c)}" for c in names)
     files = _paths(directory, table.files)
-    query = f"select {columns} from read_parquet({files!r}) r"
+    query = f"select {columns} from read_parquet({sql_paths(files)}) r"
     if table.delete_files:
         deletes = _paths(directory, table.delete_files)
-        query += f" anti join read_parquet({deletes!r}) d on r.{KEY} = d.{KEY}"
+        query += f" anti join read_parquet({sql_paths(deletes)}) d on r.{KEY} = d.{KEY}"
     if table.delta_files:
         deltas = _paths(directory, table.delta_files)
-        query += f" union all select {columns} from read_parquet({deltas!r}) r"
+        query += f" union all select {columns} from read_parquet({sql_paths(deltas)}) r"
     return f"({query})"
 
 

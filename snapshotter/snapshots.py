@@ -1,13 +1,15 @@
 """Create, open, list and rebuild offset-bounded snapshots.
 
-A snapshot lives in `<snapshot_root>/<id>/`: one Parquet file per table and
-`manifest.json`, written last. It is built in a temporary directory that is renamed into
-place only when complete, so a crash leaves either no snapshot or a whole one. The id is
-derived from the cut and the tables, so asking twice for the same data yields one snapshot.
+A snapshot lives in `<snapshot_root>/<id>/`: a directory of Parquet files per table
+(layout.py, docs/archive.md "Snapshot layout on disk") and `manifest.json`, written last.
+It is built in a temporary directory, synced to disk and renamed into place only when
+complete, so a crash leaves either no snapshot or a whole one. The id is derived from the
+cut and the tables, so asking twice for the same data yields one snapshot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
@@ -16,13 +18,14 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdc.reader import LogIdentity
@@ -37,7 +40,14 @@ from snapshotter.digest import (
     overall_digest,
     table_digest,
 )
-from snapshotter.layout import base_pieces_of, file_sha256, read_table, visible_sql
+from snapshotter.layout import (
+    base_pieces_of,
+    file_sha256,
+    read_table,
+    sql_paths,
+    sql_text,
+    visible_sql,
+)
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey
 from tidelog import __version__
@@ -351,7 +361,8 @@ _BUCKET_SEED = 0x7D1E
 def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
           where: pl.Expr | None = None,
           surveys: dict[int, list[Surveyed]] | None = None,
-          group_events: int | None = None) -> pl.DataFrame:
+          group_events: int | None = None,
+          key_columns: Sequence[str] | None = None) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
@@ -359,6 +370,7 @@ def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
     restricts the events to some keys (the base must already be restricted to them);
     `surveys` keeps each group's metadata pre-pass for the next call on the same frames.
     `group_events`: events per group before `where` (default FOLD_EVENTS).
+    `key_columns`: as for `materialise` (None: read them from the events).
     """
     limit = group_events or FOLD_EVENTS
     sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
@@ -377,7 +389,7 @@ def _fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
             surveyed = surveys.get(number)
             if surveyed is None:
                 surveyed = surveys[number] = survey(group)
-        state = materialise(group, base=state, keep_key=True, where=where,
+        state = materialise(group, key_columns, base=state, keep_key=True, where=where,
                             surveyed=surveyed)
     assert isinstance(state, pl.DataFrame)
     return state
@@ -417,9 +429,14 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
     """The manifest entry for files written under `tmp`; the digest is computed from the
     files unless the caller derived it."""
     if columns is None:
-        relation = f"read_parquet({[str(tmp / f) for f in files]!r})"
+        relation = f"read_parquet({sql_paths([str(tmp / f) for f in files])})"
         described = con.execute(f"describe select * from {relation}").fetchall()
         columns = [(str(r[0]), str(r[1])) for r in described if r[0] != KEY_COLUMN]
+    if not columns:
+        raise SnapshotError(
+            f"table {table} has no change events below the cut, so nothing is known of its "
+            "columns; choose a later cut, or check that the connector captures it "
+            "(Debezium writes nothing for a table that has never had a row)", table=table)
     draft = TableManifest(name=table, topic=topic, rows=0, columns=tuple(columns),
                           key_columns=tuple(key_columns), digest="", files=tuple(files),
                           delete_files=tuple(delete_files), delta_files=tuple(delta_files))
@@ -508,6 +525,8 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
     if prev is not None:
         input_bytes += prev.rows * _bytes_per_row(base_pieces)
     buckets = plan_buckets(int(input_bytes), memory_bytes)
+    # With no events the key columns cannot be read from them: the base knows them.
+    keys = list(prev.key_columns) if prev is not None and event_count == 0 else None
     (tmp / table).mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     key_columns: list[str] = []
@@ -521,7 +540,8 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
             key_columns = _key_columns(state)
 
     if buckets == 1:
-        write(_fold(frames, pl.concat(base_pieces) if base_pieces else None), 0)
+        write(_fold(frames, pl.concat(base_pieces) if base_pieces else None,
+                    key_columns=keys), 0)
     else:
         spill = tmp / f".spill-{uuid.uuid4().hex[:8]}"
         try:
@@ -533,7 +553,8 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
                 own_base = (pl.concat(spilled_base).filter(mine).drop(BUCKET_COLUMN)
                             if spilled_base else None)
                 # a bucket holds about 1/buckets of each group's events
-                write(_fold(events, own_base, mine, surveys, FOLD_EVENTS * buckets), number)
+                write(_fold(events, own_base, mine, surveys, FOLD_EVENTS * buckets, keys),
+                      number)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
     return _table_manifest(con, table, topic, tmp, key_columns, files)
@@ -549,6 +570,8 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
     prev = base.manifest.tables[table]
     if not (prev.content_digest and prev.schema_digest and prev.checksums):
         return None
+    if sum(int(f.select(pl.len()).collect().item()) for f in frames) > FOLD_EVENTS:
+        return None  # a change this large is folded in bounded groups by a full build
     src = base.directory
     file_schema = _data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
     if any(_data_schema(f.collect_schema()) != file_schema for f in frames):
@@ -600,7 +623,7 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
         sums = []
         for part in ("removed", "changes"):
             path = scratch / f"{part}.parquet"
-            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet('{path}'))"
+            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet({sql_text(str(path))}))"
             described = con.execute(f"describe select * from {relation}").fetchall()
             if [(str(r[0]), str(r[1])) for r in described] != list(prev.columns):
                 return None
@@ -618,9 +641,14 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
 def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Archive,
                  cut: Cut, table: str, tmp: Path, base: _Base | None) -> TableManifest:
     topic = _topic(settings, table)
+    parts = [p for p in cut.partitions if p.topic == topic]
+    if len(parts) > 1:
+        # Which of two partitions' events is later is defined only by a full build's sort
+        # (partition, offset); building on a base would let the newer events win instead.
+        base = None
     base_ends = base.manifest.cut.ends() if base else {}
     frames: list[pl.LazyFrame] = []
-    for p in (p for p in cut.partitions if p.topic == topic):
+    for p in parts:
         gen = _generation_of(archive, p)
         start = base_ends.get((p.topic, p.partition), p.start)
         frames.extend(_scan(archive, p.topic, p.partition, gen.number, start, p.end))
@@ -632,6 +660,50 @@ def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Ar
     return _write_full(con, table, topic, tmp, frames, base, memory_budget(settings))
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Sync every file under `directory`, then the directories holding them."""
+    paths = sorted(directory.rglob("*"), key=lambda p: (p.is_dir(), -len(p.parts)))
+    for path in [*paths, directory]:
+        _fsync(path)
+
+
+@contextlib.contextmanager
+def _shared_lock(root: Path, sid: str) -> Iterator[None]:
+    with open(root / f".lock-{sid}", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Delete temporary directories of builds whose builder is gone (killed).
+
+    A live builder holds its id's lock, so a directory whose lock is free is abandoned;
+    removing it also releases any base files it had hard-linked.
+    """
+    for stale in root.glob(".tmp-*"):
+        sid = stale.name[len(".tmp-"):].rsplit("-", 1)[0]
+        with open(root / f".lock-{sid}", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a build in progress (or our own, cleaned by the caller)
+            try:
+                shutil.rmtree(stale, ignore_errors=True)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
            target: Path, incremental: bool) -> Manifest:
     sid = target.name
@@ -640,12 +712,25 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
     try:
         con = duckdb.connect()
         found = _find_base(settings, cut, tables) if incremental and not cut.is_window else None
-        base = None
-        if found is not None and _intact(settings, found, con):
-            # never build on a damaged snapshot; a full build is always right
-            base = _Base(found, _snapshot_root(settings) / found.id)
-        table_manifests = {table: _build_table(con, settings, archive, cut, table, tmp, base)
-                           for table in sorted(tables)}
+        with contextlib.ExitStack() as hold:
+            base = None
+            if found is not None:
+                # A shared lock on the base: deleting it waits until this build is done.
+                hold.enter_context(_shared_lock(_snapshot_root(settings), found.id))
+                if _intact(settings, found, con):
+                    # never build on a damaged snapshot; a full build is always right
+                    base = _Base(found, _snapshot_root(settings) / found.id)
+            table_manifests = {}
+            for table in sorted(tables):
+                try:
+                    table_manifests[table] = _build_table(con, settings, archive, cut, table,
+                                                          tmp, base)
+                except (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException) as exc:
+                    also = (f" and the base snapshot with `tidelog snapshot verify "
+                            f"{base.manifest.id}`") if base else ""
+                    raise SnapshotError(
+                        f"building table {table} of snapshot {sid} failed: {exc}; check the "
+                        f"archive with `tidelog archive verify`{also}", table=table) from exc
         manifest = Manifest(
             id=sid, cut=cut, tables=table_manifests,
             digest=overall_digest({k: v.digest for k, v in table_manifests.items()}),
@@ -656,13 +741,16 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
                     "connector": settings.connector_name,
                     "database": _redacted_dsn(settings.postgres_dsn)},
         )
-        # The manifest is written last; the rename makes the whole snapshot appear at once.
+        # The files reach the disk first, the manifest last; the rename makes the whole
+        # snapshot appear at once, and syncing the parent makes the rename durable.
+        _fsync_tree(tmp)
         manifest_tmp = tmp / f".{MANIFEST_NAME}.tmp"
         manifest_tmp.write_text(manifest.dumps())
-        with open(manifest_tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        _fsync(manifest_tmp)
         os.replace(manifest_tmp, tmp / MANIFEST_NAME)
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(target.parent)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -695,6 +783,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
             return open_snapshot(settings, sid).manifest
         for stale in root.glob(f".tmp-{sid}-*"):  # left by a builder that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        _remove_abandoned_builds(root)
         if target.exists():
             # A directory without a manifest is not a snapshot; only our rename makes one.
             shutil.rmtree(target)

@@ -22,7 +22,7 @@ from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
 from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
 from snapshotter.verify import diff_snapshots, verify_snapshot
-from tidelog.errors import ConfigError
+from tidelog.errors import ConfigError, SnapshotError
 from tidelog.settings import Settings
 
 PREFIX = "lay"
@@ -43,36 +43,44 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 class History:
-    """Writes archive segments for one table and keeps a last-write-wins replay."""
+    """Writes archive segments for one table and keeps a last-write-wins replay (the
+    replay is only meaningful for one partition, where offset order is event order)."""
 
-    def __init__(self, settings: Settings, table: str, keyed: bool = True) -> None:
+    def __init__(self, settings: Settings, table: str, keyed: bool = True,
+                 partitions: int = 1) -> None:
         self.archive = Archive(settings.archive_root)
         self.topic = f"{PREFIX}.{table}"
         self.table = table
         self.keyed = keyed
-        self.generation = self.archive.open_generation(self.topic, 0, IDENTITY).number
-        self.offset = 0
-        self.rows: list[dict[str, object]] = []
+        self.generations = {p: self.archive.open_generation(self.topic, p, IDENTITY).number
+                            for p in range(partitions)}
+        self.offsets = {p: 0 for p in range(partitions)}
+        self.pending: dict[int, list[dict[str, object]]] = {p: [] for p in range(partitions)}
         self.state: dict[int, dict[str, object]] = {}
         self.keyless: list[dict[str, object]] = []
         self.columns: list[str] = []
 
-    def event(self, op: str, key: int | None, **values: object) -> None:
+    @property
+    def offset(self) -> int:
+        return sum(self.offsets.values())
+
+    def event(self, op: str, key: int | None, partition: int = 0, **values: object) -> None:
         upsert = op in "rcu"
+        offset = self.offsets[partition]
         record: dict[str, object] = {
-            "__partition": 0, "__offset": self.offset, "__op": op,
+            "__partition": partition, "__offset": offset, "__op": op,
             "__key": (json.dumps({"id": key}, separators=(",", ":"))
                       if self.keyed and op != "t" else None),
-            "__lsn": 1000 + self.offset, "__ts_ms": 1_700_000_000_000 + self.offset,
-            "__tx": None, "__txid": self.offset, "__before": None,
+            "__lsn": 1000 + offset, "__ts_ms": 1_700_000_000_000 + offset,
+            "__tx": None, "__txid": offset, "__before": None,
             "id": key if upsert else None,
         }
         if values:
             self.columns = list(values)
         for name in self.columns:  # a truncate's envelope describes the columns too
             record[name] = values.get(name) if upsert else None
-        self.rows.append(record)
-        self.offset += 1
+        self.pending[partition].append(record)
+        self.offsets[partition] += 1
         if not self.keyed:
             self.keyless.append({"id": key, **values})
         elif op == "t":
@@ -85,21 +93,23 @@ class History:
             self.state.pop(key, None)
 
     def flush(self) -> None:
-        """Write the pending events as one segment."""
-        if not self.rows:
-            return
-        columns = {name for row in self.rows for name in row}
-        types = {name: t for name, t in TYPES.items() if name in columns}
-        frame = pl.DataFrame(self.rows, schema_overrides=types)
-        start = self.offset - len(self.rows)
-        self.archive.write_segment(self.topic, 0, self.generation, start, self.offset,
-                                   frame.to_arrow())
-        self.rows = []
+        """Write the pending events as one segment per partition."""
+        for partition, rows in self.pending.items():
+            if not rows:
+                continue
+            columns = {name for row in rows for name in row}
+            types = {name: t for name, t in TYPES.items() if name in columns}
+            frame = pl.DataFrame(rows, schema_overrides=types)
+            end = self.offsets[partition]
+            self.archive.write_segment(self.topic, partition, self.generations[partition],
+                                       end - len(rows), end, frame.to_arrow())
+            self.pending[partition] = []
 
     def cut(self) -> Cut:
         self.flush()
-        return Cut((PartitionCut(self.topic, 0, self.offset, 0, IDENTITY.cluster_id,
-                                 IDENTITY.topic_id),), lsn=1000 + self.offset)
+        return Cut(tuple(PartitionCut(self.topic, p, end, 0, IDENTITY.cluster_id,
+                                      IDENTITY.topic_id) for p, end in self.offsets.items()),
+                   lsn=1000 + self.offset)
 
 
 def _random_changes(history: History, rng: random.Random, n: int, keys: int) -> None:
@@ -372,3 +382,71 @@ def test_bucket_count_follows_the_memory_budget(tmp_path: Path) -> None:
     for bad in ("lots", "100"):
         with pytest.raises(ConfigError, match="snapshot_memory_mb"):
             snapshots.memory_budget(dataclasses.replace(settings, snapshot_memory_mb=bad))
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_multi_partition_topics_are_built_in_full(tmp_path: Path, keyed: bool) -> None:
+    """Across partitions only a full build's (partition, offset) sort orders events, so a
+    key that moves partition, or keyless rows, must not be layered on a base."""
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items", keyed=keyed, partitions=2)
+    for key in range(60):
+        history.event("r" if keyed else "c", key, partition=key % 2, v=float(key),
+                      name="init")
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    history.event("u" if keyed else "c", 5, partition=0, v=-5.0, name="moved")  # 5 was in p1
+    history.event("c" if keyed else "c", 100, partition=1, v=1.0, name="late")
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert not manifest.tables["public.items"].layered
+    _assert_same_as_full(settings, tmp_path, manifest)
+
+
+def test_paths_with_quotes(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "o'brien")
+    history = History(settings, "public.items")
+    for key in range(50):
+        history.event("r", key, v=1.0, name="x")
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    history.event("u", 1, v=2.0, name="y")
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert manifest.tables["public.items"].layered
+    _assert_same_as_full(settings, tmp_path, manifest)
+
+
+def test_damaged_segment_is_a_clear_error(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    for key in range(100):
+        history.event("r", key, v=1.0, name="x")
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    history.event("u", 1, v=2.0, name="y")
+    cut = history.cut()
+    newest = max(Path(settings.archive_root).rglob("*.parquet"), key=lambda p: p.name)
+    newest.write_bytes(newest.read_bytes()[:40])
+    for incremental in (True, False):
+        with pytest.raises(SnapshotError, match="tidelog archive verify"):
+            create_snapshot(settings, ["public.items"], cut, catch_up=False,
+                            incremental=incremental)
+    assert not [p for p in Path(settings.snapshot_root).iterdir()
+                if p.name.startswith(".tmp-")], "a failed build leaves nothing behind"
+
+
+def test_table_without_events_is_a_clear_error(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.empty")
+    cut = history.cut()
+    with pytest.raises(SnapshotError, match="no change events below the cut"):
+        create_snapshot(settings, ["public.empty"], cut, catch_up=False)
+
+
+def test_abandoned_builds_are_removed(tmp_path: Path) -> None:
+    """A killed builder's temporary directory goes at the next build of any snapshot."""
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    for key in range(10):
+        history.event("r", key, v=1.0, name="x")
+    root = Path(settings.snapshot_root)
+    abandoned = root / ".tmp-0123456789abcdef-deadbeef"
+    (abandoned / "public.items").mkdir(parents=True)
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert not abandoned.exists()
