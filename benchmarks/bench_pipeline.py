@@ -59,7 +59,8 @@ def consume_until(bootstrap: str, topic: str, start: int, count: int
     raw = []
     got = 0
     while got < count:
-        for msg in consumer.consume(10_000, timeout=0.5):
+        # short waits: consume() blocks until the batch is full or the wait is over
+        for msg in consumer.consume(10_000, timeout=0.05):
             if msg.error():
                 continue
             event = decode_message(msg.topic(), msg.partition(), msg.offset(), msg.key(),
@@ -169,7 +170,7 @@ def main() -> None:
         got = 0
         t = time.perf_counter()
         while got < n:
-            got += sum(1 for m in consumer.consume(10_000, timeout=0.5) if not m.error())
+            got += sum(1 for m in consumer.consume(10_000, timeout=0.05) if not m.error())
         consume_rate = n / (time.perf_counter() - t)
         consumer.close()
         print()

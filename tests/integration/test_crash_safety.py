@@ -115,7 +115,7 @@ def test_snapshot_create_killed_at_random_moments(env: Settings) -> None:
         for manifest in list_snapshots(env):
             digests.add(manifest.digest)
             for shot in manifest.tables.values():
-                for f in shot.files:
+                for f in shot.all_files:
                     assert (root / manifest.id / f).exists()
         # start each attempt afresh so the kill can hit every phase of a build
         if attempt < 4:
@@ -132,3 +132,46 @@ def test_snapshot_create_killed_at_random_moments(env: Settings) -> None:
     assert first["digest"] == second["digest"] and first["id"] == second["id"]
     assert digests <= {first["digest"]}, "a killed build produced a different snapshot"
     time.sleep(0)
+
+
+def test_incremental_snapshot_killed_at_random_moments(env: Settings,
+                                                       tmp_path: Path) -> None:
+    """The layered build (hard links, delete and delta files) killed at any moment: no
+    partial snapshot, the base intact, and the finished one equal to a full rebuild."""
+    import json
+
+    from snapshotter.snapshots import rebuild_snapshot, resolve_cut, snapshot_id
+    from snapshotter.verify import verify_snapshot
+
+    base_out, err = _cli(env, "snapshot", "create", "--tables", TABLE, "--json").communicate(
+        timeout=300)
+    assert base_out, err.decode()
+    base = json.loads(base_out)
+    execute(env, f"update {TABLE} set v = 'late' where id % 97 = 0",
+            f"delete from {TABLE} where id % 89 = 0", f"update {TABLE} set v = 'end' where id = 2")
+    wait_for_events(env, f"{env.topic_prefix}.{TABLE}", lambda ev: any(
+        e.after and e.after.get("v") == "end" for e in ev), timeout=120)
+    done = _cli(env, "archive", "run")
+    assert done.wait(timeout=300) == 0
+    cut = resolve_cut(env, [TABLE], "latest", catch_up=False)
+    target = Path(env.snapshot_root) / snapshot_id(cut, [TABLE])
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(6):
+        if target.exists():
+            subprocess.run(["rm", "-rf", str(target)], check=True)
+        proc = _cli(env, "snapshot", "create", "--tables", TABLE, "--at",
+                    json.dumps(cut.to_json()))
+        kills += _kill_after(proc, rng.uniform(0.4, 2.5))
+        for child in Path(env.snapshot_root).iterdir():
+            if not child.name.startswith("."):
+                assert (child / MANIFEST_NAME).exists(), f"partial snapshot {child}"
+        assert verify_snapshot(env, base["id"])["ok"], "a killed build damaged its base"
+    assert kills >= 1, "every build finished before the kill; nothing was tested"
+    final_out, err = _cli(env, "snapshot", "create", "--tables", TABLE, "--at",
+                          json.dumps(cut.to_json()), "--json").communicate(timeout=300)
+    final = json.loads(final_out or b"{}") or pytest.fail(err.decode())
+    assert final["built_from"] == base["id"]
+    rebuilt = rebuild_snapshot(env, cut, [TABLE], tmp_path / "rebuilt")
+    assert rebuilt.digest == final["digest"]
+    assert verify_snapshot(env, final["id"])["ok"]
