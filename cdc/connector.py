@@ -187,14 +187,17 @@ def _validate(connect: _Connect, config: dict[str, Any]) -> None:
         raise ConnectorError("Kafka Connect rejected the config: " + " | ".join(errors))
 
 
-TOASTABLE = ("text", "varchar", "jsonb", "json", "bytea", "xml")
+# Placeholders in these types are merged with the previous value by the snapshotter
+# (text-like values and bytea); arrays and large numerics are not.
+UNMERGED_TOASTABLE = ("numeric",)
 
 
 def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
-    """Tables whose large columns would arrive as Debezium's unavailable-value placeholder.
+    """Tables with large columns whose unavailable-value placeholder tidelog cannot merge.
 
     Without REPLICA IDENTITY FULL, an update that leaves a TOASTed value unchanged does
-    not carry it, and the snapshot would hold the placeholder instead of the value.
+    not carry it. Text, JSON, XML and bytea placeholders are replaced by the key's previous
+    value when snapshots are built; arrays and numerics are not.
     """
     risky = []
     with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
@@ -206,7 +209,7 @@ def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
                 "n.oid = c.relnamespace join pg_attribute a on a.attrelid = c.oid and "
                 "a.attnum > 0 and not a.attisdropped join pg_type t on t.oid = a.atttypid "
                 "where n.nspname = %s and c.relname = %s group by c.relreplident",
-                (list(TOASTABLE), schema, name)).fetchone()
+                (list(UNMERGED_TOASTABLE), schema, name)).fetchone()
             if row and row[0] != "f" and row[1]:
                 risky.append(table)
     return risky

@@ -36,6 +36,8 @@ __all__ = [
     "materialise",
     "plan_materialise",
     "survey",
+    "unavailable_columns",
+    "UNAVAILABLE",
     "key_expr",
     "data_columns",
 ]
@@ -266,6 +268,7 @@ def plan_materialise(
     keep_key: bool = False,
     where: pl.Expr | None = None,
     surveyed: Sequence[Surveyed] | None = None,
+    fill_unavailable: Sequence[str] = (),
 ) -> pl.LazyFrame:
     """The lazy query giving the table state; only the metadata pre-pass runs here.
 
@@ -281,6 +284,9 @@ def plan_materialise(
     truncates, order) are still taken over all events, so the states of disjoint subsets
     concatenate to the whole state. `surveyed`: what `survey(events, base_position)`
     returned for these same events, to plan several subsets after one pre-pass.
+    `fill_unavailable`: columns whose Debezium placeholder for an unchanged TOASTed value
+    is replaced by the key's latest real value (from the events, else the base);
+    `materialise` finds them.
     Casting errors surface when the plan is collected; `materialise` maps them.
     """
     if base is None and base_position:
@@ -351,6 +357,7 @@ def plan_materialise(
     pieces: list[pl.LazyFrame] = []
     last: pl.LazyFrame | None = None
     keyless: pl.LazyFrame | None = None
+    ev: pl.LazyFrame | None = None
     if parts:
         # Each branch re-reads the segments, so only build the ones the data needs.
         ev = pl.concat(parts, how="vertical")
@@ -361,6 +368,7 @@ def plan_materialise(
         if any(s.keyless_upserts for s in live):
             keyless = ev.filter(~keyed & upsert).select(wanted)
 
+    base_rows: pl.LazyFrame | None = None
     if base_lf is not None and base_schema is not None and truncate_at is None:
         if KEY not in base_schema:
             if keys and set(keys) <= set(out):
@@ -373,15 +381,21 @@ def plan_materialise(
             *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
             pl.col(KEY).cast(pl.String),
         )
+    upserts: pl.LazyFrame | None = None
+    if last is not None:
+        upserts = last.filter(upsert).select(wanted)
+        if fill_unavailable and ev is not None:
+            upserts = _fill_unavailable(upserts, ev, base_rows, fill_unavailable, out)
+    if base_rows is not None:
         base_keyed = base_rows.filter(keyed)
         if last is not None:
             base_keyed = base_keyed.join(last.select(KEY), on=KEY, how="anti")
         pieces.append(base_keyed)
-        if last is not None:
-            pieces.append(last.filter(upsert).select(wanted))
+        if upserts is not None:
+            pieces.append(upserts)
         pieces.append(base_rows.filter(~keyed))
-    elif last is not None:
-        pieces.append(last.filter(upsert).select(wanted))
+    elif upserts is not None:
+        pieces.append(upserts)
     if keyless is not None:
         pieces.append(keyless)
 
@@ -396,6 +410,54 @@ def plan_materialise(
     may_be_keyless = keyless is not None or base_lf is not None
     state = state.sort([*present, KEY], maintain_order=may_be_keyless)
     return state.select(wanted if keep_key else list(out))
+
+
+UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's unavailable.value.placeholder
+
+
+def _unavailable(name: str, dtype: pl.DataType) -> pl.Expr:
+    """True where the column holds Debezium's placeholder for an unchanged TOAST value."""
+    if dtype == pl.String:
+        return (pl.col(name) == UNAVAILABLE).fill_null(False)
+    if dtype == pl.Binary:
+        return (pl.col(name) == UNAVAILABLE.encode()).fill_null(False)
+    return pl.lit(False)
+
+
+def unavailable_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns of a state in which some row holds the unavailable-value placeholder."""
+    names = [n for n, t in frame.schema.items()
+             if not n.startswith("__") and t in (pl.String, pl.Binary)]
+    if not names or frame.height == 0:
+        return []
+    found = frame.select(_unavailable(n, frame.schema[n]).any().alias(n) for n in names)
+    return [n for n in names if found[n][0]]
+
+
+def _fill_unavailable(upserts: pl.LazyFrame, ev: pl.LazyFrame, base_rows: pl.LazyFrame | None,
+                      columns: Sequence[str], out: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """Replace placeholders by the key's latest real value: from earlier events (an
+    update that leaves a TOASTed value unchanged cannot follow a NULL, and an insert
+    always carries the value), else from the base state."""
+    keyed_upsert = pl.col(KEY).is_not_null() & pl.col(OP).is_in(UPSERT_OPS)
+    for name in columns:
+        if name not in out:
+            continue
+        placeholder = _unavailable(name, out[name])
+        known = (ev.filter(keyed_upsert & ~placeholder)
+                 .unique(subset=KEY, keep="last", maintain_order=True)
+                 .select(KEY, pl.col(name).alias("__known")))
+        sources = [known]
+        if base_rows is not None:
+            sources.append(base_rows.filter(~placeholder)
+                           .select(KEY, pl.col(name).alias("__known")))
+        for source in sources:
+            upserts = (upserts.join(source, on=KEY, how="left", maintain_order="left")
+                       .with_columns(pl.when(placeholder & pl.col("__known").is_not_null())
+                                     .then(pl.col("__known")).otherwise(pl.col(name))
+                                     .alias(name))
+                       .drop("__known"))
+    return upserts
 
 
 def materialise(
@@ -417,7 +479,14 @@ def materialise(
     plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
                             where=where, surveyed=surveyed)
     try:
-        return plan.collect(engine=engine)
+        state = plan.collect(engine=engine)
+        placeholders = unavailable_columns(state)
+        if placeholders:
+            # Rare (an update that left a TOASTed value out), so paid only when it happens.
+            state = plan_materialise(events, key_columns, base, base_position,
+                                     keep_key=keep_key, where=where, surveyed=surveyed,
+                                     fill_unavailable=placeholders).collect(engine=engine)
+        return state
     except pl.exceptions.InvalidOperationError as exc:
         raise SnapshotError(
             f"materialisation failed: {exc}; a column's type changed in a way its older "

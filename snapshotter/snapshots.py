@@ -49,7 +49,7 @@ from snapshotter.layout import (
     visible_sql,
 )
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
-from snapshotter.materialise import Surveyed, materialise, survey
+from snapshotter.materialise import Surveyed, materialise, survey, unavailable_columns
 from tidelog import __version__
 from tidelog.errors import (
     ArchiveError,
@@ -590,6 +590,8 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
                  if prev.delta_files else None)
     changes = (materialise(frames, keep_key=True) if frames
                else pl.DataFrame(schema=[*file_schema, (KEY_COLUMN, pl.String())]))
+    if unavailable_columns(changes):
+        return None  # an unchanged TOAST value whose real value is in the base state
     if old_delta is not None:
         delta = pl.concat([old_delta.join(changed, on=KEY_COLUMN, how="anti",
                                           maintain_order="left"), changes])

@@ -450,3 +450,35 @@ def test_abandoned_builds_are_removed(tmp_path: Path) -> None:
     (abandoned / "public.items").mkdir(parents=True)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     assert not abandoned.exists()
+
+
+@pytest.mark.parametrize("fold_events", [1_000_000, 3])
+def test_unchanged_toast_values_take_the_previous_value(tmp_path: Path, fold_events: int,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Without REPLICA IDENTITY FULL, Debezium sends a placeholder for a large value an
+    update left unchanged: the snapshot holds the real value, from earlier events or from
+    the base snapshot, exactly as a full build does."""
+    from snapshotter.materialise import UNAVAILABLE
+
+    monkeypatch.setattr(snapshots, "FOLD_EVENTS", fold_events)
+    settings = _settings(tmp_path)
+    history = History(settings, "public.docs")
+    for key in range(10):
+        history.event("r", key, v=float(key), name=f"big-{key}" * 100)
+    history.event("u", 1, v=1.5, name=UNAVAILABLE)
+    history.event("u", 1, v=1.6, name=UNAVAILABLE)
+    history.event("u", 2, v=2.5, name=None)  # a real NULL stays NULL
+    first = create_snapshot(settings, ["public.docs"], history.cut(), catch_up=False)
+    history.event("u", 3, v=3.5, name=UNAVAILABLE)  # its value is only in the base
+    history.event("d", 4)
+    history.event("c", 4, v=4.0, name="fresh")
+    history.event("u", 4, v=4.5, name=UNAVAILABLE)
+    manifest = create_snapshot(settings, ["public.docs"], history.cut(), catch_up=False)
+    assert manifest.built_from == first.id
+    _assert_same_as_full(settings, tmp_path, manifest)
+    got = dict(open_snapshot(settings, manifest.id).table("public.docs")
+               .select("id", "name").iter_rows())
+    assert got[1] == "big-1" * 100 and got[3] == "big-3" * 100
+    assert got[2] is None and got[4] == "fresh"
+    assert UNAVAILABLE not in got.values()
