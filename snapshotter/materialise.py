@@ -5,6 +5,8 @@ The rules (docs/archive.md, "Materialisation") in one place:
 * per `__key`, in `(__partition, __offset)` order, `r`/`c`/`u` upsert the after image and
   `d`/`x` delete the key; a `t` removes everything before it;
 * rows with a null `__key` (tables without a primary key) are append-only;
+* Debezium's placeholder for an unchanged TOASTed text/JSON/bytea value is replaced by
+  the key's latest real value (earlier events, else the base);
 * the output has the column set of the segment holding the latest event; a column's
   values only survive from segments after its last absence (a dropped column stays gone);
 * incremental: `base` (a previous state with its `__key`) behaves exactly like the
