@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,14 @@ _counter = itertools.count()
 
 def unique_name(stem: str) -> str:
     return f"{stem}{os.getpid() % 1000}x{next(_counter)}"
+
+
+def private_settings(settings: Settings, root: Path, name: str) -> Settings:
+    """The shared stack, with a test's own topic prefix, connector, archive, snapshots and
+    home under `root`, so tests never see each other's data."""
+    return dataclasses.replace(settings, topic_prefix=name, connector_name=name, home=root,
+                               archive_root=str(root / "archive"),
+                               snapshot_root=str(root / "snapshots"))
 
 
 def connect_tables(settings: Settings, tables: list[str], stem: str) -> ConnectorSpec:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from cdc.connector import ConnectorSpec, apply
-from tests.integration.cdc_helpers import execute, unique_name, wait_for_events
+from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
 from tests.unit.test_api import EXAMPLE, ROLE_OF, assert_error
 from tidelog.settings import Settings
 from tidelog.stack.process import free_port
@@ -157,9 +157,7 @@ class Client:
 def env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     name = unique_name("api")
     root = tmp_path_factory.mktemp("apidata")
-    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name,
-                                archive_root=str(root / "archive"),
-                                snapshot_root=str(root / "snapshots"), home=root)
+    local = private_settings(settings, root, name)
     execute(settings,
             "drop table if exists api_customers, api_bulk",
             "create table api_customers (id int primary key, name text, balance numeric(12, 2))",

@@ -3,7 +3,6 @@ snapshot, never a duplicated or skipped offset; reruns give the same digests."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import signal
@@ -19,7 +18,7 @@ from cdc.connector import ConnectorSpec, apply
 from snapshotter.archive import Archive
 from snapshotter.manifest import MANIFEST_NAME
 from snapshotter.snapshots import list_snapshots
-from tests.integration.cdc_helpers import execute, unique_name, wait_for_events
+from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
 from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -59,9 +58,7 @@ def _kill_after(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 def env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     name = unique_name("crash")
     root = tmp_path_factory.mktemp("crashdata")
-    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name,
-                                archive_root=str(root / "archive"),
-                                snapshot_root=str(root / "snapshots"), home=root)
+    local = private_settings(settings, root, name)
     execute(settings, f"drop table if exists {TABLE}",
             f"create table {TABLE} (id int primary key, v text, n numeric(8, 2))",
             f"insert into {TABLE} select g, md5(g::text), g / 3.0 "

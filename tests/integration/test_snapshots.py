@@ -18,7 +18,7 @@ from snapshotter.catalog import catalog_path, run_sql
 from snapshotter.cut import Cut
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot
 from snapshotter.verify import diff_snapshots, verify_snapshot
-from tests.integration.cdc_helpers import execute, unique_name, wait_for_events
+from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
 from tidelog.errors import CutError, SnapshotError
 from tidelog.settings import Settings
 
@@ -41,9 +41,7 @@ def _snap_state(settings: Settings, sid: str, table: str) -> list[dict[str, obje
 def env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     name = unique_name("snap")
     root = tmp_path_factory.mktemp("snapdata")
-    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name,
-                                archive_root=str(root / "archive"),
-                                snapshot_root=str(root / "snapshots"), home=root)
+    local = private_settings(settings, root, name)
     execute(settings,
             "drop table if exists snap_customers, snap_orders, snap_marker",
             "create table snap_customers (id int primary key, name text, "

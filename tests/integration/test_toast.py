@@ -4,8 +4,6 @@ the real value, equal to Postgres, both in full and incremental builds."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -13,7 +11,7 @@ from psycopg.rows import dict_row
 from cdc.connector import ConnectorSpec, apply
 from snapshotter.materialise import UNAVAILABLE
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot
-from tests.integration.cdc_helpers import execute, unique_name, wait_for_events
+from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
 from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -35,9 +33,7 @@ def test_unchanged_toast_values_come_from_earlier_events(settings: Settings,
                                                          ) -> None:
     name = unique_name("toast")
     root = tmp_path_factory.mktemp("toastdata")
-    env = dataclasses.replace(settings, topic_prefix=name, connector_name=name,
-                              archive_root=str(root / "archive"),
-                              snapshot_root=str(root / "snapshots"), home=root)
+    env = private_settings(settings, root, name)
     # `storage external`: stored out of line, uncompressed, so a 20 kB value is TOASTed
     execute(settings, f"drop table if exists {TABLE}",
             f"create table {TABLE} (id int primary key, body text, n int)",

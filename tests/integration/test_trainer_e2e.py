@@ -22,7 +22,7 @@ from cdc.connector import ConnectorSpec, apply, delete
 from examples.shop import Shop
 from snapshotter.archive import Archive, cdc_topics
 from snapshotter.verify import verify_snapshot
-from tests.integration.cdc_helpers import unique_name
+from tests.integration.cdc_helpers import private_settings, unique_name
 from tidelog.demo import wait_for_capture
 from tidelog.errors import DigestMismatch
 from tidelog.settings import Settings
@@ -55,9 +55,7 @@ class History:
 def history(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     name = unique_name("e2e")
     root = tmp_path_factory.mktemp("e2e")
-    env = dataclasses.replace(settings, topic_prefix=name, connector_name=name, home=root,
-                              archive_root=str(root / "archive"),
-                              snapshot_root=str(root / "snapshots"))
+    env = private_settings(settings, root, name)
     shop = Shop(env.postgres_dsn, name)
     spec = ConnectorSpec(name, shop.tables, name)
     shop.load(customers=600)
