@@ -60,6 +60,12 @@ class History:
         self.keyless: list[dict[str, object]] = []
         self.columns: list[str] = []
 
+    def seed(self, keys: int, rng: random.Random | None = None) -> History:
+        """The table's initial rows, as Debezium's snapshot (`r` events) delivers them."""
+        for key in range(keys):
+            self.event("r", key, v=rng.random() if rng else float(key), name=f"n{key}")
+        return self
+
     @property
     def offset(self) -> int:
         return sum(self.offsets.values())
@@ -141,8 +147,7 @@ def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
     rng = random.Random(11)
-    for key in range(2000):
-        history.event("r", key, v=rng.random(), name=f"n{key}")
+    history.seed(2000, rng)
     first = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     assert first.built_from == "full"
     previous = first
@@ -186,8 +191,7 @@ def test_delta_past_threshold_is_compacted(tmp_path: Path,
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
     rng = random.Random(3)
-    for key in range(200):
-        history.event("r", key, v=float(key), name="x")
+    history.seed(200)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     monkeypatch.setattr(snapshots, "COMPACT_FRACTION", 0.05)
     _random_changes(history, rng, 40, 200)  # ~20% of keys: past the threshold
@@ -201,8 +205,7 @@ def test_delta_past_threshold_is_compacted(tmp_path: Path,
 def test_schema_change_or_truncate_rewrites_the_table(tmp_path: Path, change: str) -> None:
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
-    for key in range(100):
-        history.event("r", key, v=float(key), name="x")
+    history.seed(100)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     if change == "truncate":
         history.event("t", None)
@@ -234,8 +237,7 @@ def test_key_hash_buckets_equal_one_file(tmp_path: Path,
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
     rng = random.Random(5)
-    for key in range(300):
-        history.event("r", key, v=rng.random(), name="x")
+    history.seed(300, rng)
     history.flush()
     _random_changes(history, rng, 500, 300)
     cut = history.cut()
@@ -272,8 +274,7 @@ def test_key_hash_buckets_keep_keyless_event_order(tmp_path: Path,
 def test_damaged_base_is_not_built_upon(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
-    for key in range(100):
-        history.event("r", key, v=float(key), name="x")
+    history.seed(100)
     base = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     data = Path(settings.snapshot_root) / base.id / base.tables["public.items"].files[0]
     raw = bytearray(data.read_bytes())
@@ -296,8 +297,7 @@ def test_docs_layered_view_checks_the_digest_with_duckdb_alone(tmp_path: Path) -
     settings = _settings(tmp_path)
     history = History(settings, "public.orders")
     rng = random.Random(2)
-    for key in range(500):
-        history.event("r", key, v=rng.random(), name=f"n{key}")
+    history.seed(500, rng)
     create_snapshot(settings, ["public.orders"], history.cut(), catch_up=False)
     _random_changes(history, rng, 10, 500)
     manifest = create_snapshot(settings, ["public.orders"], history.cut(), catch_up=False)
@@ -339,8 +339,7 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
         root = Path(scratch)
         settings = _settings(root)
         history = History(settings, "public.items")
-        for key in range(20):
-            history.event("r", key, v=float(key), name="init")
+        history.seed(20)
         extra = False
         for kind, op, key, value in [*steps, ("snapshot", "c", 0, 0.0)]:
             if kind == "event":
@@ -404,8 +403,7 @@ def test_multi_partition_topics_are_built_in_full(tmp_path: Path, keyed: bool) -
 def test_paths_with_quotes(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "o'brien")
     history = History(settings, "public.items")
-    for key in range(50):
-        history.event("r", key, v=1.0, name="x")
+    history.seed(50)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     history.event("u", 1, v=2.0, name="y")
     manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
@@ -416,8 +414,7 @@ def test_paths_with_quotes(tmp_path: Path) -> None:
 def test_damaged_segment_is_a_clear_error(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
-    for key in range(100):
-        history.event("r", key, v=1.0, name="x")
+    history.seed(100)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     history.event("u", 1, v=2.0, name="y")
     cut = history.cut()
@@ -443,8 +440,7 @@ def test_abandoned_builds_are_removed(tmp_path: Path) -> None:
     """A killed builder's temporary directory goes at the next build of any snapshot."""
     settings = _settings(tmp_path)
     history = History(settings, "public.items")
-    for key in range(10):
-        history.event("r", key, v=1.0, name="x")
+    history.seed(10)
     root = Path(settings.snapshot_root)
     abandoned = root / ".tmp-0123456789abcdef-deadbeef"
     (abandoned / "public.items").mkdir(parents=True)
