@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
+from snapshotter.snapshots import Snapshot
 from tidelog.errors import CutError, SnapshotError
 from tidelog.settings import Settings
 
-__all__ = ["FakeSnapshot", "FakeSnapshotProvider", "frame_digest"]
+__all__ = ["FakeSnapshotProvider", "frame_digest"]
 
 _T0_MS = 1_700_000_000_000
 
@@ -46,30 +46,6 @@ def frame_digest(frame: pl.DataFrame) -> str:
 def _overall(digests: dict[str, str]) -> str:
     body = "\n".join(f"{name}:{digest}" for name, digest in sorted(digests.items()))
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class FakeSnapshot:
-    manifest: Manifest
-    path: Path
-
-    def table(self, name: str) -> pl.DataFrame:
-        if name not in self.manifest.tables:
-            raise SnapshotError(f"snapshot {self.manifest.id} has no table {name}")
-        files = [str(self.path / f) for f in self.manifest.tables[name].files]
-        return pl.read_parquet(files)
-
-    def tables(self) -> dict[str, pl.DataFrame]:
-        return {name: self.table(name) for name in sorted(self.manifest.tables)}
-
-    def duckdb(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        for name, table in self.manifest.tables.items():
-            schema, rel = name.split(".", 1)
-            con.execute(f'create schema if not exists "{schema}"')
-            files = [str(self.path / f) for f in table.files]
-            con.execute(f'create view "{schema}"."{rel}" as select * from read_parquet({files!r})')
-        return con
 
 
 @dataclass
@@ -203,12 +179,12 @@ class FakeSnapshotProvider:
             return self.open_snapshot(settings, directory.name).manifest
         return self._build(cut, tables, directory, tamper=False)
 
-    def open_snapshot(self, settings: Settings, snapshot_id: str) -> FakeSnapshot:
+    def open_snapshot(self, settings: Settings, snapshot_id: str) -> Snapshot:
         self.calls.append("open_snapshot")
         path = Path(settings.snapshot_root) / snapshot_id
         if not (path / MANIFEST_NAME).exists():
             raise SnapshotError(f"no snapshot {snapshot_id!r} under {path.parent}")
-        return FakeSnapshot(Manifest.loads((path / MANIFEST_NAME).read_text()), path)
+        return Snapshot(Manifest.loads((path / MANIFEST_NAME).read_text()), path)
 
     def rebuild_snapshot(self, settings: Settings, cut: Cut, tables: Sequence[str],
                          into: Path) -> Manifest:
@@ -218,8 +194,8 @@ class FakeSnapshotProvider:
         cut = self.resolve_cut(settings, tables, cut)
         return self._build(cut, tables, into / self.snapshot_id(cut, tables), tamper=True)
 
-    def open_rebuilt(self, manifest: Manifest, into: Path) -> FakeSnapshot:
-        return FakeSnapshot(manifest, into / manifest.id)
+    def open_rebuilt(self, manifest: Manifest, into: Path) -> Snapshot:
+        return Snapshot(manifest, into / manifest.id)
 
     def list_snapshots(self, settings: Settings) -> list[Manifest]:
         root = Path(settings.snapshot_root)
