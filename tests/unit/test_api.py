@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import re
 import sqlite3
 import threading
@@ -103,13 +102,8 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    logging.disable(logging.WARNING)  # alembic migrations of every fresh SQLite store
-    with pytest.MonkeyPatch.context() as patch:
-        # MLflow's SQL store creates ./mlruns in the working directory, whatever we ask for.
-        patch.chdir(tmp_path_factory.mktemp("cwd"))
-        yield
-    logging.disable(logging.NOTSET)
+def _quiet(quiet_mlflow: None) -> None:
+    """Every test here runs MLflow (tests/unit/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import textwrap
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,13 +32,8 @@ FOREST = {"model": "forest", "n_estimators": 15, "max_depth": 6}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    logging.disable(logging.WARNING)  # alembic migrations of every fresh SQLite store
-    with pytest.MonkeyPatch.context() as patch:
-        # MLflow's SQL store creates ./mlruns in the working directory, whatever we ask for.
-        patch.chdir(tmp_path_factory.mktemp("cwd"))
-        yield
-    logging.disable(logging.NOTSET)
+def _quiet(quiet_mlflow: None) -> None:
+    """Every test here runs MLflow (tests/unit/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
