@@ -112,10 +112,11 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
     app.state.tidelog = state
     install_handlers(app)
     for router in ROUTERS:
+        for route in router.routes:
+            # The first line of a handler's docstring is its summary in /docs. Set on the
+            # router's own routes: FastAPI >= 0.16x does not copy them into app.routes.
+            if isinstance(route, APIRoute) and route.endpoint.__doc__:
+                route.summary = route.endpoint.__doc__.strip().splitlines()[0]
         app.include_router(router)
-    for route in app.routes:
-        # The first line of a handler's docstring is its summary in /docs.
-        if isinstance(route, APIRoute) and route.endpoint.__doc__:
-            route.summary = route.endpoint.__doc__.strip().splitlines()[0]
     app.add_middleware(Observe, state=state)
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from api.responses import JSONBody
 from tidelog.errors import (
@@ -212,11 +213,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def _allowed_methods(request: Request) -> list[str]:
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in _leaf_routes(request.app.routes):
         match, _ = route.matches({**request.scope, "method": "GET"})
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods)
+
+
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    # FastAPI >= 0.16x keeps an included router as one route object (`original_router`)
+    # instead of copying its routes into the app; tidelog's routers have no include prefix.
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

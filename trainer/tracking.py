@@ -205,9 +205,13 @@ class Tracking:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     signature = infer_signature(features, predictions)
+                # MLflow 3.17 defaults to skops, which refuses any estimator whose types
+                # are not listed as trusted (a DecisionTree's Tree already); a recipe may
+                # return any picklable model, and model_sha256 is over cloudpickle bytes.
                 info = mlflow.sklearn.log_model(
                     result.model, name=MODEL_NAME, signature=signature,
-                    input_example=features.head(5), pip_requirements=_requirements(result))
+                    input_example=features.head(5), pip_requirements=_requirements(result),
+                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
         return LoggedRun(run.info.run_id, info.model_uri)
 
     def log_metric(self, run_id: str, key: str, value: float) -> None:
