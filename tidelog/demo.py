@@ -19,6 +19,8 @@ import io
 import json
 import logging
 import re
+import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -469,17 +471,29 @@ def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], sc
     catalog = catalog_path(settings)
     a, b = first["snapshot_id"], second["snapshot_id"]
     sql = f"select count(*) from snap_{a}.customers; select count(*) from snap_{b}.customers"
+    duckdb, tidelog = _command("duckdb"), _command("tidelog")
     return {
         "mlflow_ui": settings.require("mlflow_uri"),
         "catalog": str(catalog),
-        "duckdb_command": f'duckdb -readonly {catalog} -c "{sql}"',
-        "sql_command": f'tidelog sql "select * from snap_{b}.customers limit 5"',
-        "api_command": "tidelog api serve",
+        "duckdb_command": f'{duckdb} -readonly {shlex.quote(str(catalog))} -c "{sql}"',
+        "sql_command": f'{tidelog} sql "select * from snap_{b}.customers limit 5"',
+        "api_command": f"{tidelog} api serve",
         # `rebuild` reads the topic prefix from the run's own lineage tags.
-        "rebuild_command": f"tidelog rebuild {first['run_id']}",
-        "lineage_command": f"tidelog lineage model {first['model']}; tidelog lineage row "
+        "rebuild_command": f"{tidelog} rebuild {first['run_id']}",
+        "lineage_command": f"{tidelog} lineage model {first['model']}; {tidelog} lineage row "
                            f"{schema}.customers '{{\"id\": 1}}'",
     }
+
+
+def _command(name: str) -> str:
+    """`name` as the user can type it: bare when the shell finds this environment's own
+    (venv activated), else its full path — `make demo` runs .venv/bin/tidelog without
+    activating the venv, and `duckdb` (the duckdb-cli package) lives beside it."""
+    own = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found is not None and Path(found).resolve() == own.resolve():
+        return name
+    return shlex.quote(str(own)) if own.exists() else name
 
 
 # -- command ---------------------------------------------------------------------------------

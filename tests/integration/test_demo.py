@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ pytestmark = pytest.mark.integration
 def _run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
     code = cli.main(["demo", "--json", *args])
     out, err = capsys.readouterr()
+    assert out, err  # an error goes to stderr, with nothing on stdout
     return code, json.loads(out), err  # stdout holds the JSON summary and nothing else
 
 
@@ -92,8 +96,31 @@ def _check(summary: dict[str, Any], progress: str) -> None:
     where = summary["where"]
     assert where["mlflow_ui"].startswith("http://")
     assert Path(where["catalog"]).exists() and where["catalog"] in where["duckdb_command"]
-    assert where["api_command"] == "tidelog api serve"
+    assert where["api_command"].endswith("tidelog api serve")
     assert "Verified" in progress and "Where to look" in progress
+
+
+def _run_printed(command: str) -> str:
+    """Run a command exactly as the demo printed it, in a shell that has not activated the
+    venv (as after `make demo`); TIDELOG_HOME is the session stack's."""
+    venv_bin = os.path.dirname(sys.executable)
+    path = ":".join(p for p in os.environ.get("PATH", "").split(":") if p != venv_bin)
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": path or "/usr/bin:/bin"})
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    return done.stdout
+
+
+def _check_printed_commands(summary: dict[str, Any]) -> None:
+    where, schema = summary["where"], summary["names"]["schema"]
+    first, second = summary["runs"]
+    counts = _run_printed(where["duckdb_command"])
+    for run in (first, second):  # the DuckDB CLI of the venv, on the real catalog
+        assert str(run["tables"][f"{schema}.customers"]["rows"]) in counts
+    assert "email" in _run_printed(where["sql_command"])
+    assert first["run_id"] in _run_printed(where["rebuild_command"])
+    lineage = _run_printed(where["lineage_command"])
+    assert first["snapshot_id"] in lineage and summary["names"]["connector"] in lineage
 
 
 def test_demo_runs_end_to_end_and_again(settings: Settings,
@@ -102,6 +129,7 @@ def test_demo_runs_end_to_end_and_again(settings: Settings,
     assert code == 0, progress
     _check(first_demo, progress)
     assert first_demo["timings"]["total"] < 120  # target: under 60 s on a quiet machine
+    _check_printed_commands(first_demo)
 
     code, again, progress = _run_demo(capsys, "--rows", "400")
     assert code == 0, progress

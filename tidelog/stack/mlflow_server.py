@@ -23,7 +23,10 @@ def start_mlflow(root: Path, port: int) -> tuple[ProcessRecord, str]:
         "--artifacts-destination", str(artifacts),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    # MLflow >= 3.7 also starts a job runner (GenAI scorers, prompt optimisation) that
+    # tidelog never uses; on two busy cores it doubled the time to /health (172 s vs 83 s).
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     record = spawn("mlflow", argv, root / "mlflow.log", env=env)
     uri = f"http://127.0.0.1:{port}"
 
