@@ -24,11 +24,12 @@ _ENV.policies["json.dumps_kwargs"] = {"default": str, "sort_keys": True}
 
 @dataclass(frozen=True)
 class GraphNode:
+    id: str
     column: int
     kind: str  # model | run | snapshot | table | topic | source
     title: str
     lines: tuple[str, ...] = ()
-    href: str | None = None
+    feeds: tuple[str, ...] = ()  # ids of the nodes this one points at
 
 
 def _time(ms: int | None) -> str:
@@ -45,26 +46,37 @@ def _lsn(lsn: int | None) -> str:
 def lineage_graph(lineage: Mapping[str, Any]) -> list[GraphNode]:
     """Model version → run → snapshot → tables → topic partitions (the cut) → source."""
     model, cut = lineage["model"], lineage["cut"]
+    partitions = sorted(cut["partitions"], key=lambda p: (p["topic"], p["partition"]))
+    tables = sorted(lineage["tables"].items())
     nodes = [
-        GraphNode(0, "model", f"{model['name']} v{model['version']}",
-                  (f"source {model.get('source', '')}",)),
-        GraphNode(1, "run", f"run {lineage['run_id'][:12]}",
-                  (f"recipe {lineage['recipe']['reference']}", f"seed {lineage['seed']}")),
-        GraphNode(2, "snapshot", f"snapshot {lineage['snapshot_id']}",
+        GraphNode("model", 0, "model", f"{model['name']} v{model['version']}",
+                  (f"source {model.get('source', '')}",), ("run",)),
+        GraphNode("run", 1, "run", f"run {lineage['run_id'][:12]}",
+                  (f"recipe {lineage['recipe']['reference']}", f"seed {lineage['seed']}"),
+                  ("snapshot",)),
+        GraphNode("snapshot", 2, "snapshot", f"snapshot {lineage['snapshot_id']}",
                   (f"digest {lineage['digest'][:16]}…",
-                   "window" if lineage.get("window") else "full state")),
+                   "window" if lineage.get("window") else "full state"),
+                  tuple(f"table:{t}" for t, _ in tables)),
     ]
-    for table, info in sorted(lineage["tables"].items()):
-        nodes.append(GraphNode(3, "table", table,
-                               (f"{info.get('rows')} rows", f"digest {info['digest'][:16]}…")))
-    for p in sorted(cut["partitions"], key=lambda p: (p["topic"], p["partition"])):
-        nodes.append(GraphNode(4, "topic", f"{p['topic']}[{p['partition']}]",
+    for table, info in tables:
+        # a table's topic is <prefix>.<schema>.<table>
+        feeds = tuple(f"topic:{p['topic']}/{p['partition']}" for p in partitions
+                      if p["topic"].endswith(f".{table}")) or tuple(
+            f"topic:{p['topic']}/{p['partition']}" for p in partitions)
+        nodes.append(GraphNode(f"table:{table}", 3, "table", table,
+                               (f"{info.get('rows')} rows", f"digest {info['digest'][:16]}…"),
+                               feeds))
+    for p in partitions:
+        nodes.append(GraphNode(f"topic:{p['topic']}/{p['partition']}", 4, "topic",
+                               f"{p['topic']}[{p['partition']}]",
                                (f"offsets {p.get('start', 0)} … {p['end'] - 1}",
                                 f"log {str(p.get('cluster_id'))[:10]}/"
-                                f"{str(p.get('topic_id'))[:10]}")))
+                                f"{str(p.get('topic_id'))[:10]}"), ("source",)))
     source = lineage.get("source") or {}
     aligned = "whole transactions" if cut.get("transaction_aligned") else "not tx-aligned"
-    nodes.append(GraphNode(5, "source", str(source.get("database") or "source database"),
+    nodes.append(GraphNode("source", 5, "source",
+                           str(source.get("database") or "source database"),
                            (_lsn(cut.get("lsn")), _time(cut.get("commit_time_ms")), aligned)))
     return nodes
 
@@ -78,16 +90,18 @@ def _layout(nodes: Sequence[GraphNode]) -> dict[str, Any]:
         columns.setdefault(node.column, []).append(node)
     height = max(len(c) for c in columns.values()) * (_BOX_H + _GAP_Y) + _GAP_Y
     boxes, edges = [], []
-    placed: dict[int, list[tuple[float, float]]] = {}
+    where: dict[str, tuple[float, float]] = {}
     for col, members in sorted(columns.items()):
         top = (height - len(members) * (_BOX_H + _GAP_Y)) / 2 + _GAP_Y / 2
         for i, node in enumerate(members):
             x, y = col * (_BOX_W + _GAP_X) + 10, top + i * (_BOX_H + _GAP_Y)
             boxes.append({"x": x, "y": y, "w": _BOX_W, "h": _BOX_H, "node": node})
-            placed.setdefault(col, []).append((x, y))
-    for col in sorted(placed)[1:]:
-        for (x0, y0) in placed.get(col - 1, []):
-            for (x1, y1) in placed[col]:
+            where[node.id] = (x, y)
+    for node in nodes:
+        x0, y0 = where[node.id]
+        for target in node.feeds:
+            if target in where:
+                x1, y1 = where[target]
                 edges.append({"x1": x0 + _BOX_W, "y1": y0 + _BOX_H / 2,
                               "x2": x1, "y2": y1 + _BOX_H / 2})
     width = (max(columns) + 1) * (_BOX_W + _GAP_X) + 10

@@ -114,6 +114,9 @@ def test_model_page_names_run_snapshot_cut_and_source(world: dict[str, Any]) -> 
         assert f"{part.start} … {part.end - 1} (end {part.end})" in html
     assert html.count('<g class="node ') == 3 + len(first.manifest.tables) + len(
         first.manifest.cut.partitions) + 1
+    # one arrow per step, each table to its own topic
+    assert html.count("<line ") == 1 + 1 + 2 * len(first.manifest.tables) + len(
+        first.manifest.cut.partitions)
     assert "default-src 'none'" in resp.headers["content-security-policy"]
 
 
