@@ -23,17 +23,19 @@ COPY pyproject.toml uv.lock README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
-# The project itself. It stays an editable install (uv's default) on purpose:
-# cdc/connector.py finds the connector template at <repo>/connectors/postgres.json,
-# which a built wheel would not carry.
+# The project itself, as the wheel users get: it carries the connector template (package
+# data) and the example recipes the demo and TIDELOG_API_RECIPES=examples use.
 COPY tidelog ./tidelog
 COPY cdc ./cdc
 COPY snapshotter ./snapshotter
 COPY trainer ./trainer
 COPY api ./api
+COPY examples ./examples
 COPY connectors ./connectors
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev
+    uv build --wheel --out-dir /tmp/dist \
+    && uv pip install --python /app/.venv/bin/python --no-deps /tmp/dist/tidelog-*.whl \
+    && rm -rf /tmp/dist tidelog cdc snapshotter trainer api examples
 
 # Run unprivileged; TIDELOG_HOME (archive, snapshots, config) lives on a volume at /data.
 # The directory exists in the image, owned by that user, so a fresh named volume

@@ -24,8 +24,11 @@ test-unit: venv
 test-integration: venv
 	$(VENV)/bin/pytest -q tests/integration
 
+# ruff (style and bugs), mypy (types, clean) and import-linter (the layers in pyproject.toml).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo
 
 demo: venv
 	$(TIDELOG) demo

@@ -16,12 +16,15 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from api.errors import HttpError
 from api.keys import ANONYMOUS, Principal
 
-__all__ = ["require", "reader", "writer", "admin", "bearer", "api_key_header"]
+__all__ = ["require", "reader", "writer", "admin", "bearer", "api_key_header", "UI_COOKIE"]
 
 bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer tlk_...`")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="`X-API-Key: tlk_...`")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidelog"'}
+# Set by the audit pages' sign-in form (api/routes/ui.py). Accepted only on GET under
+# /ui: read-only pages, so a forged cross-site request can change nothing.
+UI_COOKIE = "tidelog_key"
 
 
 def _token(request: Request, credentials: HTTPAuthorizationCredentials | None,
@@ -33,6 +36,9 @@ def _token(request: Request, credentials: HTTPAuthorizationCredentials | None,
     if request.headers.get("authorization"):
         raise HttpError(401, "unauthorized",
                         "the Authorization header must read `Bearer <key>`", _CHALLENGE)
+    cookie = request.cookies.get(UI_COOKIE)
+    if cookie and request.method == "GET" and request.url.path.startswith("/ui/"):
+        return cookie.strip()
     return None
 
 

@@ -34,7 +34,17 @@ __all__ = [
     "wait_streaming",
 ]
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "connectors" / "postgres.json"
+
+
+def _template_path() -> Path:
+    """The connector template: package data beside this module in an installed wheel
+    (pyproject's force-include), the repository's `connectors/` in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "connectors" / "postgres.json"
+    return packaged if packaged.is_file() else here.parent / "connectors" / "postgres.json"
+
+
+TEMPLATE = _template_path()
 TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 

@@ -38,8 +38,10 @@ from cdc.reader import (
     log_identity,
     read_range,
 )
+from snapshotter.openlineage import archive_marks, describe_archive
 from snapshotter.storage import Storage
 from tidelog.errors import ArchiveError, LogIdentityError
+from tidelog.openlineage import traced
 from tidelog.settings import Settings
 
 __all__ = [
@@ -346,6 +348,7 @@ def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4
         worker.join(timeout=30)
 
 
+@traced("archive", describe_archive, before=archive_marks)
 def archive_topics(
     settings: Settings,
     topics: Iterable[str],

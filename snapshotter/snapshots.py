@@ -50,6 +50,7 @@ from snapshotter.layout import (
 )
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey, unavailable_columns
+from snapshotter.openlineage import describe_snapshot
 from tidelog import __version__
 from tidelog.errors import (
     ArchiveError,
@@ -59,6 +60,7 @@ from tidelog.errors import (
     SnapshotError,
     TidelogError,
 )
+from tidelog.openlineage import traced
 from tidelog.settings import Settings
 
 __all__ = [
@@ -765,6 +767,7 @@ def _redacted_dsn(dsn: str) -> str:
     return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
+@traced("snapshot", describe_snapshot)
 def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,
                     incremental: bool = True, catch_up: bool = True) -> Manifest:
     from snapshotter.catalog import register_snapshot

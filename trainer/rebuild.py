@@ -17,8 +17,10 @@ import polars as pl
 
 from snapshotter.manifest import Manifest
 from tidelog.errors import DigestMismatch, TidelogError, TrainingError
+from tidelog.openlineage import traced
 from tidelog.settings import Settings
 from trainer.fingerprint import array_sha256, model_sha256, predict
+from trainer.openlineage import describe_rebuild
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
 from trainer.recipe import Recipe, file_sha256, load_recipe, run_recipe
 from trainer.tags import REBUILD_OF, RunLineage, tidelog_version
@@ -203,6 +205,7 @@ def check_recipe(lineage: RunLineage) -> Recipe:
     return recipe
 
 
+@traced("rebuild", describe_rebuild)
 def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | None = None,
             experiment: str = DEFAULT_EXPERIMENT, workdir: Path | None = None
             ) -> RebuildReport:

@@ -24,6 +24,7 @@ __all__ = [
     "MANIFEST_ARTIFACT",
     "RunLineage",
     "lineage_tags",
+    "version_tags",
     "canonical_json",
     "tidelog_version",
 ]
@@ -58,6 +59,14 @@ def tidelog_version() -> str:
 
 def _tp(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+# What a registered model version carries, so the registry alone names its data.
+VERSION_TAGS = (SNAPSHOT_ID, CUT, "tidelog.cut.fingerprint", "tidelog.digest", "tidelog.tables")
+
+
+def version_tags(run_tags: Mapping[str, str]) -> dict[str, str]:
+    return {k: run_tags[k] for k in VERSION_TAGS if k in run_tags}
 
 
 def lineage_tags(manifest: Manifest, version: RecipeVersion, params: Params, seed: int,

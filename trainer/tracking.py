@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import polars as pl
 
@@ -56,58 +56,10 @@ class LoggedRun:
 
 
 def dataset_source(manifest: Manifest, table: str) -> Any:
-    from mlflow.data.dataset_source import DatasetSource
+    """The MLflow dataset source of one table of a snapshot (trainer/datasets.py)."""
+    from trainer.datasets import dataset_for
 
-    source_cls = _source_class()
-    assert issubclass(source_cls, DatasetSource)
-    return source_cls(f"tidelog://snapshot/{manifest.id}/{table}"
-                      f"?cut={manifest.cut.fingerprint()}")
-
-
-_SOURCE_CLASS: Any = None
-
-
-def _source_class() -> Any:
-    """The MLflow dataset source type "tidelog", registered with MLflow on first use."""
-    global _SOURCE_CLASS
-    if _SOURCE_CLASS is not None:
-        return _SOURCE_CLASS
-    from mlflow.data.dataset_source import DatasetSource
-    from mlflow.data.dataset_source_registry import register_dataset_source
-
-    class SnapshotDatasetSource(DatasetSource):  # type: ignore[misc]
-        def __init__(self, uri: str) -> None:
-            self.uri = uri
-
-        @staticmethod
-        def _get_source_type() -> str:
-            return "tidelog"
-
-        def load(self, **kwargs: Any) -> Any:
-            raise NotImplementedError(f"open {self.uri} with tidelog: `tidelog rebuild RUN_ID` "
-                                      "or snapshotter.snapshots.open_snapshot")
-
-        @staticmethod
-        def _can_resolve(raw_source: Any) -> bool:
-            return isinstance(raw_source, str) and raw_source.startswith("tidelog://")
-
-        @classmethod
-        def _resolve(cls, raw_source: Any) -> SnapshotDatasetSource:
-            return cls(str(raw_source))
-
-        def to_dict(self) -> dict[str, Any]:
-            parsed = urlparse(self.uri)
-            snapshot_id, _, table = parsed.path.strip("/").partition("/")
-            return {"uri": self.uri, "snapshot_id": snapshot_id, "table": table,
-                    "cut_fingerprint": parse_qs(parsed.query).get("cut", [""])[0]}
-
-        @classmethod
-        def from_dict(cls, source_dict: dict[Any, Any]) -> SnapshotDatasetSource:
-            return cls(str(source_dict["uri"]))
-
-    register_dataset_source(SnapshotDatasetSource)  # type: ignore[arg-type]  # wants the class
-    _SOURCE_CLASS = SnapshotDatasetSource
-    return _SOURCE_CLASS
+    return dataset_for(manifest, table).source
 
 
 class Tracking:
@@ -186,8 +138,9 @@ class Tracking:
                 timings: Mapping[str, float]) -> LoggedRun:
         import mlflow
         import mlflow.sklearn
-        from mlflow.data.polars_dataset import from_polars
         from mlflow.models import infer_signature
+
+        from trainer.datasets import dataset_for
 
         with mlflow_errors(f"log run {run_name!r}", self.uri):
             with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
@@ -196,10 +149,8 @@ class Tracking:
                 mlflow.log_metrics({f"tidelog.{k}_seconds": v for k, v in timings.items()})
                 mlflow.set_tags({**result.tags, **tags})
                 mlflow.log_text(manifest.dumps(), MANIFEST_ARTIFACT)
-                for name in sorted(tables):
-                    dataset = from_polars(
-                        tables[name], source=dataset_source(manifest, name), name=name,
-                        digest=manifest.tables[name].digest[:36])
+                datasets = [dataset_for(manifest, name) for name in sorted(tables)]
+                for dataset in datasets:
                     mlflow.log_input(dataset, context="training")
                 features = to_pandas(result.features)
                 with warnings.catch_warnings():
@@ -212,17 +163,24 @@ class Tracking:
                     result.model, name=MODEL_NAME, signature=signature,
                     input_example=features.head(5), pip_requirements=_requirements(result),
                     serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE)
+                # MLflow 3: the metrics also belong to the LoggedModel, each table's dataset
+                # named beside them, so the model page shows what it was evaluated on.
+                for dataset in datasets:
+                    mlflow.log_metrics(dict(result.metrics), model_id=info.model_id,
+                                       dataset=dataset)
         return LoggedRun(run.info.run_id, info.model_uri)
 
     def log_metric(self, run_id: str, key: str, value: float) -> None:
         with mlflow_errors(f"log metric {key} on run {run_id}", self.uri):
             self.client.log_metric(run_id, key, value)
 
-    def register(self, model_uri: str, name: str) -> str:
+    def register(self, model_uri: str, name: str,
+                 tags: Mapping[str, str] | None = None) -> str:
+        """Register the model; `tags` go on the model version (its snapshot and cut)."""
         import mlflow
 
         with mlflow_errors(f"register {model_uri} as {name!r}", self.uri):
-            return str(mlflow.register_model(model_uri, name).version)
+            return str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
 
 
 def _requirements(result: RecipeResult) -> list[str] | None:

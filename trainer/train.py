@@ -12,11 +12,13 @@ import polars as pl
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
 from tidelog.errors import CutError, LogIdentityError, TrainingError
+from tidelog.openlineage import traced
 from tidelog.settings import Settings
 from trainer.fingerprint import array_sha256, canonical_order, model_sha256, predict
+from trainer.openlineage import describe_train
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
 from trainer.recipe import Params, Recipe, RecipeVersion, load_recipe, run_recipe
-from trainer.tags import lineage_tags
+from trainer.tags import lineage_tags, version_tags
 from trainer.tracking import DEFAULT_EXPERIMENT, Tracking, connect
 
 __all__ = ["TrainResult", "train", "window_cut", "recipe_tables", "read_tables"]
@@ -123,6 +125,7 @@ def _check_params(params: Mapping[str, Any]) -> Params:
     return dict(params)
 
 
+@traced("train", describe_train)
 def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
           at: str | Cut | None = "latest", tables: Sequence[str] | None = None,
           params: Mapping[str, str | int | float] | None = None, seed: int = 0,
@@ -170,7 +173,8 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
     logged = tracking.log_run(
         run_name=f"{recipe}@{manifest.id[:12]}", params=checked, seed=seed, result=result,
         predictions=predictions, tags=tags, manifest=manifest, tables=frames, timings=timings)
-    version = tracking.register(logged.model_uri, register) if register else None
+    version = (tracking.register(logged.model_uri, register, tags=version_tags(tags))
+               if register else None)
     timings["total"] = time.perf_counter() - started
     tracking.log_metric(logged.run_id, "tidelog.total_seconds", timings["total"])
     return TrainResult(

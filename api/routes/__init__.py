@@ -3,9 +3,9 @@ or submits one job, and shapes the answer."""
 
 from __future__ import annotations
 
-from api.routes import admin, cdc, health, jobs, lineage, runs, snapshots
+from api.routes import admin, cdc, health, jobs, lineage, runs, snapshots, ui
 
 __all__ = ["ROUTERS"]
 
 ROUTERS = [health.router, snapshots.router, runs.router, lineage.router, cdc.router,
-           jobs.router, admin.router]
+           jobs.router, admin.router, ui.router]

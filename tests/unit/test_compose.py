@@ -223,3 +223,20 @@ def test_healthy_conditions_point_at_services_with_healthchecks(
                 )
             else:
                 assert condition != "service_healthy", f"{dep} has no healthcheck to wait for"
+
+
+def test_image_installs_the_wheel_with_the_recipes_compose_allows(compose: dict[str, Any]) -> None:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    assert re.search(r"\buv build --wheel\b", text), "the image does not build the wheel"
+    assert re.search(r"\buv pip install\b[^\n]*\.whl", text), "the image does not install the wheel"
+    assert re.search(r"^COPY\s+examples\b", text, re.M), "examples/ is not in the build context"
+    allowed = {str(env["TIDELOG_API_RECIPES"]) for svc in compose["services"].values()
+               if isinstance(env := svc.get("environment"), dict)
+               and "TIDELOG_API_RECIPES" in env}
+    assert allowed, "no service sets TIDELOG_API_RECIPES"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for modules in allowed:
+        for module in modules.split(","):
+            top = module.strip().split(".")[0]
+            assert f'"{top}"' in pyproject, (
+                f"compose allows recipes from {module}, which the wheel does not package")

@@ -173,6 +173,25 @@ def test_rebuild_refuses_when_archived_data_differs(settings: Settings, first: T
             in message)
 
 
+def test_train_links_metrics_to_the_logged_model_and_tags_the_version(
+        settings: Settings, first: TrainResult) -> None:
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    run = client.get_run(first.run_id)
+    digests = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert digests == {name: table.digest[:36] for name, table in first.manifest.tables.items()}
+    assert {d.dataset.source_type for d in run.inputs.dataset_inputs} == {"tidelog"}
+    (model_output,) = run.outputs.model_outputs
+    logged = mlflow.get_logged_model(model_output.model_id)
+    linked = {(m.key, m.dataset_digest) for m in logged.metrics}
+    for key in first.metrics:
+        assert {(key, digest) for digest in digests.values()} <= linked, key
+    assert first.registered_version is not None
+    version = client.get_model_version("churn", first.registered_version)
+    assert version.tags["tidelog.snapshot_id"] == first.manifest.id
+    assert version.tags["tidelog.cut"] == first.manifest.cut.canonical()
+    assert version.tags["tidelog.digest"] == first.manifest.digest
+
+
 def test_rebuild_of_unknown_run(settings: Settings, fake: FakeSnapshotProvider) -> None:
     with pytest.raises(TrainingError, match="unknown run 'f{32}'"):
         rebuild(settings, "f" * 32, provider=fake)
