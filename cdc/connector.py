@@ -239,11 +239,12 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
 
 def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,
                    connect: KafkaConnect | None = None,
-                   slot_streaming: Callable[[str, str], bool] = _slot_streaming
+                   slot_streaming: Callable[[str, str], bool] | None = None
                    ) -> dict[str, Any]:
     """The connector's status once its tasks run and Postgres shows the slot streaming;
     ConnectorFailed as soon as Connect reports it failed, or after `timeout`."""
     connect = connect or KafkaConnect.for_settings(settings)
+    streaming = slot_streaming or _slot_streaming
     last: dict[str, Any] = {}
 
     def attempt() -> dict[str, Any] | None:
@@ -264,7 +265,7 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
                 f"fix the cause, then `tidelog connector restart --name {spec.name}`",
                 trace=trace,
             )
-        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and slot_streaming(
+        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and streaming(
             settings.require("postgres_dsn"), spec.slot_name
         ):
             return status
