@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import (
+from confluent_kafka import (  # type: ignore[import-untyped]
     Consumer,
     KafkaError,
     KafkaException,
@@ -21,7 +21,7 @@ from confluent_kafka import (
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[import-untyped]
 
 from tidelog.errors import BrokerError, BrokerUnreachable, CutError
 from tidelog.settings import Settings
@@ -118,7 +118,7 @@ class KafkaAdmin:
     def partitions(self, topics: Sequence[str]) -> list[tuple[str, int]]:
         """Every partition of `topics`; CutError for a topic the broker does not have."""
         metadata = self.metadata()
-        result = []
+        result: list[tuple[str, int]] = []
         for topic in topics:
             meta = metadata.topics.get(topic)
             if meta is None or meta.error is not None:
@@ -137,7 +137,7 @@ class KafkaAdmin:
                 request_timeout=self.timeout).result(timeout=wait)
             described = self.client.describe_topics(TopicCollection(list(topics)),
                                                     request_timeout=self.timeout)
-        ids = {}
+        ids: dict[str, str] = {}
         for topic, future in described.items():
             try:
                 ids[topic] = str(future.result(timeout=wait).topic_id)
@@ -156,7 +156,7 @@ class KafkaAdmin:
         if not partitions:
             return {}
         wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
-        ends = {}
+        ends: dict[tuple[str, int], int] = {}
         with kafka_errors("read end offsets", self.servers):
             futures = self.client.list_offsets(wanted, request_timeout=self.timeout)
             for tp, future in futures.items():
