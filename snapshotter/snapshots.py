@@ -778,8 +778,8 @@ def _write_failed(sid: str, root: Path, exc: BaseException) -> SnapshotWriteErro
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return SnapshotWriteError(
         f"writing snapshot {sid} under {root} failed: {reason}; nothing of it was kept. "
-        f"Free space (or fix permissions) under {root}, or point TIDELOG_SNAPSHOT_ROOT "
-        "elsewhere, then create it again", snapshot_id=sid, root=str(root))
+        f"Free space (or fix permissions) under {root}, then retry", snapshot_id=sid,
+        root=str(root))
 
 
 def _redacted_dsn(dsn: str) -> str:
@@ -849,11 +849,14 @@ def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: 
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, cut, archive, catch_up=False)
     check_archive(settings, archive, cut, tables)
-    into.mkdir(parents=True, exist_ok=True)
     target = into / snapshot_id(cut, tables)
-    if target.exists():
-        shutil.rmtree(target)
-    return _build(settings, archive, cut, sorted(tables), target, incremental=False)
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        return _build(settings, archive, cut, sorted(tables), target, incremental=False)
+    except OSError as exc:
+        raise _write_failed(target.name, into, exc) from exc
 
 
 def open_snapshot(settings: Settings, sid: str) -> Snapshot:
