@@ -17,7 +17,7 @@ from anyio import to_thread
 from api.cache import LineageCache
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
-from tidelog.errors import BrokerError, CutError, TidelogError
+from tidelog.errors import CutError, TidelogError
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
 from trainer.tracking import DEFAULT_EXPERIMENT
@@ -183,7 +183,7 @@ class Core:
     def lineage_fingerprint(self) -> Hashable:
         """Changes whenever a lineage answer may: snapshots come or go, an MLflow run
         starts or ends, a model version is registered or changed. Four cheap calls."""
-        from trainer.tracking import connect, mlflow_errors
+        from trainer.tracking import connect
 
         root = self.settings.snapshot_root
         try:
@@ -191,20 +191,7 @@ class Core:
                                   if not e.name.startswith("."))
         except FileNotFoundError:
             snapshots = frozenset()
-        tracking = connect(self.settings)
-        client = tracking.client
-        with mlflow_errors("check for new runs", tracking.uri):
-            experiments = [e.experiment_id for e in client.search_experiments()]
-            latest = [r.info.run_id for r in client.search_runs(
-                experiments, max_results=1, order_by=["attributes.start_time DESC"])] \
-                if experiments else []
-            running = frozenset(r.info.run_id for r in client.search_runs(
-                experiments, "attributes.status = 'RUNNING'", max_results=1000)) \
-                if experiments else frozenset()
-            versions = [(v.name, v.version, v.last_updated_timestamp, v.current_stage)
-                        for v in client.search_model_versions(
-                            max_results=1, order_by=["last_updated_timestamp DESC"])]
-        return snapshots, tuple(experiments), tuple(latest), running, tuple(versions)
+        return snapshots, connect(self.settings).change_marks()
 
     # -- CDC --------------------------------------------------------------------------
 
@@ -262,50 +249,24 @@ class Core:
         return {"archive_root": self.settings.archive_root, "broker": broker,
                 "partitions": partitions}
 
-    def _admin_client(self) -> Any:
-        from confluent_kafka.admin import AdminClient  # type: ignore[import-untyped]
+    def _kafka_admin(self) -> Any:
+        from tidelog.adapters.kafka import KafkaAdmin
 
         with self._admin_lock:
             if self._admin is None:
-                self._admin = AdminClient(self.settings.kafka_config())
+                self._admin = KafkaAdmin.for_settings(self.settings, timeout=5)
             return self._admin
 
     def _broker_view(self, topics: list[str], partitions: list[tuple[str, int]]
                      ) -> tuple[dict[tuple[str, int], int], dict[str, tuple[str, str]]]:
-        """Log end offsets and log identities, as the broker reports them now.
+        """Log end offsets and log identities, as the broker reports them now. A topic
+        deleted from the broker is left out: the archive still has it."""
+        from cdc.reader import log_identity
 
-        ListOffsets(LATEST): exact on Apache Kafka; a broker that answers with the base
-        offset of its last batch (Tansu) under-reports the lag by up to one batch.
-        """
-        from confluent_kafka import (  # type: ignore[import-untyped]
-            KafkaException,
-            TopicCollection,
-            TopicPartition,
-        )
-        from confluent_kafka.admin import OffsetSpec  # type: ignore[import-untyped]
-
-        admin = self._admin_client()
-        identities: dict[str, tuple[str, str]] = {}
-        try:
-            cluster = admin.describe_cluster(request_timeout=5).result(timeout=8)
-            described = admin.describe_topics(TopicCollection(topics), request_timeout=5)
-            present = []
-            for topic, future in described.items():
-                try:
-                    desc = future.result(timeout=8)
-                except KafkaException:
-                    continue  # deleted from the broker; the archive still has it
-                identities[topic] = (str(cluster.cluster_id), str(desc.topic_id))
-                present.append(topic)
-            wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions
-                      if t in present}
-            ends = {}
-            if wanted:
-                for tp, future in admin.list_offsets(wanted, request_timeout=5).items():
-                    ends[(tp.topic, tp.partition)] = int(future.result(timeout=8).offset)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot read end offsets from {self.settings.bootstrap_servers}:"
-                              f" {exc}") from exc
+        admin = self._kafka_admin()
+        identities = {t: (i.cluster_id, i.topic_id) for t, i in log_identity(
+            self.settings, topics, missing_ok=True, admin=admin).items()}
+        ends = admin.end_offsets([(t, p) for t, p in partitions if t in identities])
         return ends, identities
 
     # -- health -----------------------------------------------------------------------

@@ -6,12 +6,18 @@
 next (it is the core library's own message for a `TidelogError`); `details` carries
 structured facts (field paths of a validation error, the model versions holding a
 snapshot, ...). docs/api.md lists the codes.
+
+Every `TidelogError` class carries its own `code` and HTTP `status` (tidelog/errors.py
+draws the tree); the API reads them and nothing else. Below the root it adds:
+
+    TidelogError
+    └── ApiError               api_error              500
+        └── HttpError          (its own code and status, per instance)
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,24 +29,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
 from api.responses import JSONBody
-from tidelog.errors import (
-    ApiError,
-    ArchiveError,
-    BrokerError,
-    ConfigError,
-    ConnectorError,
-    CutError,
-    DecodeError,
-    DigestMismatch,
-    LogIdentityError,
-    SnapshotError,
-    SourceError,
-    StackError,
-    TidelogError,
-    TrainingError,
-)
+from tidelog.errors import TidelogError
 
 __all__ = [
+    "ApiError",
     "HttpError",
     "ErrorDetail",
     "ErrorResponse",
@@ -54,8 +46,17 @@ __all__ = [
 _LOG = logging.getLogger("tidelog.api")
 
 
+class ApiError(TidelogError):
+    """An HTTP-level error raised by the API layer itself."""
+
+    code = "api_error"
+    status = 500
+
+
 class HttpError(ApiError):
     """An error the API layer raises itself, with its HTTP status and stable code."""
+
+    code = "http_error"
 
     def __init__(self, status: int, code: str, message: str,
                  headers: dict[str, str] | None = None, **details: object) -> None:
@@ -89,35 +90,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _doc("Conflict with the current state"),
     422: _doc("Validation failed; details.errors lists each field path"),
     500: _doc("Internal error"),
+    502: _doc("A component of the stack failed the request"),
     503: _doc("A component of the stack is unavailable"),
+    507: _doc("The archive or snapshot storage is full or not writable"),
 }
-
-# (error class, message pattern or None, status, code): the first match wins, so
-# subclasses come before their parents. Core errors carry no status of their own; the
-# message patterns pin the few cases one class covers with different meanings, and
-# tests/unit/test_api.py checks them against the core's real messages.
-_RULES: list[tuple[type[TidelogError], re.Pattern[str] | None, int, str]] = [
-    (HttpError, None, 0, ""),  # carries its own
-    (DigestMismatch, None, 409, "digest_mismatch"),
-    (SnapshotError, re.compile(r"^no snapshot "), 404, "snapshot_not_found"),
-    (SnapshotError, None, 400, "snapshot_error"),
-    (LogIdentityError, None, 409, "log_identity_changed"),
-    (ArchiveError, None, 503, "archive_unavailable"),
-    (CutError, None, 400, "invalid_cut"),
-    (TrainingError, re.compile(r"^(unknown run|no registered model|model .* has no version|"
-                               r"no snapshot holds table)"), 404, "not_found"),
-    (TrainingError, re.compile(r"^MLflow at \S+ failed"), 503, "mlflow_unavailable"),
-    (TrainingError, None, 400, "training_error"),
-    (ConnectorError, re.compile(r"^no connector named"), 404, "connector_not_found"),
-    (ConnectorError, None, 503, "connector_unavailable"),
-    (BrokerError, None, 503, "broker_unavailable"),
-    (SourceError, re.compile(r"^cannot connect"), 503, "source_unavailable"),
-    (SourceError, None, 400, "source_not_ready"),
-    (ConfigError, None, 503, "not_configured"),
-    (StackError, None, 503, "stack_unavailable"),
-    (DecodeError, None, 500, "decode_error"),
-    (TidelogError, None, 500, "tidelog_error"),
-]
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 406: "not_acceptable", 409: "conflict",
@@ -127,12 +103,8 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
 
 
 def status_for(exc: TidelogError) -> tuple[int, str]:
-    if isinstance(exc, HttpError):
-        return exc.status, exc.code
-    for cls, pattern, status, code in _RULES:
-        if isinstance(exc, cls) and (pattern is None or pattern.search(exc.message)):
-            return status, code
-    return 500, "tidelog_error"
+    """The HTTP status and error code: the error's own, by class (HttpError: by instance)."""
+    return exc.status, exc.code
 
 
 def _jsonable(value: object) -> object:

@@ -25,10 +25,11 @@ TIMEOUT = 3.0
 
 
 def _postgres(settings: Settings) -> str:
-    import psycopg
+    from tidelog.adapters import postgres
 
     dsn = settings.require("postgres_dsn")
-    with psycopg.connect(dsn, connect_timeout=int(TIMEOUT), autocommit=True) as conn:
+    with postgres.connect(dsn, connect_timeout=int(TIMEOUT)) as conn, \
+            postgres.postgres_errors("report its version", dsn):
         version = conn.execute("show server_version").fetchone()
         level = conn.execute("show wal_level").fetchone()
     wal = level[0] if level else "?"
@@ -37,18 +38,17 @@ def _postgres(settings: Settings) -> str:
 
 
 def _broker(settings: Settings) -> str:
-    from confluent_kafka.admin import AdminClient  # type: ignore[import-untyped]
+    from tidelog.adapters.kafka import KafkaAdmin
 
-    admin = AdminClient(settings.kafka_config())
-    metadata = admin.list_topics(timeout=TIMEOUT)
+    metadata = KafkaAdmin.for_settings(settings, timeout=TIMEOUT).metadata()
     return f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topics"
 
 
 def _connect(settings: Settings) -> str:
-    url = settings.require("connect_url").rstrip("/")
-    resp = httpx.get(f"{url}/", timeout=TIMEOUT)
-    resp.raise_for_status()
-    return f"Kafka Connect {resp.json().get('version', '?')}"
+    from tidelog.adapters.connect import KafkaConnect
+
+    with KafkaConnect.for_settings(settings, timeout=TIMEOUT) as connect:
+        return f"Kafka Connect {connect.version()}"
 
 
 def _mlflow(settings: Settings) -> str:

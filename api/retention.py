@@ -24,7 +24,7 @@ from typing import Any
 from api.errors import HttpError
 from api.store import Database, now
 from snapshotter.manifest import MANIFEST_NAME
-from tidelog.errors import SnapshotError
+from tidelog.errors import SnapshotNotFound
 from tidelog.settings import Settings
 
 __all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
@@ -86,17 +86,15 @@ def delete_unless_kept(core: Any, pins: Pins, snapshot_id: str) -> None:
 def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict[str, str]]:
     """Registered model versions whose run trained on `snapshot_id` (any experiment)."""
     from trainer.tags import SNAPSHOT_ID
-    from trainer.tracking import connect, mlflow_errors
+    from trainer.tracking import connect
 
     tracking = connect(settings)
     found = []
-    with mlflow_errors(f"find the model versions trained on snapshot {snapshot_id}",
-                       tracking.uri):
-        for run in tracking.runs_with_tag(SNAPSHOT_ID, snapshot_id):
-            run_id = run.info.run_id
-            for version in tracking.client.search_model_versions(f"run_id = '{run_id}'"):
-                found.append({"name": str(version.name), "version": str(version.version),
-                              "run_id": run_id})
+    for run in tracking.runs_with_tag(SNAPSHOT_ID, snapshot_id):
+        run_id = run.info.run_id
+        for version in tracking.model_versions(f"run_id = '{run_id}'"):
+            found.append({"name": str(version.name), "version": str(version.version),
+                          "run_id": run_id})
     return found
 
 
@@ -104,12 +102,14 @@ def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
     root = Path(settings.snapshot_root)
     target = root / snapshot_id
     if not (target / MANIFEST_NAME).exists():
-        raise SnapshotError(f"no snapshot {snapshot_id!r} under {root}")
+        raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
+                               snapshot_id=snapshot_id)
     trash = root / f".deleted-{snapshot_id}-{uuid.uuid4().hex[:8]}"
     with open(root / f".lock-{snapshot_id}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the lock a builder of this id holds
         if not (target / MANIFEST_NAME).exists():
-            raise SnapshotError(f"no snapshot {snapshot_id!r} under {root}")
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
+                               snapshot_id=snapshot_id)
         os.replace(target, trash)
     _forget_in_catalog(settings, snapshot_id)
     shutil.rmtree(trash, ignore_errors=True)

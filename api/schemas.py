@@ -23,7 +23,7 @@ from pydantic import (
 
 __all__ = [
     "IsoDateTime", "TableName", "SnapshotId", "RunId", "ModelName", "CutIn", "SnapshotCreate",
-    "TrainRequest", "RebuildRequest", "ConnectorApply", "ConnectorRestart", "PinRequest",
+    "TrainRequest", "ConnectorApply", "ConnectorRestart", "PinRequest",
     "KeyCreate", "ManifestOut", "SnapshotSummary", "SnapshotPage", "JobOut", "JobPage",
     "VerifyReport", "DiffReport", "PinOut", "DeleteOut", "RunOut", "ModelLineageOut",
     "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "LiveOut", "ReadyOut",
@@ -134,11 +134,6 @@ class TrainRequest(_In):
             raise ValueError("give snapshot_id (train on an existing snapshot) or at "
                              "(create one), not both")
         return self
-
-
-class RebuildRequest(_In):
-    run_id: RunId
-    experiment: Experiment = "tidelog"
 
 
 class ConnectorApply(_In):

@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import json
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import psycopg
 
-from tidelog.errors import ConnectorError, SourceError
+from tidelog.adapters import postgres
+from tidelog.adapters.connect import KafkaConnect
+from tidelog.adapters.postgres import redact_dsn
+from tidelog.errors import (
+    ConnectorError,
+    ConnectorFailed,
+    ConnectorNotFound,
+    SourceError,
+    TidelogError,
+)
+from tidelog.retry import poll
 from tidelog.settings import Settings
+from tidelog.topics import table_topic, transaction_topic
 
 __all__ = [
     "ConnectorSpec",
@@ -63,11 +73,11 @@ class ConnectorSpec:
         return f"{self.slot_name}_pub"
 
     def topic(self, table: str) -> str:
-        return f"{self.topic_prefix}.{table}"
+        return table_topic(self.topic_prefix, table)
 
     @property
     def transaction_topic(self) -> str:
-        return f"{self.topic_prefix}.transaction"
+        return transaction_topic(self.topic_prefix)
 
 
 def parse_tables(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -108,53 +118,54 @@ def render_config(settings: Settings, spec: ConnectorSpec, template: Path = TEMP
 
 def preflight(dsn: str, spec: ConnectorSpec) -> None:
     """Fail early, naming the setting to change, when Postgres cannot feed the connector."""
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
-    except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to Postgres at {_redact(dsn)}: {exc}") from exc
-    with conn:
-        settings = dict(conn.execute(
-            "select name, setting from pg_settings where name in "
-            "('wal_level', 'max_replication_slots', 'max_wal_senders')"
-        ).fetchall())
-        if settings.get("wal_level") != "logical":
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"check the source of connector {spec.name}", dsn):
+        _preflight(conn, dsn, spec)
+
+
+def _preflight(conn: psycopg.Connection[Any], dsn: str, spec: ConnectorSpec) -> None:
+    settings = dict(conn.execute(
+        "select name, setting from pg_settings where name in "
+        "('wal_level', 'max_replication_slots', 'max_wal_senders')"
+    ).fetchall())
+    if settings.get("wal_level") != "logical":
+        raise SourceError(
+            f"Postgres has wal_level={settings.get('wal_level')}; logical decoding needs "
+            "wal_level=logical: set it in postgresql.conf (ALTER SYSTEM SET wal_level = "
+            "logical) and restart the server"
+        )
+    for name in ("max_replication_slots", "max_wal_senders"):
+        if int(settings.get(name, "0")) < 1:
+            raise SourceError(f"Postgres has {name}=0; set it to at least 4 and restart")
+    for table in spec.tables:
+        schema, name = table.split(".", 1)
+        row = conn.execute(
+            "select c.oid, (select count(*) from pg_index i where i.indrelid = c.oid "
+            "and i.indisprimary) from pg_class c join pg_namespace n on n.oid = "
+            "c.relnamespace where n.nspname = %s and c.relname = %s and c.relkind in "
+            "('r', 'p')", (schema, name)).fetchone()
+        if row is None:
+            raise SourceError(f"table {table} does not exist in {redact_dsn(dsn)}")
+        if row[1] == 0:
             raise SourceError(
-                f"Postgres has wal_level={settings.get('wal_level')}; logical decoding needs "
-                "wal_level=logical: set it in postgresql.conf (ALTER SYSTEM SET wal_level = "
-                "logical) and restart the server"
+                f"table {table} has no primary key: tidelog materialises tables by key; "
+                f"add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or leave it out"
             )
-        for name in ("max_replication_slots", "max_wal_senders"):
-            if int(settings.get(name, "0")) < 1:
-                raise SourceError(f"Postgres has {name}=0; set it to at least 4 and restart")
-        for table in spec.tables:
-            schema, name = table.split(".", 1)
-            row = conn.execute(
-                "select c.oid, (select count(*) from pg_index i where i.indrelid = c.oid "
-                "and i.indisprimary) from pg_class c join pg_namespace n on n.oid = "
-                "c.relnamespace where n.nspname = %s and c.relname = %s and c.relkind in "
-                "('r', 'p')", (schema, name)).fetchone()
-            if row is None:
-                raise SourceError(f"table {table} does not exist in {_redact(dsn)}")
-            if row[1] == 0:
-                raise SourceError(
-                    f"table {table} has no primary key: tidelog materialises tables by key; "
-                    f"add one (ALTER TABLE {table} ADD PRIMARY KEY (...)) or leave it out"
-                )
-        slot = conn.execute(
-            "select active, plugin, database from pg_replication_slots where slot_name = %s",
-            (spec.slot_name,)).fetchone()
-        if slot is not None:
-            active, plugin, database = slot
-            if plugin != "pgoutput":
-                raise SourceError(
-                    f"replication slot {spec.slot_name} exists with plugin {plugin}; drop it "
-                    f"(select pg_drop_replication_slot('{spec.slot_name}')) or use --name"
-                )
-            if active and not _slot_held_by_us(conn, spec):
-                raise SourceError(
-                    f"replication slot {spec.slot_name} is in use by another client; stop "
-                    "that client, or choose another connector name with --name"
-                )
+    slot = conn.execute(
+        "select active, plugin, database from pg_replication_slots where slot_name = %s",
+        (spec.slot_name,)).fetchone()
+    if slot is not None:
+        active, plugin, database = slot
+        if plugin != "pgoutput":
+            raise SourceError(
+                f"replication slot {spec.slot_name} exists with plugin {plugin}; drop it "
+                f"(select pg_drop_replication_slot('{spec.slot_name}')) or use --name"
+            )
+        if active and not _slot_held_by_us(conn, spec):
+            raise SourceError(
+                f"replication slot {spec.slot_name} is in use by another client; stop "
+                "that client, or choose another connector name with --name"
+            )
 
 
 def _slot_held_by_us(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> bool:
@@ -163,38 +174,6 @@ def _slot_held_by_us(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> bool
         "select a.application_name from pg_replication_slots s join pg_stat_activity a "
         "on a.pid = s.active_pid where s.slot_name = %s", (spec.slot_name,)).fetchone()
     return bool(row and "Debezium" in (row[0] or ""))
-
-
-def _redact(dsn: str) -> str:
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
-
-
-class _Connect:
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return httpx.request(method, f"{self.url}{path}", timeout=30, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ConnectorError(
-                f"Kafka Connect at {self.url} is unreachable ({exc}); is it running? "
-                "(`tidelog stack status`, or check TIDELOG_CONNECT_URL)"
-            ) from exc
-
-
-def _validate(connect: _Connect, config: dict[str, Any]) -> None:
-    cls = config["connector.class"].rsplit(".", 1)[-1]
-    resp = connect.request("PUT", f"/connector-plugins/{cls}/config/validate", json=config)
-    if resp.status_code != 200:
-        raise ConnectorError(f"Kafka Connect rejected the config: {resp.text}")
-    body = resp.json()
-    if body.get("error_count", 0):
-        errors = [
-            f"{c['value']['name']}: {'; '.join(c['value']['errors'])}"
-            for c in body.get("configs", []) if c["value"].get("errors")
-        ]
-        raise ConnectorError("Kafka Connect rejected the config: " + " | ".join(errors))
 
 
 # Placeholders in these types are merged with the previous value by the snapshotter
@@ -210,7 +189,8 @@ def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
     value when snapshots are built; arrays and numerics are not.
     """
     risky = []
-    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"describe the columns of {', '.join(spec.tables)}", dsn):
         for table in spec.tables:
             schema, name = table.split(".", 1)
             row = conn.execute(
@@ -226,7 +206,7 @@ def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
 
 
 def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with postgres.connect(dsn) as conn:
         for table in tables:
             schema, name = table.split(".", 1)
             try:
@@ -238,35 +218,28 @@ def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
 
 
 def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
-          replica_identity_full: bool = False) -> dict[str, Any]:
+          replica_identity_full: bool = False, *, connect: KafkaConnect | None = None
+          ) -> dict[str, Any]:
     """Create or update the connector and wait until its task streams from the slot."""
     dsn = settings.require("postgres_dsn")
     preflight(dsn, spec)
     if replica_identity_full:
         set_replica_identity_full(dsn, spec.tables)
     config = {**render_config(settings, spec)["config"], "name": spec.name}
-    connect = _Connect(settings.require("connect_url"))
-    _validate(connect, config)
-    resp = connect.request("PUT", f"/connectors/{spec.name}/config", json=config)
-    if resp.status_code not in (200, 201):
-        raise ConnectorError(
-            f"Kafka Connect refused connector {spec.name}: HTTP {resp.status_code} {resp.text}"
-        )
-    return wait_streaming(settings, spec, timeout)
+    connect = connect or KafkaConnect.for_settings(settings)
+    connect.validate(config)
+    connect.put_config(spec.name, config)
+    return wait_streaming(settings, spec, timeout, connect=connect)
 
 
-def connector_status(settings: Settings, name: str) -> dict[str, Any]:
-    connect = _Connect(settings.require("connect_url"))
-    resp = connect.request("GET", f"/connectors/{name}/status")
-    if resp.status_code == 404:
-        raise ConnectorError(f"no connector named {name}; create it with `tidelog connector apply`")
-    if resp.status_code != 200:
-        raise ConnectorError(f"Kafka Connect status of {name} failed: {resp.text}")
-    return resp.json()  # type: ignore[no-any-return]
+def connector_status(settings: Settings, name: str, *, connect: KafkaConnect | None = None
+                     ) -> dict[str, Any]:
+    return (connect or KafkaConnect.for_settings(settings)).status(name)
 
 
 def _slot_streaming(dsn: str, slot: str) -> bool:
-    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"read the state of replication slot {slot}", dsn):
         row = conn.execute(
             "select r.state from pg_replication_slots s join pg_stat_replication r on "
             "r.pid = s.active_pid where s.slot_name = %s", (slot,)).fetchone()
@@ -274,34 +247,47 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
     return bool(row and row[0] in ("streaming", "catchup"))
 
 
-def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
+def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,
+                   connect: KafkaConnect | None = None,
+                   slot_streaming: Callable[[str, str], bool] | None = None
                    ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    """The connector's status once its tasks run and Postgres shows the slot streaming;
+    ConnectorFailed as soon as Connect reports it failed, or after `timeout`."""
+    connect = connect or KafkaConnect.for_settings(settings)
+    streaming = slot_streaming or _slot_streaming
+    last: dict[str, Any] = {}
+
+    def attempt() -> dict[str, Any] | None:
         try:
-            status = connector_status(settings, spec.name)
-        except ConnectorError:
-            time.sleep(0.3)
-            continue
+            status = connect.status(spec.name)
+        except (ConnectorNotFound, ConnectorFailed):
+            # A worker may answer 404 until the new connector is assigned, and 5xx
+            # while it rebalances.
+            return None
+        last.clear()
+        last.update(status)
         tasks = status.get("tasks", [])
         failed = [t for t in tasks if t.get("state") == "FAILED"]
         if status.get("connector", {}).get("state") == "FAILED" or failed:
             trace = (failed[0] if failed else status["connector"]).get("trace", "")
-            raise ConnectorError(
+            raise ConnectorFailed(
                 f"connector {spec.name} failed: {_first_cause(trace)}; "
                 f"fix the cause, then `tidelog connector restart --name {spec.name}`",
                 trace=trace,
             )
-        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and _slot_streaming(
+        if tasks and all(t.get("state") == "RUNNING" for t in tasks) and streaming(
             settings.require("postgres_dsn"), spec.slot_name
         ):
             return status
-        time.sleep(0.3)
-    raise ConnectorError(
-        f"connector {spec.name} was not streaming after {timeout:.0f}s (last status: "
-        f"{json.dumps(status)}); see the Connect worker's log"
-    )
+        return None
+
+    def timed_out(error: TidelogError | None) -> TidelogError:
+        why = f"last error: {error.message}" if error else f"last status: {json.dumps(last)}"
+        return ConnectorFailed(
+            f"connector {spec.name} was not streaming after {timeout:.0f}s ({why}); see "
+            "the Connect worker's log")
+
+    return poll(attempt, timeout=timeout, interval=0.3, timed_out=timed_out)
 
 
 def _first_cause(trace: str) -> str:
@@ -310,35 +296,33 @@ def _first_cause(trace: str) -> str:
     return (causes[-1] if causes else (lines[0] if lines else "unknown error"))[:500]
 
 
-def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> None:
+def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False, *,
+           connect: KafkaConnect | None = None) -> None:
     """Remove the connector; with drop_slot also its slot and publication (frees WAL)."""
-    connect = _Connect(settings.require("connect_url"))
-    resp = connect.request("DELETE", f"/connectors/{spec.name}")
-    if resp.status_code not in (204, 404):
-        raise ConnectorError(f"deleting connector {spec.name} failed: {resp.text}")
+    (connect or KafkaConnect.for_settings(settings)).delete(spec.name)
     if not drop_slot:
         return
     dsn = settings.require("postgres_dsn")
-    deadline = time.monotonic() + 30
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"drop replication slot {spec.slot_name}", dsn):
+
+        def dropped() -> bool | None:
             row = conn.execute("select active from pg_replication_slots where slot_name = %s",
                                (spec.slot_name,)).fetchone()
-            if row is None:
-                break
-            if not row[0]:
+            if row is not None and row[0]:
+                return None  # Debezium lets go of the slot shortly after the delete
+            if row is not None:
                 conn.execute("select pg_drop_replication_slot(%s)", (spec.slot_name,))
-                break
-            time.sleep(0.2)
-        else:
-            raise ConnectorError(f"slot {spec.slot_name} stayed active after the delete")
+            return True
+
+        poll(dropped, timeout=30, interval=0.2, timed_out=lambda _: ConnectorFailed(
+            f"slot {spec.slot_name} stayed active 30s after connector {spec.name} was "
+            "deleted; stop the client holding it, then delete again with --drop-slot"))
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
 
 
-def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
-    connect = _Connect(settings.require("connect_url"))
-    resp = connect.request("POST", f"/connectors/{spec.name}/restart",
-                           params={"includeTasks": "true"})
-    if resp.status_code not in (200, 202, 204):
-        raise ConnectorError(f"restarting connector {spec.name} failed: {resp.text}")
-    return wait_streaming(settings, spec, timeout)
+def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,
+            connect: KafkaConnect | None = None) -> dict[str, Any]:
+    connect = connect or KafkaConnect.for_settings(settings)
+    connect.restart(spec.name)
+    return wait_streaming(settings, spec, timeout, connect=connect)

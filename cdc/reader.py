@@ -7,22 +7,21 @@ that is right on Apache Kafka and on Tansu alike.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from tidelog.errors import BrokerError, CutError
+from tidelog.adapters import kafka
+from tidelog.adapters.kafka import KafkaAdmin
+from tidelog.errors import BrokerUnreachable, CutError
 from tidelog.settings import Settings
 
 __all__ = ["LogIdentity", "RawMessage", "log_identity", "list_partitions", "read_range",
            "TopicPartitionKey"]
 
 TopicPartitionKey = tuple[str, int]
-_LOG = logging.getLogger("tidelog.kafka")
 
 
 @dataclass(frozen=True)
@@ -46,40 +45,18 @@ class RawMessage:
     timestamp_ms: int
 
 
-def _admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_config(), logger=_LOG)  # type: ignore[arg-type]
+def log_identity(settings: Settings, topics: list[str], *, missing_ok: bool = False,
+                 admin: KafkaAdmin | None = None) -> dict[str, LogIdentity]:
+    """Each topic's log identity. A topic the broker lacks raises CutError, or is left
+    out with `missing_ok`."""
+    admin = admin or KafkaAdmin.for_settings(settings)
+    cluster_id, topic_ids = admin.log_ids(topics, missing_ok=missing_ok)
+    return {topic: LogIdentity(cluster_id, topic_id) for topic, topic_id in topic_ids.items()}
 
 
-def log_identity(settings: Settings, topics: list[str]) -> dict[str, LogIdentity]:
-    admin = _admin(settings)
-    try:
-        cluster = admin.describe_cluster(request_timeout=15).result(timeout=20)
-        described = admin.describe_topics(TopicCollection(topics), request_timeout=15)
-        result = {}
-        for topic, future in described.items():
-            desc = future.result(timeout=20)
-            result[topic] = LogIdentity(str(cluster.cluster_id), str(desc.topic_id))
-        return result
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise CutError(f"topic missing from the broker: {err.str()}") from exc
-        raise BrokerError(f"cannot describe topics {topics}: {err}") from exc
-
-
-def list_partitions(settings: Settings, topics: list[str]) -> list[TopicPartitionKey]:
-    admin = _admin(settings)
-    try:
-        metadata = admin.list_topics(timeout=15)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot list topics on {settings.bootstrap_servers}: {exc}") from exc
-    result = []
-    for topic in topics:
-        meta = metadata.topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise CutError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
-        result.extend((topic, p) for p in sorted(meta.partitions))
-    return result
+def list_partitions(settings: Settings, topics: list[str], *,
+                    admin: KafkaAdmin | None = None) -> list[TopicPartitionKey]:
+    return (admin or KafkaAdmin.for_settings(settings)).partitions(topics)
 
 
 def read_range(
@@ -103,7 +80,7 @@ def read_range(
     }
     if not pending:
         return
-    consumer = Consumer(
+    consumer = kafka.consumer(
         settings.kafka_config(**{
             "group.id": "tidelog-reader",
             "enable.auto.commit": False,
@@ -121,10 +98,11 @@ def read_range(
             # which they hold this long.
             "fetch.wait.max.ms": 50,
         }),
-        logger=_LOG,
     )
+    servers = settings.bootstrap_servers
     try:
-        consumer.assign([TopicPartition(t, p, start[(t, p)]) for (t, p) in pending])
+        with kafka.kafka_errors(f"read {sorted(pending)}", servers):
+            consumer.assign([TopicPartition(t, p, start[(t, p)]) for (t, p) in pending])
         # Under continuous writes partition EOF may never come. After `eof_patience`
         # seconds an open-ended read also stops at the end offset the broker reported when
         # it began. Not sooner: some brokers (Tansu) report an end one batch early, and
@@ -144,7 +122,8 @@ def read_range(
         while pending:
             # A short wait: consume() blocks until the batch is full or the wait is over,
             # and with large messages the local queue may hold less than a full batch.
-            messages = consumer.consume(num_messages=batch_size, timeout=0.05)
+            with kafka.kafka_errors(f"read {sorted(pending)}", servers):
+                messages = consumer.consume(num_messages=batch_size, timeout=0.05)
             batch: list[RawMessage] = []
             patient = time.monotonic() > patience_ends
             for msg in messages:
@@ -160,7 +139,8 @@ def read_range(
                             f"offset {start.get(tp)} of {tp[0]}[{tp[1]}] is no longer on the "
                             "broker (retention or a recreated topic); read it from the archive"
                         )
-                    raise BrokerError(f"reading {tp[0]}[{tp[1]}]: {err.str()}")
+                    raise kafka.broker_error(KafkaException(err), f"read {tp[0]}[{tp[1]}]",
+                                             servers)
                 topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
                 tp = (topic, partition)
                 if tp not in pending:
@@ -180,9 +160,9 @@ def read_range(
                 last_progress = time.monotonic()
                 yield batch
             elif time.monotonic() - last_progress > idle_timeout:
-                raise BrokerError(
-                    f"no progress reading {sorted(pending)} for {idle_timeout:.0f}s; "
-                    "is the broker reachable and are those offsets written?"
-                )
+                raise BrokerUnreachable(
+                    f"no progress reading {sorted(pending)} from {servers} for "
+                    f"{idle_timeout:.0f}s; is the broker reachable and are those offsets "
+                    "written?", bootstrap_servers=servers)
     finally:
         consumer.close()

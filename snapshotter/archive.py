@@ -40,9 +40,11 @@ from cdc.reader import (
 )
 from snapshotter.openlineage import archive_marks, describe_archive
 from snapshotter.storage import Storage
+from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import ArchiveError, LogIdentityError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
+from tidelog.topics import in_prefix, transaction_topic
 
 __all__ = [
     "Generation",
@@ -254,6 +256,10 @@ def _transaction_table(messages: Sequence[RawMessage]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
 
 
+def _transaction_run(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int, int]]:
+    return [(_transaction_table(messages), messages[0].offset, messages[-1].offset)]
+
+
 def _schema_bytes(value: bytes | None) -> bytes | None:
     """The value schema's exact bytes (JsonConverter writes `{"schema":S,"payload":P}`)."""
     if value is None:
@@ -270,8 +276,6 @@ def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int
     """
     from cdc.events import events_to_arrow
 
-    if messages[0].topic.endswith(".transaction"):
-        return [(_transaction_table(messages), messages[0].offset, messages[-1].offset)]
     runs: list[list[RawMessage]] = []
     current: bytes | None = None
     for m in messages:
@@ -293,14 +297,12 @@ def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int
     return result
 
 
-def cdc_topics(settings: Settings, prefix: str | None = None) -> list[str]:
+def cdc_topics(settings: Settings, prefix: str | None = None, *,
+               admin: KafkaAdmin | None = None) -> list[str]:
     """Every CDC topic of the connector's prefix (tables and the transaction topic)."""
-    from confluent_kafka.admin import AdminClient
-
     prefix = prefix or settings.topic_prefix
-    admin = AdminClient(settings.kafka_config())
-    names = admin.list_topics(timeout=15).topics
-    return sorted(t for t in names if t.startswith(f"{prefix}."))
+    names = (admin or KafkaAdmin.for_settings(settings)).topic_names()
+    return [t for t in names if in_prefix(prefix, t)]
 
 
 def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4
@@ -373,6 +375,9 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
                     on_new_log: str, archive: Archive, batch_size: int
                     ) -> dict[TopicPartitionKey, int]:
     topics = sorted(set(topics))
+    # Debezium's transaction topic has its own layout; a table may be named
+    # `transaction` too, so only the exact configured name counts.
+    tx_topic = transaction_topic(settings.topic_prefix)
     identities = log_identity(settings, topics)
     start: dict[TopicPartitionKey, int] = {}
     generation: dict[TopicPartitionKey, int] = {}
@@ -415,7 +420,8 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
             if msg.offset >= marks[tp]:
                 by_partition.setdefault(tp, []).append(msg)
         for tp, messages in by_partition.items():
-            decoded.setdefault(tp, []).extend(decoder(messages))
+            decoded.setdefault(tp, []).extend(
+                _transaction_run(messages) if tp[0] == tx_topic else decoder(messages))
             counts[tp] = counts.get(tp, 0) + len(messages)
             if counts[tp] >= batch_size:
                 flush(tp)

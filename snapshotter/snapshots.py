@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -53,15 +54,17 @@ from snapshotter.materialise import Surveyed, materialise, survey, unavailable_c
 from snapshotter.openlineage import describe_snapshot
 from tidelog import __version__
 from tidelog.errors import (
-    ArchiveError,
     ConfigError,
     CutError,
     DigestMismatch,
     SnapshotError,
+    SnapshotNotFound,
+    SnapshotWriteError,
     TidelogError,
 )
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
+from tidelog.topics import table_topic, transaction_topic
 
 __all__ = [
     "Snapshot",
@@ -104,11 +107,11 @@ class Snapshot:
 
 
 def _topic(settings: Settings, table: str) -> str:
-    return f"{settings.topic_prefix}.{table}"
+    return table_topic(settings.topic_prefix, table)
 
 
 def _tx_topic(settings: Settings) -> str:
-    return f"{settings.topic_prefix}.transaction"
+    return transaction_topic(settings.topic_prefix)
 
 
 def _snapshot_root(settings: Settings) -> Path:
@@ -730,6 +733,8 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
                     table_manifests[table] = _build_table(con, settings, archive, cut, table,
                                                           tmp, base)
                 except (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException) as exc:
+                    if _storage_failure(exc):
+                        raise _write_failed(sid, target.parent, exc) from exc
                     also = (f" and the base snapshot with `tidelog snapshot verify "
                             f"{base.manifest.id}`") if base else ""
                     raise SnapshotError(
@@ -761,6 +766,24 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
         raise
 
 
+# What polars, DuckDB and Arrow say when the disk (not the data) is the problem; they
+# wrap the OS error in their own exception types and keep only its text.
+_STORAGE_FAILURES = tuple(os.strerror(code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO))
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or any(text in str(exc) for text in _STORAGE_FAILURES)
+
+
+def _write_failed(sid: str, root: Path, exc: BaseException) -> SnapshotWriteError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return SnapshotWriteError(
+        f"writing snapshot {sid} under {root} failed: {reason}; nothing of it was kept. "
+        f"Free space (or fix permissions) under {root}, then retry", snapshot_id=sid,
+        root=str(root))
+
+
 def _redacted_dsn(dsn: str) -> str:
     import re
 
@@ -778,8 +801,11 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up)
     root = _snapshot_root(settings)
-    root.mkdir(parents=True, exist_ok=True)
     sid = snapshot_id(cut, tables)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_failed(sid, root, exc) from exc
     target = root / sid
     # One builder per snapshot id: a second identical request waits and reuses the result.
     with open(root / f".lock-{sid}", "w") as lock:
@@ -795,7 +821,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
         try:
             manifest = _build(settings, archive, cut, tables, target, incremental)
         except OSError as exc:
-            raise SnapshotError(f"writing snapshot {sid} under {root} failed: {exc}") from exc
+            raise _write_failed(sid, root, exc) from exc
     register_snapshot(settings, manifest)
     return manifest
 
@@ -826,11 +852,14 @@ def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: 
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, cut, archive, catch_up=False)
     check_archive(settings, archive, cut, tables)
-    into.mkdir(parents=True, exist_ok=True)
     target = into / snapshot_id(cut, tables)
-    if target.exists():
-        shutil.rmtree(target)
-    return _build(settings, archive, cut, sorted(tables), target, incremental=False)
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        return _build(settings, archive, cut, sorted(tables), target, incremental=False)
+    except OSError as exc:
+        raise _write_failed(target.name, into, exc) from exc
 
 
 def open_snapshot(settings: Settings, sid: str) -> Snapshot:
@@ -839,7 +868,8 @@ def open_snapshot(settings: Settings, sid: str) -> Snapshot:
     if not manifest_path.exists():
         known = [m.id for m in list_snapshots(settings)]
         hint = f"; known snapshots: {', '.join(known[-5:])}" if known else ""
-        raise SnapshotError(f"no snapshot {sid!r} under {path.parent}{hint}")
+        raise SnapshotNotFound(f"no snapshot {sid!r} under {path.parent}{hint}",
+                               snapshot_id=sid)
     return Snapshot(Manifest.loads(manifest_path.read_text(), str(manifest_path)), path)
 
 
@@ -857,7 +887,3 @@ def list_snapshots(settings: Settings) -> list[Manifest]:
         except TidelogError:
             continue
     return sorted(manifests, key=lambda m: (m.created_at, m.id))
-
-
-def archive_error_for(exc: Exception) -> ArchiveError:
-    return ArchiveError(str(exc))

@@ -13,11 +13,10 @@ import decimal
 import uuid
 from typing import Any
 
-import psycopg
 from psycopg.types.string import TextLoader
 
 from snapshotter.snapshots import Snapshot
-from tidelog.errors import SourceError
+from tidelog.adapters import postgres
 from tidelog.settings import Settings
 
 __all__ = ["compare_with_source", "normalise"]
@@ -41,13 +40,11 @@ def normalise(value: Any) -> Any:
 def compare_with_source(settings: Settings, snap: Snapshot, limit: int = 10
                         ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    try:
-        conn = psycopg.connect(settings.require("postgres_dsn"), connect_timeout=10)
-    except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to Postgres to compare: {exc}") from exc
+    dsn = settings.require("postgres_dsn")
+    conn = postgres.connect(dsn, autocommit=False, connect_timeout=10)
     for json_type in ("json", "jsonb"):
         conn.adapters.register_loader(json_type, TextLoader)
-    with conn:
+    with conn, postgres.postgres_errors(f"read {', '.join(snap.manifest.tables)}", dsn):
         for name, table in sorted(snap.manifest.tables.items()):
             keys = list(table.key_columns)
             cur = conn.execute(f"select * from {name}")

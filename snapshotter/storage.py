@@ -6,7 +6,7 @@ old state or the new one; an object-store PUT is atomic by itself.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tidelog.errors import ArchiveError
+from tidelog.errors import ArchiveError, ArchiveWriteError
 
 __all__ = ["Storage"]
 
@@ -56,6 +56,16 @@ class Storage:
         self.fs.create_dir(path, recursive=True)
 
     def write_bytes(self, path: str, data: bytes) -> None:
+        """Write `path` whole or not at all; ArchiveWriteError when the storage refuses."""
+        try:
+            self._write_bytes(path, data)
+        except OSError as exc:
+            raise ArchiveWriteError(
+                f"writing {path} ({len(data)} bytes) failed: {exc.strerror or exc}; free "
+                f"space (or fix permissions) under {self.base}, then rerun `tidelog archive "
+                "run`: it resumes after the last complete segment", path=path) from exc
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
         parent = path.rsplit("/", 1)[0]
         self.makedirs(parent)
         if not self.local:
@@ -63,20 +73,20 @@ class Storage:
                 out.write(data)
             return
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as src:
             return bytes(src.read())
-
-    def write_parquet(self, path: str, table: pa.Table) -> None:
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        self.write_bytes(path, buf.getvalue())
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, filesystem=self.fs, columns=columns)

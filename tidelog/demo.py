@@ -29,8 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tidelog.errors import ConnectorError, TidelogError
+from tidelog.errors import ConnectorFailed, TidelogError
+from tidelog.retry import poll
 from tidelog.settings import Settings, home_dir, load_settings
+from tidelog.topics import table_topic
 
 __all__ = ["register", "run_demo", "DemoNames", "wait_for_capture", "RECIPE", "PARAMS",
            "MODEL_NAME"]
@@ -84,21 +86,17 @@ class Progress:
 # -- names and clean-up ------------------------------------------------------------------
 
 def _connectors(settings: Settings) -> list[str]:
-    import httpx
+    from tidelog.adapters.connect import KafkaConnect
 
-    url = settings.require("connect_url").rstrip("/")
-    try:
-        resp = httpx.get(f"{url}/connectors", timeout=30)
-    except httpx.HTTPError as exc:
-        raise ConnectorError(f"Kafka Connect at {url} is unreachable ({exc}); "
-                             "`tidelog stack status` shows the stack") from exc
-    return list(resp.json()) if resp.status_code == 200 else []
+    with KafkaConnect.for_settings(settings) as connect:
+        return connect.connectors()
 
 
 def _schemas(settings: Settings) -> list[str]:
-    import psycopg
+    from tidelog.adapters import postgres
 
-    with psycopg.connect(settings.require("postgres_dsn")) as conn:
+    dsn = settings.require("postgres_dsn")
+    with postgres.connect(dsn) as conn, postgres.postgres_errors("list schemas", dsn):
         return [r[0] for r in conn.execute("select nspname from pg_namespace")]
 
 
@@ -137,13 +135,13 @@ def drop_previous_runs(settings: Settings, current: DemoNames) -> list[str]:
     """Drop the replication slots, publications and source schemas of earlier runs.
 
     Their archives, snapshots and MLflow runs stay: their models remain rebuildable."""
-    import psycopg
-
     from cdc.connector import ConnectorSpec, delete
     from examples.shop import Shop
+    from tidelog.adapters import postgres
 
     dropped = []
-    with psycopg.connect(settings.require("postgres_dsn")) as conn:
+    dsn = settings.require("postgres_dsn")
+    with postgres.connect(dsn) as conn, postgres.postgres_errors("list slots", dsn):
         slots = [r[0] for r in conn.execute("select slot_name from pg_replication_slots")]
     for slot in slots:
         number = int(slot.rsplit("_", 1)[1]) if SLOT_RE.match(slot) else None
@@ -172,26 +170,30 @@ def wait_for_capture(settings: Settings, expected: dict[str, int], timeout: floa
     from snapshotter.snapshots import resolve_cut
 
     tables = sorted(expected)
-    deadline = time.monotonic() + timeout
     have: dict[str, int] = {}
     last_error = ""
-    while True:
+
+    def attempt() -> Any:
+        nonlocal last_error
         try:
             cut = resolve_cut(settings, tables, "latest")
-            have = {t: sum(p.end - p.start for p in cut.partitions
-                           if p.topic == f"{settings.topic_prefix}.{t}") for t in tables}
-            if all(have[t] >= expected[t] for t in tables):
-                return cut
-            last_error = ""
         except TidelogError as exc:
             last_error = f"; last error: {exc.message}"  # e.g. topics not created yet
-        if time.monotonic() > deadline:
-            behind = ", ".join(f"{t} {have.get(t, 0)}/{expected[t]}" for t in tables)
-            raise ConnectorError(
-                f"the connector had not delivered every change after {timeout:.0f}s "
-                f"(events archived/expected: {behind}){last_error}; check the Kafka "
-                "Connect log (`tidelog stack status` shows where it is)")
-        time.sleep(interval)
+            return None
+        last_error = ""
+        have.update({t: sum(p.end - p.start for p in cut.partitions
+                            if p.topic == table_topic(settings.topic_prefix, t))
+                     for t in tables})
+        return cut if all(have[t] >= expected[t] for t in tables) else None
+
+    def timed_out(_error: TidelogError | None) -> TidelogError:
+        behind = ", ".join(f"{t} {have.get(t, 0)}/{expected[t]}" for t in tables)
+        return ConnectorFailed(
+            f"the connector had not delivered every change after {timeout:.0f}s "
+            f"(events archived/expected: {behind}){last_error}; check the Kafka "
+            "Connect log (`tidelog stack status` shows where it is)")
+
+    return poll(attempt, timeout=timeout, interval=interval, timed_out=timed_out)
 
 
 # -- the story -----------------------------------------------------------------------------

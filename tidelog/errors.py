@@ -1,23 +1,37 @@
 """The one exception tree of tidelog.
 
-    TidelogError
-    ├── ConfigError            settings missing or malformed
-    ├── StackError             a local stack component failed to start / stop
-    ├── SourceError            Postgres is unreachable or not set up for CDC
-    ├── ConnectorError         Kafka Connect rejected or failed a connector
-    ├── BrokerError            the Kafka-protocol broker failed a request
-    ├── DecodeError            a change event could not be decoded
-    ├── ArchiveError           the change-log archive is inconsistent or unreadable
-    │   └── LogIdentityError   offsets from two different logs would be mixed
-    ├── CutError               a cut is malformed, beyond the archive, or from another log
-    ├── SnapshotError          a snapshot is missing, unknown or fails verification
-    │   └── DigestMismatch     recomputed content differs from the recorded digest
-    ├── TrainingError          a recipe failed, or a run is not tidelog's
-    └── ApiError               an HTTP-level error raised by the API layer
+    TidelogError                    tidelog_error          500
+    ├── ConfigError                 not_configured         503
+    ├── StackError                  stack_unavailable      503
+    ├── SourceError                 source_not_ready       400
+    │   └── SourceUnreachable       source_unavailable     503  transient
+    ├── ConnectorError              connector_error        400
+    │   ├── ConnectorNotFound       connector_not_found    404
+    │   ├── ConnectorRejected       connector_rejected     400
+    │   ├── ConnectorFailed         connector_failed       502
+    │   └── ConnectUnreachable      connector_unavailable  503  transient
+    ├── BrokerError                 broker_error           502
+    │   └── BrokerUnreachable       broker_unavailable     503  transient
+    ├── DecodeError                 decode_error           500
+    ├── ArchiveError                archive_unavailable    503
+    │   ├── LogIdentityError        log_identity_changed   409
+    │   └── ArchiveWriteError       archive_write_failed   507
+    ├── CutError                    invalid_cut            400
+    ├── SnapshotError               snapshot_error         400
+    │   ├── SnapshotNotFound        snapshot_not_found     404
+    │   ├── SnapshotWriteError      snapshot_write_failed  507
+    │   └── DigestMismatch          digest_mismatch        409
+    └── TrainingError               training_error         400
+        ├── RunNotFound             run_not_found          404
+        ├── ModelNotFound           model_not_found        404
+        ├── TableNotFound           table_not_found        404
+        └── TrackingUnavailable     mlflow_unavailable     503  transient
 
-Every error carries a message saying what went wrong and what to do next.
-`transient` marks errors worth retrying (an unreachable broker), as opposed to terminal
-ones (offsets lost to retention).
+The API adds `api.errors.ApiError` (HTTP-level errors that carry their own status) below
+the root. Every class carries its machine-readable `code` and its HTTP `status`, so no
+caller ever reads message text to tell errors apart; the message says what went wrong
+and what to do next. `transient` marks errors worth retrying (an unreachable broker) as
+opposed to terminal ones (offsets lost to retention); `tidelog.retry.poll` reads it.
 """
 
 from __future__ import annotations
@@ -27,22 +41,36 @@ __all__ = [
     "ConfigError",
     "StackError",
     "SourceError",
+    "SourceUnreachable",
     "ConnectorError",
+    "ConnectorNotFound",
+    "ConnectorRejected",
+    "ConnectorFailed",
+    "ConnectUnreachable",
     "BrokerError",
+    "BrokerUnreachable",
     "DecodeError",
     "ArchiveError",
     "LogIdentityError",
+    "ArchiveWriteError",
     "CutError",
     "SnapshotError",
+    "SnapshotNotFound",
+    "SnapshotWriteError",
     "DigestMismatch",
     "TrainingError",
-    "ApiError",
+    "RunNotFound",
+    "ModelNotFound",
+    "TableNotFound",
+    "TrackingUnavailable",
 ]
 
 
 class TidelogError(Exception):
     """Root of every error tidelog raises on purpose."""
 
+    code: str = "tidelog_error"
+    status: int = 500
     transient: bool = False
 
     def __init__(self, message: str, **details: object) -> None:
@@ -52,52 +80,157 @@ class TidelogError(Exception):
 
 
 class ConfigError(TidelogError):
-    pass
+    code = "not_configured"
+    status = 503
 
 
 class StackError(TidelogError):
-    pass
+    code = "stack_unavailable"
+    status = 503
 
 
 class SourceError(TidelogError):
-    pass
+    """Postgres is not set up to feed CDC (wal_level, missing table, busy slot, ...)."""
+
+    code = "source_not_ready"
+    status = 400
+
+
+class SourceUnreachable(SourceError):
+    code = "source_unavailable"
+    status = 503
+    transient = True
 
 
 class ConnectorError(TidelogError):
-    pass
+    code = "connector_error"
+    status = 400
+
+
+class ConnectorNotFound(ConnectorError):
+    code = "connector_not_found"
+    status = 404
+
+
+class ConnectorRejected(ConnectorError):
+    """Kafka Connect refused the connector's config."""
+
+    code = "connector_rejected"
+    status = 400
+
+
+class ConnectorFailed(ConnectorError):
+    """The connector or its task failed, or did not start streaming in time."""
+
+    code = "connector_failed"
+    status = 502
+
+
+class ConnectUnreachable(ConnectorError):
+    code = "connector_unavailable"
+    status = 503
+    transient = True
 
 
 class BrokerError(TidelogError):
+    """The Kafka-protocol broker answered a request with an error."""
+
+    code = "broker_error"
+    status = 502
+
+
+class BrokerUnreachable(BrokerError):
+    code = "broker_unavailable"
+    status = 503
     transient = True
 
 
 class DecodeError(TidelogError):
-    pass
+    code = "decode_error"
+    status = 500
 
 
 class ArchiveError(TidelogError):
-    pass
+    """The change-log archive is inconsistent or unreadable."""
+
+    code = "archive_unavailable"
+    status = 503
 
 
 class LogIdentityError(ArchiveError):
-    pass
+    """Offsets from two different logs would be mixed."""
+
+    code = "log_identity_changed"
+    status = 409
+
+
+class ArchiveWriteError(ArchiveError):
+    """The archive root could not be written (full disk, permissions)."""
+
+    code = "archive_write_failed"
+    status = 507
 
 
 class CutError(TidelogError):
-    pass
+    """A cut is malformed, beyond the archive, or from another log."""
+
+    code = "invalid_cut"
+    status = 400
 
 
 class SnapshotError(TidelogError):
-    pass
+    code = "snapshot_error"
+    status = 400
+
+
+class SnapshotNotFound(SnapshotError):
+    code = "snapshot_not_found"
+    status = 404
+
+
+class SnapshotWriteError(SnapshotError):
+    """The snapshot root could not be written (full disk, permissions)."""
+
+    code = "snapshot_write_failed"
+    status = 507
 
 
 class DigestMismatch(SnapshotError):
-    pass
+    """Recomputed content differs from the recorded digest or checksum."""
+
+    code = "digest_mismatch"
+    status = 409
 
 
 class TrainingError(TidelogError):
-    pass
+    """A recipe failed, or a run is not tidelog's."""
+
+    code = "training_error"
+    status = 400
 
 
-class ApiError(TidelogError):
-    pass
+class RunNotFound(TrainingError):
+    code = "run_not_found"
+    status = 404
+
+
+class ModelNotFound(TrainingError):
+    """No such registered model, or no such version of it."""
+
+    code = "model_not_found"
+    status = 404
+
+
+class TableNotFound(TrainingError):
+    """No snapshot holds the table a lineage question names."""
+
+    code = "table_not_found"
+    status = 404
+
+
+class TrackingUnavailable(TrainingError):
+    """MLflow failed a request (unreachable, or a server-side error)."""
+
+    code = "mlflow_unavailable"
+    status = 503
+    transient = True

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tidelog.errors import TrainingError
+from tidelog.errors import TableNotFound, TrainingError
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
 from trainer.tags import REBUILD_OF, SNAPSHOT_ID, RunLineage, canonical_json
-from trainer.tracking import DEFAULT_EXPERIMENT, Tracking, connect, mlflow_errors
+from trainer.tracking import DEFAULT_EXPERIMENT, Tracking, connect
 
 __all__ = ["ModelLineage", "RowVersion", "RowLineage", "model_lineage", "row_lineage",
            "parse_model_ref"]
@@ -70,24 +70,8 @@ class ModelLineage:
 
 def model_lineage(settings: Settings, name: str, version: str | int | None = None, *,
                   experiment: str = DEFAULT_EXPERIMENT) -> ModelLineage:
-    from mlflow.exceptions import MlflowException
-
     tracking = connect(settings, experiment)
-    client = tracking.client
-    if version is None:
-        with mlflow_errors(f"list versions of model {name!r}", tracking.uri):
-            versions = list(client.search_model_versions(f"name = '{_quote(name)}'"))
-        if not versions:
-            raise TrainingError(f"no registered model {name!r} in MLflow at {tracking.uri}; "
-                                "register one with `tidelog train ... --register NAME`")
-        model_version = max(versions, key=lambda v: int(v.version))
-    else:
-        try:
-            model_version = client.get_model_version(name, str(version))
-        except MlflowException as exc:
-            raise TrainingError(
-                f"model {name!r} has no version {version} in MLflow at {tracking.uri}; "
-                f"`tidelog lineage model {name}` shows the newest", model=name) from exc
+    model_version = tracking.model_version(name, version)
     if not model_version.run_id:
         raise TrainingError(f"model {name}/{model_version.version} is not linked to a run; "
                             "it was not registered by `tidelog train --register`")
@@ -95,10 +79,6 @@ def model_lineage(settings: Settings, name: str, version: str | int | None = Non
     rebuilds = [_run_summary(r) for r in tracking.runs_with_tag(REBUILD_OF, run.run_id)]
     return ModelLineage(name, str(model_version.version), str(model_version.source), run,
                         rebuilds)
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "\\'")
 
 
 @dataclass(frozen=True)
@@ -166,7 +146,7 @@ def row_lineage(settings: Settings, table: str, key: Mapping[str, Any], *,
     manifests = [m for m in provider.list_snapshots(settings) if table in m.tables]
     if not manifests:
         known = sorted({t for m in provider.list_snapshots(settings) for t in m.tables})
-        raise TrainingError(f"no snapshot holds table {table!r}; snapshots hold "
+        raise TableNotFound(f"no snapshot holds table {table!r}; snapshots hold "
                             f"{', '.join(known) or 'nothing yet'} (`tidelog snapshot create`)")
     columns = {c for m in manifests for c, _ in m.tables[table].columns}
     unknown = sorted(set(key) - columns)

@@ -26,8 +26,9 @@ import polars as pl
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.snapshots import Snapshot
-from tidelog.errors import CutError, SnapshotError
+from tidelog.errors import CutError, SnapshotNotFound
 from tidelog.settings import Settings
+from tidelog.topics import table_topic
 
 __all__ = ["FakeSnapshotProvider", "frame_digest"]
 
@@ -102,7 +103,7 @@ class FakeSnapshotProvider:
     # -- SnapshotProvider ---------------------------------------------------------
 
     def _topic(self, table: str) -> str:
-        return f"{self.topic_prefix}.{table}"
+        return table_topic(self.topic_prefix, table)
 
     def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut) -> Cut:
         for table in tables:
@@ -183,7 +184,8 @@ class FakeSnapshotProvider:
         self.calls.append("open_snapshot")
         path = Path(settings.snapshot_root) / snapshot_id
         if not (path / MANIFEST_NAME).exists():
-            raise SnapshotError(f"no snapshot {snapshot_id!r} under {path.parent}")
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {path.parent}",
+                                   snapshot_id=snapshot_id)
         return Snapshot(Manifest.loads((path / MANIFEST_NAME).read_text()), path)
 
     def rebuild_snapshot(self, settings: Settings, cut: Cut, tables: Sequence[str],

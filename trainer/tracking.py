@@ -8,7 +8,7 @@ the cut each table came from.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from snapshotter.manifest import Manifest
-from tidelog.errors import TrainingError
+from tidelog.errors import ModelNotFound, RunNotFound, TrackingUnavailable
 from tidelog.settings import Settings
 from trainer.fingerprint import to_pandas
 from trainer.recipe import RecipeResult
@@ -43,10 +43,19 @@ def mlflow_errors(what: str, uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        raise TrainingError(
-            f"MLflow at {uri} failed to {what}: {exc.message}; check that the tracking "
-            "server is up (`tidelog stack status`) and TIDELOG_MLFLOW_URI points at it",
-            mlflow_uri=uri) from exc
+        raise _unavailable(exc, what, uri) from exc
+
+
+def _unavailable(exc: Any, what: str, uri: str) -> TrackingUnavailable:
+    return TrackingUnavailable(
+        f"MLflow at {uri} failed to {what}: {exc.message}; check that the tracking "
+        "server is up (`tidelog stack status`) and TIDELOG_MLFLOW_URI points at it",
+        mlflow_uri=uri)
+
+
+def _quote(text: str) -> str:
+    """A string literal for an MLflow search filter."""
+    return text.replace("'", "\\'")
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,11 @@ class Tracking:
             return self.client.get_run(run_id)
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise TrainingError(
+                raise RunNotFound(
                     f"unknown run {run_id!r}: MLflow at {self.uri} has no such run; copy the "
                     "run id from `tidelog train --json` or the MLflow UI", run_id=run_id
                 ) from exc
-            raise TrainingError(f"MLflow at {self.uri} failed to read run {run_id}: "
-                                f"{exc.message}", run_id=run_id) from exc
+            raise _unavailable(exc, f"read run {run_id}", self.uri) from exc
 
     def lineage(self, run_id: str) -> RunLineage:
         run = self.get_run(run_id)
@@ -121,13 +129,55 @@ class Tracking:
         with mlflow_errors(f"read {MANIFEST_ARTIFACT} of run {run_id}", self.uri):
             return str(mlflow.artifacts.load_text(f"runs:/{run_id}/{MANIFEST_ARTIFACT}"))
 
+    def model_versions(self, filter_string: str) -> list[Any]:
+        with mlflow_errors(f"search model versions where {filter_string}", self.uri):
+            return list(self.client.search_model_versions(filter_string))
+
+    def model_version(self, name: str, version: str | int | None = None) -> Any:
+        """A registered model's version, the newest when `version` is None."""
+        from mlflow.exceptions import MlflowException
+
+        if version is None:
+            versions = self.model_versions(f"name = '{_quote(name)}'")
+            if not versions:
+                raise ModelNotFound(f"no registered model {name!r} in MLflow at {self.uri}; "
+                                    "register one with `tidelog train ... --register NAME`",
+                                    model=name)
+            return max(versions, key=lambda v: int(v.version))
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise _unavailable(exc, f"read version {version} of model {name!r}",
+                                   self.uri) from exc
+            raise ModelNotFound(
+                f"model {name!r} has no version {version} in MLflow at {self.uri}; "
+                f"`tidelog lineage model {name}` shows the newest", model=name) from exc
+
+    def change_marks(self) -> Hashable:
+        """Changes whenever a run starts or ends or a model version is registered or
+        changed: three cheap calls, for caches of lineage answers."""
+        client = self.client
+        with mlflow_errors("check for new runs", self.uri):
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            latest = [r.info.run_id for r in client.search_runs(
+                experiments, max_results=1, order_by=["attributes.start_time DESC"])] \
+                if experiments else []
+            running = frozenset(r.info.run_id for r in client.search_runs(
+                experiments, "attributes.status = 'RUNNING'", max_results=1000)) \
+                if experiments else frozenset()
+            versions = [(v.name, v.version, v.last_updated_timestamp, v.current_stage)
+                        for v in client.search_model_versions(
+                            max_results=1, order_by=["last_updated_timestamp DESC"])]
+        return tuple(experiments), tuple(latest), running, tuple(versions)
+
     def runs_with_tag(self, key: str, value: str) -> list[Any]:
         with mlflow_errors(f"search runs tagged {key}={value}", self.uri):
             experiments = [e.experiment_id for e in self.client.search_experiments()]
             if not experiments:
                 return []
-            escaped = value.replace("'", "\\'")
-            return list(self.client.search_runs(experiments, f"tags.`{key}` = '{escaped}'",
+            return list(self.client.search_runs(experiments,
+                                                f"tags.`{key}` = '{_quote(value)}'",
                                                 order_by=["attributes.start_time ASC"]))
 
     # -- writing --------------------------------------------------------------------

@@ -30,14 +30,23 @@ from snapshotter.cut import Cut
 from snapshotter.snapshots import open_snapshot
 from tidelog.errors import (
     ArchiveError,
-    BrokerError,
+    BrokerUnreachable,
     ConfigError,
     ConnectorError,
+    ConnectorNotFound,
+    ConnectorRejected,
+    ConnectUnreachable,
     CutError,
     DigestMismatch,
     LogIdentityError,
+    ModelNotFound,
+    RunNotFound,
     SnapshotError,
+    SnapshotNotFound,
+    SnapshotWriteError,
     SourceError,
+    SourceUnreachable,
+    TrackingUnavailable,
     TrainingError,
 )
 from tidelog.settings import Settings
@@ -375,23 +384,30 @@ def test_validation_errors_name_field_paths(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("error", "status", "code"), [
-    (SnapshotError("no snapshot 'x' under /s"), 404, "snapshot_not_found"),
+    (SnapshotNotFound("no snapshot 'x' under /s"), 404, "snapshot_not_found"),
     (SnapshotError("snapshots a and b share no table"), 400, "snapshot_error"),
+    # A full disk is the server's problem, whatever the message says.
+    (SnapshotWriteError("no snapshot: writing under /s failed: No space left on device"),
+     507, "snapshot_write_failed"),
     (DigestMismatch("digests differ"), 409, "digest_mismatch"),
     (CutError("cut end 9 is beyond the archived high-water mark 3"), 400, "invalid_cut"),
     (LogIdentityError("another log"), 409, "log_identity_changed"),
     (ArchiveError("archive gap"), 503, "archive_unavailable"),
-    (ConnectorError("no connector named x; create it"), 404, "connector_not_found"),
-    (ConnectorError("Kafka Connect at u is unreachable"), 503, "connector_unavailable"),
-    (BrokerError("cannot list topics"), 503, "broker_unavailable"),
-    (SourceError("cannot connect to Postgres at x"), 503, "source_unavailable"),
-    (SourceError("table public.x does not exist in y"), 400, "source_not_ready"),
+    (ConnectorNotFound("no connector named x; create it"), 404, "connector_not_found"),
+    (ConnectUnreachable("Kafka Connect at u is unreachable"), 503, "connector_unavailable"),
+    # Connect answering "no" is not Connect being down.
+    (ConnectorRejected("Kafka Connect rejected the config: x"), 400, "connector_rejected"),
+    (ConnectorError("Kafka Connect at u is unreachable"), 400, "connector_error"),
+    (BrokerUnreachable("cannot list topics"), 503, "broker_unavailable"),
+    (SourceUnreachable("cannot connect to Postgres at x"), 503, "source_unavailable"),
+    (SourceError("cannot connect: table public.x does not exist in y"), 400,
+     "source_not_ready"),
     (ConfigError("setting 'connect_url' is not configured"), 503, "not_configured"),
-    (TrainingError("unknown run 'x': MLflow at u has no such run"), 404, "not_found"),
-    (TrainingError("no registered model 'm' in MLflow at u"), 404, "not_found"),
-    (TrainingError("model 'm' has no version 3 in MLflow at u"), 404, "not_found"),
-    (TrainingError("MLflow at http://x failed to log run: boom"), 503, "mlflow_unavailable"),
-    (TrainingError("recipe x raised ValueError"), 400, "training_error"),
+    (RunNotFound("unknown run 'x': MLflow at u has no such run"), 404, "run_not_found"),
+    (ModelNotFound("no registered model 'm' in MLflow at u"), 404, "model_not_found"),
+    (TrackingUnavailable("MLflow at http://x failed to log run: boom"), 503,
+     "mlflow_unavailable"),
+    (TrainingError("unknown run 'x': recipe x raised ValueError"), 400, "training_error"),
     (HttpError(418, "teapot", "short and stout"), 418, "teapot"),
 ])
 def test_core_errors_map_to_statuses(error: Exception, status: int, code: str) -> None:
@@ -402,9 +418,10 @@ def test_real_core_messages_map_as_expected(api: Api, settings: Settings) -> Non
     with pytest.raises(SnapshotError) as missing:
         open_snapshot(settings, SNAP)
     assert status_for(missing.value)[0] == 404
-    assert_error(api.get("/runs/0123456789abcdef0123456789abcdef"), 404, "not_found")
-    assert_error(api.get("/lineage/models/no-such-model"), 404, "not_found")
-    assert_error(api.get('/lineage/rows?table=public.nothing&key={"id":1}'), 404, "not_found")
+    assert_error(api.get("/runs/0123456789abcdef0123456789abcdef"), 404, "run_not_found")
+    assert_error(api.get("/lineage/models/no-such-model"), 404, "model_not_found")
+    assert_error(api.get('/lineage/rows?table=public.nothing&key={"id":1}'), 404,
+                 "table_not_found")
 
 
 # -- jobs ------------------------------------------------------------------------------
@@ -697,7 +714,7 @@ def test_connector_and_archive_endpoints(api: Api, monkeypatch: pytest.MonkeyPat
     assert applied == [("tidelog-postgres", ["public.a"], "tidelog", 5.0)]
     monkeypatch.setattr(core, "connector_restart",
                         lambda name, timeout: (_ for _ in ()).throw(
-                            ConnectorError(f"no connector named {name}")))
+                            ConnectorNotFound(f"no connector named {name}")))
     job = api.wait(api.post("/cdc/connector/restart", None, role="writer").json()["id"])
     assert job["state"] == "failed" and job["error"]["code"] == "connector_not_found"
 

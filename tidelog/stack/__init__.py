@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,12 +160,3 @@ def status(home: Path) -> StackStatus:
             }
     endpoints = dict(state.get("endpoints", {}))  # type: ignore[arg-type]
     return StackStatus(home=home, components=components, endpoints=endpoints)
-
-
-def wait_stopped(home: Path, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(c["state"] != "running" for c in status(home).components.values()):
-            return True
-        time.sleep(0.1)
-    return False

@@ -7,22 +7,16 @@ offsets restart at 0 with a new log identity, which the archive detects.
 from __future__ import annotations
 
 import importlib.resources
-import logging
 import os
 import uuid
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
-
+from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import StackError
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
 __all__ = ["tansu_binary", "start_broker"]
 
-
-_QUIET = logging.getLogger("tidelog.stack.broker.probe")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 def tansu_binary() -> Path:
@@ -53,9 +47,8 @@ def start_broker(root: Path, port: int) -> tuple[ProcessRecord, str]:
     bootstrap = f"127.0.0.1:{port}"
 
     def ready() -> bool:
-        admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000},
-                            logger=_QUIET)
-        admin.list_topics(timeout=2)
+        KafkaAdmin({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000},
+                   timeout=2).metadata()
         return True
 
     wait_until("broker", ready, record, timeout=30, what="answering metadata requests")

@@ -16,8 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
-
+from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import StackError
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
@@ -165,7 +164,8 @@ def start_connect(root: Path, cache: Path, port: int, bootstrap: str) -> Process
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
-        plugins = httpx.get(f"{url}/connector-plugins", timeout=2).json()
+        with KafkaConnect(url, timeout=2) as connect:
+            plugins = connect.plugins()
         return any("PostgresConnector" in p.get("class", "") for p in plugins)
 
     wait_until("connect", ready, record, timeout=120, what="serving its REST API")

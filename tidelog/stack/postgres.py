@@ -7,8 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import psycopg
-
+from tidelog.adapters import postgres
 from tidelog.errors import StackError
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
@@ -95,8 +94,8 @@ def start_postgres(root: Path, port: int) -> ProcessRecord:
     )
 
     def ready() -> bool:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
-                             connect_timeout=2, autocommit=True) as conn:
+        with postgres.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres",
+                              connect_timeout=2) as conn:
             exists = conn.execute(
                 "select 1 from pg_database where datname = %s", (DATABASE,)
             ).fetchone()

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tidelog.errors import StackError
+from tidelog.errors import StackError, TidelogError
+from tidelog.retry import poll
 
 __all__ = ["ProcessRecord", "free_port", "spawn", "alive", "stop", "wait_until", "tail"]
 
@@ -124,9 +125,10 @@ def wait_until(
     what: str,
 ) -> None:
     """Poll `check` until true; fail naming the component, the reason and its log."""
-    deadline = time.monotonic() + timeout
     last_error = ""
-    while time.monotonic() < deadline:
+
+    def attempt() -> bool | None:
+        nonlocal last_error
         if record is not None:
             _reap(record.pid)
             if not alive(record):
@@ -137,16 +139,19 @@ def wait_until(
                     log=record.log,
                 )
         try:
-            if check():
-                return
+            return check() or None
         except Exception as exc:  # noqa: BLE001 - readiness probes fail in many ways
             last_error = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.2)
-    log = f"; see its log {record.log}:\n{tail(Path(record.log))}" if record else ""
-    raise StackError(
-        f"{name} was not {what} after {timeout:.0f}s ({last_error or 'no answer'}){log}",
-        component=name,
-    )
+            return None
+
+    def timed_out(_error: TidelogError | None) -> TidelogError:
+        log = f"; see its log {record.log}:\n{tail(Path(record.log))}" if record else ""
+        return StackError(
+            f"{name} was not {what} after {timeout:.0f}s ({last_error or 'no answer'}){log}",
+            component=name,
+        )
+
+    poll(attempt, timeout=timeout, interval=0.2, timed_out=timed_out)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -1,0 +1,112 @@
+"""In-memory fakes of the Kafka side, for unit tests of the archiver and the adapter.
+
+`FakeBroker` holds topics of raw messages and stands in for the functions the archiver
+calls (`install(monkeypatch)`); `FakeAdminClient` has the AdminClient methods
+`tidelog.adapters.kafka.KafkaAdmin` calls, with a switch that makes every call fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from cdc.reader import LogIdentity, RawMessage
+from tidelog.settings import Settings
+
+
+@dataclass
+class FakeBroker:
+    cluster_id: str = "fake-cluster"
+    topics: dict[str, list[RawMessage]] = field(default_factory=dict)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        log = self.topics.setdefault(topic, [])
+        log.append(RawMessage(topic, 0, len(log), key, value, 1_700_000_000_000 + len(log)))
+
+    def log_identity(self, settings: Settings, topics: list[str], **_: Any
+                     ) -> dict[str, LogIdentity]:
+        return {t: LogIdentity(self.cluster_id, f"id-{t}") for t in topics}
+
+    def list_partitions(self, settings: Settings, topics: list[str], **_: Any
+                        ) -> list[tuple[str, int]]:
+        return [(t, 0) for t in topics]
+
+    def cdc_topics(self, settings: Settings, prefix: str | None = None, **_: Any
+                   ) -> list[str]:
+        prefix = prefix or settings.topic_prefix
+        return sorted(t for t in self.topics if t.startswith(f"{prefix}."))
+
+    def read_range(self, settings: Settings, start: dict[tuple[str, int], int],
+                   end: dict[tuple[str, int], int] | None = None, **_: Any
+                   ) -> Iterator[list[RawMessage]]:
+        for (topic, partition), offset in sorted(start.items()):
+            stop = (end or {}).get((topic, partition), len(self.topics[topic]))
+            batch = [m for m in self.topics[topic][offset:stop] if m.partition == partition]
+            if batch:
+                yield batch
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeBroker:
+        import snapshotter.archive
+
+        for name in ("log_identity", "list_partitions", "cdc_topics", "read_range"):
+            monkeypatch.setattr(snapshotter.archive, name, getattr(self, name))
+        return self
+
+
+def _future(value: Any = None, error: BaseException | None = None) -> Future[Any]:
+    future: Future[Any] = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+    return future
+
+
+@dataclass
+class FakeAdminClient:
+    """Topics by name -> (topic id, partition count); `down` makes every call fail the
+    way librdkafka does when no broker answers."""
+
+    topics: dict[str, tuple[str, int]] = field(default_factory=dict)
+    cluster_id: str = "fake-cluster"
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    down: bool = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT,
+                                            "Local: Broker transport failure"))
+
+    def list_topics(self, timeout: float = -1) -> Any:
+        self._check()
+        return SimpleNamespace(topics={
+            name: SimpleNamespace(error=None, partitions={p: None for p in range(count)})
+            for name, (_id, count) in self.topics.items()})
+
+    def describe_cluster(self, request_timeout: float = -1) -> Future[Any]:
+        self._check()
+        return _future(SimpleNamespace(cluster_id=self.cluster_id))
+
+    def describe_topics(self, topics: Any, request_timeout: float = -1
+                        ) -> dict[str, Future[Any]]:
+        self._check()
+        result = {}
+        for name in topics.topic_names:
+            if name in self.topics:
+                result[name] = _future(SimpleNamespace(topic_id=self.topics[name][0]))
+            else:
+                result[name] = _future(error=KafkaException(KafkaError(
+                    KafkaError.UNKNOWN_TOPIC_OR_PART, "Broker: Unknown topic or partition")))
+        return result
+
+    def list_offsets(self, wanted: dict[Any, Any], request_timeout: float = -1
+                     ) -> dict[Any, Future[Any]]:
+        self._check()
+        return {tp: _future(SimpleNamespace(offset=self.ends.get((tp.topic, tp.partition), 0)))
+                for tp in wanted}

@@ -1,0 +1,51 @@
+"""Postgres, seen from tidelog: the one place psycopg connections are opened and
+`psycopg.Error`s are mapped into the error tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from tidelog.errors import SourceError, SourceUnreachable
+
+__all__ = ["connect", "postgres_errors", "redact_dsn"]
+
+CONNECT_TIMEOUT = 5
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (URL and key/value forms)."""
+    if "://" in dsn:
+        dsn = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
+        return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", dsn)
+    return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+@contextmanager
+def postgres_errors(what: str, dsn: str) -> Iterator[None]:
+    """Map psycopg errors raised while doing `what`: a lost connection is transient."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise SourceUnreachable(
+            f"Postgres at {redact_dsn(dsn)} failed to {what}: {exc}; check that it is "
+            "running and TIDELOG_POSTGRES_DSN points at it") from exc
+    except psycopg.Error as exc:
+        raise SourceError(f"Postgres at {redact_dsn(dsn)} refused to {what}: {exc}") from exc
+
+
+def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = CONNECT_TIMEOUT,
+            **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection (use it as a context manager); SourceUnreachable if none opens."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout,
+                               **kwargs)
+    except psycopg.Error as exc:
+        raise SourceUnreachable(
+            f"cannot connect to Postgres at {redact_dsn(dsn)}: {exc}; check that it is "
+            "running and TIDELOG_POSTGRES_DSN points at it") from exc
