@@ -65,6 +65,7 @@ __all__ = [
     "rows_to_arrow",
     "codec_for_schema_text",
     "canonical_json",
+    "key_normaliser",
     "TS_INFINITY",
     "DATE_INFINITY",
 ]
@@ -700,6 +701,47 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=t,
                                         mask=pa.array(mask, pa.bool_()))
     raise DecodeError(f"column {col.name!r}: no Arrow conversion for kind {kind!r}")
+
+
+# --------------------------------------------------------------------------- keys
+
+_KEY_CLAMPS: dict[str, Callable[[int], int]] = {
+    "io.debezium.time.Date": _clamp_days,
+    "org.apache.kafka.connect.data.Date": _clamp_days,
+    "io.debezium.time.MicroTimestamp": _clamp_ts_us,
+}
+
+
+def key_normaliser(schema: Mapping[str, Any] | None
+                   ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What makes one key value one `__key` text, or None when the payload already is.
+
+    Debezium sends ±infinity dates with different day counts in the initial snapshot and
+    while streaming, so a key of `'infinity'` read by the snapshot would never match its
+    later delete. Mapped to DuckDB's infinities, every key value has one spelling;
+    ordinary values are left exactly as sent, so existing `__key`s do not change.
+    """
+    if not isinstance(schema, Mapping):
+        return None
+    fields = schema.get("fields")
+    if not isinstance(fields, list):
+        return None
+    clamps = tuple((f["field"], _KEY_CLAMPS[f["name"]]) for f in fields
+                   if isinstance(f, Mapping) and f.get("name") in _KEY_CLAMPS)
+    if not clamps:
+        return None
+
+    def normalise(payload: dict[str, Any]) -> dict[str, Any]:
+        out = payload
+        for name, clamp in clamps:
+            v = payload.get(name)
+            if isinstance(v, int):
+                fixed = clamp(v)
+                if fixed != v:
+                    out = {**out, name: fixed}
+        return out
+
+    return normalise
 
 
 # --------------------------------------------------------------------------- rows
