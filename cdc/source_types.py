@@ -148,6 +148,12 @@ def _value_checks(col: SourceColumn) -> list[tuple[str, str]]:
         checks.append((f"{c} > '{limit}' and {c} <> 'infinity'",
                        "hold timestamps after 294247-01-10, beyond DuckDB's range; "
                        "change them, or " + _LEAVE_OUT))
+    elif col.type_name == "interval":
+        checks.append((f"abs(extract(hour from {c})) > 2147483647",
+                       "hold intervals of more than 2^31-1 hours, which Debezium's "
+                       "Postgres driver cannot parse (the task then retries forever, in the "
+                       "initial snapshot and while streaming alike); "
+                       "change them, or " + _LEAVE_OUT))
     elif col.type_name == "numeric" and col.typmod != -1:
         checks.append((f"{c} in ('NaN', 'Infinity', '-Infinity')",
                        "hold NaN or ±Infinity, which a DECIMAL(p,s) column cannot hold; "

@@ -97,7 +97,7 @@ _DBZ_DATE_POS = frozenset((-2147472692, -2147472693, -622191234, 2146033979))
 _DBZ_DATE_NEG = frozenset((-2147472691, -625821272))
 # Postgres's own ranges: date 4714-11-24 BC .. 5874897-12-31, timestamp from 4714-11-24 BC.
 _PG_MIN_DAYS = -2440588
-_PG_MAX_DAYS = 2145031948
+_PG_MAX_DAYS = 2145042905
 _PG_MIN_US = _PG_MIN_DAYS * 86_400_000_000
 _US_PER_DAY = 86_400_000_000
 _BIG_SCALE = 1000  # Postgres scales lie in -1000..1000; larger ones are 2048 + a negative one
@@ -295,6 +295,30 @@ def _pg_numeric_text(v: str) -> str:
     return _PG_SPECIAL_TEXT.get(v, v)
 
 
+_DBZ_INTERVAL = re.compile(r"P(-?\d+)Y(-?\d+)M(-?\d+)DT(-?\d+)H(-?\d+)M(-?\d+(?:\.\d+)?)S")
+
+
+def _pg_interval_text(v: str) -> str:
+    """Debezium's 'P0Y0M-1DT0H0M0S' (interval.handling.mode=string) as Postgres prints
+    the same interval with IntervalStyle=iso_8601: zero fields left out, 'PT0S' for zero."""
+    m = _DBZ_INTERVAL.fullmatch(v)
+    if m is None:
+        return v  # already another spelling: keep exactly what was sent
+    y, mo, d, h, mi = (int(g) for g in m.groups()[:5])
+    secs = m.group(6)
+    if "." in secs:
+        secs = secs.rstrip("0").rstrip(".")
+    if secs in ("0", "-0"):
+        secs = ""
+    date_part = "".join(f"{n}{u}" for n, u in ((y, "Y"), (mo, "M"), (d, "D")) if n)
+    time_part = "".join(f"{n}{u}" for n, u in ((h, "H"), (mi, "M")) if n)
+    if secs:
+        time_part += secs + "S"
+    if not date_part and not time_part:
+        return "PT0S"
+    return "P" + date_part + ("T" + time_part if time_part else "")
+
+
 def _py_bpchar(v: str) -> str:
     # Postgres ignores trailing blanks of char(n) in comparisons and drops them in ::text.
     return v.rstrip(" ")
@@ -393,6 +417,7 @@ _PY: dict[str, Callable[[Any], Any] | None] = {
     "numeric_text": _py_decimal,
     "integral_decimal": _py_integral_decimal,
     "bpchar": _py_bpchar,
+    "interval_text": _pg_interval_text,
     "bit_text": None,  # set per column: needs the declared length
     "timestamptz": _py_timestamptz,
     "timestamp_us": _py_timestamp_us,
@@ -550,6 +575,8 @@ def column_type(schema: Mapping[str, Any], name: str | None = None) -> ColumnTyp
             return _col(col_name, pg, pa.decimal128(precision - scale, 0), "integral_decimal",
                         None, _py_integral_decimal)
         return _col(col_name, pg, pa.string(), "numeric_text", None, _py_decimal)
+    if kind == "text" and pg == "interval":
+        return _col(col_name, pg, pa.string(), "interval_text", None, _pg_interval_text)
     if kind == "text" and pg == "bpchar":
         return _col(col_name, pg, pa.string(), "bpchar", None, _py_bpchar)
     if kind == "text" and pg == "money":
@@ -678,7 +705,8 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
         return pa.array([None if v is None else _ns_to_us(v) for v in values], pa.int64()).cast(t)
     if kind == "bytea":
         return pa.array([None if v is None else _py_base64(v) for v in values], t)
-    if kind in ("time_us", "time_ms", "time_ns", "bit_text", "integral_decimal"):
+    if kind in ("time_us", "time_ms", "time_ns", "bit_text", "integral_decimal",
+                "interval_text"):
         return pa.array([None if v is None else col.to_python(v) for v in values], t)
     if kind in ("connect_decimal", "variable_decimal"):
         converted = [None if v is None else col.to_python(v) for v in values]
@@ -736,7 +764,10 @@ def key_normaliser(schema: Mapping[str, Any] | None
         for name, clamp in clamps:
             v = payload.get(name)
             if isinstance(v, int):
-                fixed = clamp(v)
+                try:
+                    fixed = clamp(v)
+                except ValueError as exc:
+                    raise DecodeError(f"key column {name!r}: {exc}", column=name) from exc
                 if fixed != v:
                     out = {**out, name: fixed}
         return out
