@@ -582,7 +582,8 @@ def column_type(schema: Mapping[str, Any], name: str | None = None) -> ColumnTyp
     if kind == "text" and pg == "money":
         return _col(col_name, pg, pa.string(), "numeric_text", None, _py_decimal)
     if kind == "text" and pg == "bytea":
-        # binary.handling.mode=base64 (or hex/base64-url-safe, unsupported) sends bytea as text.
+        # binary.handling.mode=base64 (older templates) sends bytea as text; the template now
+        # uses bytes (same JSON, and an unchanged TOASTed value comes as the placeholder).
         return _col(col_name, pg, pa.binary(), "bytea", None, _py_base64)
     return _col(col_name, pg or fallback, arrow_type, kind, None, _PY[kind])
 
