@@ -734,10 +734,11 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
 
 # --------------------------------------------------------------------------- keys
 
+# Only dates: timestamp sentinels are the same in both paths, so their keys already agree
+# (and keep the spelling older archives hold).
 _KEY_CLAMPS: dict[str, Callable[[int], int]] = {
     "io.debezium.time.Date": _clamp_days,
     "org.apache.kafka.connect.data.Date": _clamp_days,
-    "io.debezium.time.MicroTimestamp": _clamp_ts_us,
 }
 
 
