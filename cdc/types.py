@@ -22,8 +22,9 @@ Every rule here is listed per Postgres type in docs/types.md; the ones that need
   sentinels for them differ between the initial snapshot and streaming (measured with the
   Connect worker's JVM in UTC); anything else outside Postgres's range (a wrapped int64
   for timestamps past DuckDB's year 294247) is a DecodeError, never a clamp.
-- time is Postgres's own text ('HH:MM:SS[.ffffff]', sortable as text): '24:00:00' is a
-  valid Postgres time that polars, which builds snapshots, cannot hold.
+- time is Postgres's own text in Arrow ('HH:MM:SS[.ffffff]', sortable as text):
+  '24:00:00' is a valid Postgres time that polars, which builds snapshots, cannot hold.
+  `to_python` gives a `datetime.time` and raises DecodeError for '24:00:00'.
 - char(n) (bpchar) loses its trailing blanks, as Postgres's text cast and its bpchar
   comparison do; bit(n) becomes its '0'/'1' text using the declared length.
 - jsonb/json stay text in Arrow (exactly as PostgreSQL rendered them); `to_python`
@@ -231,7 +232,7 @@ def _py_date(v: int) -> date:
     return date.fromordinal(_EPOCH_ORDINAL + v)
 
 
-def _py_time_us(v: int) -> str:
+def _time_text(v: int) -> str:
     """Postgres's text for a time of day: HH:MM:SS, then the fraction without trailing 0s."""
     if not 0 <= v <= _US_PER_DAY:
         raise ValueError(f"time of day {v} µs is outside 00:00:00..24:00:00")
@@ -242,11 +243,24 @@ def _py_time_us(v: int) -> str:
     return f"{text}.{us:06d}".rstrip("0") if us else text
 
 
-def _py_time_ms(v: int) -> str:
+_TIME_US_PER_UNIT = {"time_us": (1, 1), "time_ms": (1000, 1), "time_ns": (1, 1000)}
+
+
+def _py_time_us(v: int) -> time:
+    if not 0 <= v < _US_PER_DAY:
+        raise ValueError(f"time of day {v} µs has no Python time (PostgreSQL allows 24:00:00; "
+                         "the archive keeps it as the text '24:00:00')")
+    secs, us = divmod(v, 1_000_000)
+    mins, s = divmod(secs, 60)
+    h, mi = divmod(mins, 60)
+    return time(h, mi, s, us)
+
+
+def _py_time_ms(v: int) -> time:
     return _py_time_us(v * 1000)
 
 
-def _py_time_ns(v: int) -> str:
+def _py_time_ns(v: int) -> time:
     return _py_time_us(v // 1000)
 
 
@@ -706,8 +720,10 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
         return pa.array([None if v is None else _ns_to_us(v) for v in values], pa.int64()).cast(t)
     if kind == "bytea":
         return pa.array([None if v is None else _py_base64(v) for v in values], t)
-    if kind in ("time_us", "time_ms", "time_ns", "bit_text", "integral_decimal",
-                "interval_text"):
+    if kind in _TIME_US_PER_UNIT:
+        mul, div = _TIME_US_PER_UNIT[kind]
+        return pa.array([None if v is None else _time_text(v * mul // div) for v in values], t)
+    if kind in ("bit_text", "integral_decimal", "interval_text"):
         return pa.array([None if v is None else col.to_python(v) for v in values], t)
     if kind in ("connect_decimal", "variable_decimal"):
         converted = [None if v is None else col.to_python(v) for v in values]
