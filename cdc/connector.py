@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import psycopg
 
+from cdc.source_types import check_source_types
 from tidelog.adapters import postgres
 from tidelog.adapters.connect import KafkaConnect
 from tidelog.adapters.postgres import redact_dsn
@@ -63,6 +64,8 @@ class ConnectorSpec:
     name: str
     tables: tuple[str, ...]
     topic_prefix: str
+    # "schema.table.column" names left out of capture (Debezium's column.exclude.list)
+    exclude_columns: tuple[str, ...] = ()
 
     @property
     def slot_name(self) -> str:
@@ -113,7 +116,18 @@ def render_config(settings: Settings, spec: ConnectorSpec, template: Path = TEMP
     text = Template(template.read_text()).substitute(
         {k: json.dumps(v)[1:-1] for k, v in values.items()}
     )
-    return json.loads(text)  # type: ignore[no-any-return]
+    rendered: dict[str, Any] = json.loads(text)
+    if spec.exclude_columns:
+        rendered["config"]["column.exclude.list"] = exclude_list(spec.exclude_columns)
+    return rendered
+
+
+def exclude_list(columns: tuple[str, ...]) -> str:
+    """Debezium's column.exclude.list: regular expressions on schema.table.column."""
+    bad = [c for c in columns if c.count(".") != 2]
+    if bad:
+        raise ConnectorError(f"--exclude-columns takes schema.table.column names, got {bad}")
+    return ",".join(re.escape(c) for c in columns)
 
 
 def preflight(dsn: str, spec: ConnectorSpec) -> None:
@@ -223,6 +237,7 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     """Create or update the connector and wait until its task streams from the slot."""
     dsn = settings.require("postgres_dsn")
     preflight(dsn, spec)
+    check_source_types(dsn, spec.tables, spec.exclude_columns)
     if replica_identity_full:
         set_replica_identity_full(dsn, spec.tables)
     config = {**render_config(settings, spec)["config"], "name": spec.name}

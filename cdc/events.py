@@ -21,7 +21,7 @@ which equals the BEGIN id.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from cdc.types import RowCodec, canonical_json, codec_for_schema_text, row_codec
+from cdc.types import RowCodec, canonical_json, codec_for_schema_text, key_normaliser, row_codec
 from tidelog.errors import DecodeError
 
 __all__ = [
@@ -167,7 +167,8 @@ _CLOSE = 0x7D  # "}"
 _CACHE_LIMIT = 1024
 _SHAPES: dict[bytes, _Shape] = {}
 _LAST: dict[str, tuple[bytes, _Shape]] = {}
-_KEY_LAST: dict[str, bytes] = {}
+_KeyNormaliser = Callable[[dict[str, Any]], dict[str, Any]] | None
+_KEY_LAST: dict[str, tuple[bytes, _KeyNormaliser]] = {}
 
 
 def _shape_of(text: bytes, schema: Any) -> _Shape:
@@ -230,15 +231,17 @@ def _split_value(topic: str, value: bytes) -> tuple[_Shape, Any]:
 def _key_payload(topic: str, key: bytes | None) -> dict[str, Any] | None:
     if key is None:
         return None
-    prefix = _KEY_LAST.get(topic)
-    if prefix is not None and key.startswith(prefix) and key[-1] == _CLOSE:
+    last = _KEY_LAST.get(topic)
+    if last is not None and key.startswith(last[0]) and key[-1] == _CLOSE:
         try:
-            payload = orjson.loads(memoryview(key)[len(prefix):-1])
+            payload = orjson.loads(memoryview(key)[len(last[0]):-1])
         except orjson.JSONDecodeError:
             pass
         else:
-            if payload is None or isinstance(payload, dict):
-                return payload
+            if payload is None:
+                return None
+            if isinstance(payload, dict):
+                return payload if last[1] is None else last[1](payload)
     try:
         doc = orjson.loads(key)
     except orjson.JSONDecodeError as exc:
@@ -251,6 +254,7 @@ def _key_payload(topic: str, key: bytes | None) -> dict[str, Any] | None:
     payload = doc["payload"]
     if payload is not None and not isinstance(payload, dict):
         raise DecodeError(f"key payload is a {type(payload).__name__}, expected an object")
+    normalise = key_normaliser(doc.get("schema"))
     idx = key.find(_SEP, len(_PREFIX))
     if key.startswith(_PREFIX) and idx > 0 and key[-1] == _CLOSE:
         # Same split as for values; verified here by the full parse of this key.
@@ -261,7 +265,9 @@ def _key_payload(topic: str, key: bytes | None) -> dict[str, Any] | None:
         if schema_ok:
             if len(_KEY_LAST) >= _CACHE_LIMIT:
                 _KEY_LAST.clear()
-            _KEY_LAST[topic] = key[:idx + len(_SEP)]
+            _KEY_LAST[topic] = (key[:idx + len(_SEP)], normalise)
+    if payload is not None and normalise is not None:
+        payload = normalise(payload)
     return payload
 
 

@@ -7,20 +7,30 @@ decision per column: `ColumnType.to_python` (one value, exact Python object) and
 
 Decisions that are not obvious from docs/archive.md:
 
+Every rule here is listed per Postgres type in docs/types.md; the ones that need a why:
+
 - numeric(p, s) becomes decimal128(p, s) only when 1 <= p <= 38 and 0 <= s <= p.
   Unconstrained numeric arrives with length 0 (snapshot) or 131089 (streaming), and
   DuckDB has no decimal wider than 38 digits, so everything else stays the exact string.
+  A negative scale arrives as 2048 + s (Postgres keeps it in 11 bits) with a value padded
+  to that many fraction digits: numeric(p, -k) is an integer, decimal128(p + k, 0).
 - Debezium 3.6.3 sends numeric NaN/±Infinity as "NAN", "POSITIVE_INFINITY",
-  "NEGATIVE_INFINITY" (also accepted: "NaN", "Infinity", "-Infinity"). They become
-  Decimal specials in Python and are rejected for a decimal128 column.
+  "NEGATIVE_INFINITY". Text columns store Postgres's own spelling ("NaN", "Infinity",
+  "-Infinity"); a decimal128 column cannot hold them, which is a DecodeError that says so.
 - PostgreSQL ±infinity timestamps/dates are stored as DuckDB's infinities (±INT64_MAX µs,
-  ±INT32_MAX days) and become datetime.max/min, date.max/min in Python.
-- time '24:00:00' is kept in Arrow (time64 accepts it) but has no Python `time`:
-  `to_python` raises DecodeError for it.
+  ±INT32_MAX days) and become datetime.max/min, date.max/min in Python. Debezium's
+  sentinels for them differ between the initial snapshot and streaming (measured with the
+  Connect worker's JVM in UTC); anything else outside Postgres's range (a wrapped int64
+  for timestamps past DuckDB's year 294247) is a DecodeError, never a clamp.
+- time is Postgres's own text in Arrow ('HH:MM:SS[.ffffff]', sortable as text):
+  '24:00:00' is a valid Postgres time that polars, which builds snapshots, cannot hold.
+  `to_python` gives a `datetime.time` and raises DecodeError for '24:00:00'.
+- char(n) (bpchar) loses its trailing blanks, as Postgres's text cast and its bpchar
+  comparison do; bit(n) becomes its '0'/'1' text using the declared length.
 - jsonb/json stay text in Arrow (exactly as PostgreSQL rendered them); `to_python`
   parses them (ints of any size exact, other numbers as float; JSON `null` becomes None,
   like SQL NULL, so use the raw text where that difference matters).
-- Arrow keeps uuid, timetz, bit/varbit (base64) and structs (canonical JSON) as text;
+- Arrow keeps uuid, timetz, varbit (base64) and structs (canonical JSON) as text;
   list children are named "element", as Parquet names them, so segments round-trip.
 
 Codecs are cached per schema (by its JSON text, and by identity for dicts passed to
@@ -56,6 +66,7 @@ __all__ = [
     "rows_to_arrow",
     "codec_for_schema_text",
     "canonical_json",
+    "key_normaliser",
     "TS_INFINITY",
     "DATE_INFINITY",
 ]
@@ -80,15 +91,26 @@ DATE_INFINITY = 2**31 - 1
 # +5877611-06-21 once the bug is fixed).
 _DBZ_TS_POS_US = 9223372036825200000
 _DBZ_TS_NEG_US = -9223372036832400000
-_DBZ_DATE_POS = (-2147472693, 2146033979)
-_DBZ_DATE_NEG = -2147472692
+# Dates: streaming (pgoutput text) and initial snapshot (JDBC) send different day counts;
+# 2146033979 (+5877611-06-21) is what a fixed Debezium would send; -2147472693 was seen
+# in older recordings (tests/fixtures/envelopes).
+_DBZ_DATE_POS = frozenset((-2147472692, -2147472693, -622191234, 2146033979))
+_DBZ_DATE_NEG = frozenset((-2147472691, -625821272))
+# Postgres's own ranges: date 4714-11-24 BC .. 5874897-12-31, timestamp from 4714-11-24 BC.
+_PG_MIN_DAYS = -2440588
+_PG_MAX_DAYS = 2145042905
+_PG_MIN_US = _PG_MIN_DAYS * 86_400_000_000
 _US_PER_DAY = 86_400_000_000
+_BIG_SCALE = 1000  # Postgres scales lie in -1000..1000; larger ones are 2048 + a negative one
 
 _DECIMAL_SPECIALS = {
     "NAN": Decimal("NaN"),
     "POSITIVE_INFINITY": Decimal("Infinity"),
     "NEGATIVE_INFINITY": Decimal("-Infinity"),
 }
+# Debezium's spelling -> Postgres's text output.
+_PG_SPECIAL_TEXT = {"NAN": "NaN", "POSITIVE_INFINITY": "Infinity", "NEGATIVE_INFINITY": "-Infinity"}
+_SPECIAL_SPELLINGS = frozenset((*_PG_SPECIAL_TEXT, *_PG_SPECIAL_TEXT.values()))
 
 
 def canonical_json(value: object) -> str:
@@ -102,7 +124,7 @@ def canonical_json(value: object) -> str:
 def _days_from_civil(y: int, m: int, d: int) -> int:
     # Proleptic Gregorian days since 1970-01-01 for any year (Python's date stops at 9999).
     y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
+    era = y // 400  # floor division already rounds down for negative years
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
@@ -115,7 +137,7 @@ _ISO_TS = re.compile(
 
 
 def _zoned_to_us(text: str) -> int:
-    """Epoch µs of an ISO-8601 timestamp with offset, any year; infinities clamp."""
+    """Epoch µs of an ISO-8601 timestamp with offset, any year Postgres and DuckDB share."""
     if text == "infinity":
         return TS_INFINITY
     if text == "-infinity":
@@ -131,26 +153,34 @@ def _zoned_to_us(text: str) -> int:
         shift = int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60 + int(digits[4:6] or 0)
         secs -= shift if off[0] == "+" else -shift
     micros = secs * 1_000_000 + int(((frac or "") + "000000")[:6])
-    if micros >= TS_INFINITY:
-        return TS_INFINITY
-    if micros <= -TS_INFINITY:
-        return -TS_INFINITY
+    if not -TS_INFINITY < micros < TS_INFINITY:
+        raise ValueError(f"{text} is beyond DuckDB's timestamp range (294247-01-10); "
+                         "Postgres allows up to 294276-12-31")
     return micros
 
 
 def _clamp_ts_us(v: int) -> int:
-    if v >= _DBZ_TS_POS_US:
+    """DuckDB's µs for Debezium's: sentinels become ±infinity; overflow is an error."""
+    if v == _DBZ_TS_POS_US:
         return TS_INFINITY
-    if v <= _DBZ_TS_NEG_US:
+    if v == _DBZ_TS_NEG_US:
         return -TS_INFINITY
+    if v < _PG_MIN_US or v >= TS_INFINITY:
+        # Debezium computes epoch µs in a wrapping int64: Postgres's last 30 years
+        # (after DuckDB's 294247-01-10) come out as huge negative numbers.
+        raise ValueError(f"timestamp {v} µs is not a Postgres timestamp DuckDB can hold; "
+                         "Postgres timestamps after 294247-01-10 are beyond DuckDB's range")
     return v
 
 
 def _clamp_days(v: int) -> int:
     if v in _DBZ_DATE_POS:
         return DATE_INFINITY
-    if v == _DBZ_DATE_NEG:
+    if v in _DBZ_DATE_NEG:
         return -DATE_INFINITY
+    if not _PG_MIN_DAYS <= v <= _PG_MAX_DAYS:
+        raise ValueError(f"date {v} days from 1970 is neither a Postgres date nor one of "
+                         "Debezium's infinity values (is the Connect worker's JVM in UTC?)")
     return v
 
 
@@ -172,9 +202,10 @@ def _py_timestamptz(v: str) -> datetime:
 
 
 def _py_timestamp_us(v: int) -> datetime:
-    if v >= _DBZ_TS_POS_US:
+    v = _clamp_ts_us(v)
+    if v == TS_INFINITY:
         return datetime.max
-    if v <= _DBZ_TS_NEG_US:
+    if v == -TS_INFINITY:
         return datetime.min
     secs, us = divmod(v, 1_000_000)
     return _EPOCH + timedelta(0, secs, us)  # ~35% faster than timedelta(microseconds=v)
@@ -193,16 +224,32 @@ def _py_timestamp_ns(v: int) -> datetime:
 
 
 def _py_date(v: int) -> date:
-    if v in _DBZ_DATE_POS:
+    v = _clamp_days(v)
+    if v == DATE_INFINITY:
         return date.max
-    if v == _DBZ_DATE_NEG:
+    if v == -DATE_INFINITY:
         return date.min
     return date.fromordinal(_EPOCH_ORDINAL + v)
 
 
+def _time_text(v: int) -> str:
+    """Postgres's text for a time of day: HH:MM:SS, then the fraction without trailing 0s."""
+    if not 0 <= v <= _US_PER_DAY:
+        raise ValueError(f"time of day {v} µs is outside 00:00:00..24:00:00")
+    secs, us = divmod(v, 1_000_000)
+    mins, s = divmod(secs, 60)
+    h, mi = divmod(mins, 60)
+    text = f"{h:02d}:{mi:02d}:{s:02d}"
+    return f"{text}.{us:06d}".rstrip("0") if us else text
+
+
+_TIME_US_PER_UNIT = {"time_us": (1, 1), "time_ms": (1000, 1), "time_ns": (1, 1000)}
+
+
 def _py_time_us(v: int) -> time:
     if not 0 <= v < _US_PER_DAY:
-        raise ValueError(f"time of day {v} µs has no Python time (PostgreSQL allows 24:00:00)")
+        raise ValueError(f"time of day {v} µs has no Python time (PostgreSQL allows 24:00:00; "
+                         "the archive keeps it as the text '24:00:00')")
     secs, us = divmod(v, 1_000_000)
     mins, s = divmod(secs, 60)
     h, mi = divmod(mins, 60)
@@ -232,6 +279,75 @@ def _py_decimal(v: str) -> Decimal:
         if special is None:
             raise ValueError(f"not a decimal: {v!r}") from None
         return special
+
+
+def _py_bounded_decimal(v: str) -> Decimal:
+    """A numeric(p, s) value: DuckDB's DECIMAL has no NaN or infinity."""
+    if v in _SPECIAL_SPELLINGS:
+        raise ValueError(
+            f"numeric {_PG_SPECIAL_TEXT.get(v, v)} cannot be held by a DECIMAL(p,s) column; "
+            "keep such values out of the column (CHECK (col <> 'NaN' and col <> 'Infinity' "
+            "and col <> '-Infinity')) or make it unconstrained numeric, which tidelog keeps "
+            "as exact text")
+    try:
+        return Decimal(v)
+    except InvalidOperation:
+        raise ValueError(f"not a decimal: {v!r}") from None
+
+
+def _py_integral_decimal(v: str) -> Decimal:
+    """numeric(p, -k): Debezium pads the integer with 2048 - k zero fraction digits."""
+    d = _py_bounded_decimal(v)
+    whole = d.to_integral_value()
+    if whole != d:
+        raise ValueError(f"{v!r} is not an integer, but numeric with a negative scale holds "
+                         "only integers")
+    return Decimal(int(whole))
+
+
+def _pg_numeric_text(v: str) -> str:
+    return _PG_SPECIAL_TEXT.get(v, v)
+
+
+_DBZ_INTERVAL = re.compile(r"P(-?\d+)Y(-?\d+)M(-?\d+)DT(-?\d+)H(-?\d+)M(-?\d+(?:\.\d+)?)S")
+
+
+def _pg_interval_text(v: str) -> str:
+    """Debezium's 'P0Y0M-1DT0H0M0S' (interval.handling.mode=string) as Postgres prints
+    the same interval with IntervalStyle=iso_8601: zero fields left out, 'PT0S' for zero."""
+    m = _DBZ_INTERVAL.fullmatch(v)
+    if m is None:
+        return v  # already another spelling: keep exactly what was sent
+    y, mo, d, h, mi = (int(g) for g in m.groups()[:5])
+    secs = m.group(6)
+    if "." in secs:
+        secs = secs.rstrip("0").rstrip(".")
+    if secs in ("0", "-0"):
+        secs = ""
+    date_part = "".join(f"{n}{u}" for n, u in ((y, "Y"), (mo, "M"), (d, "D")) if n)
+    time_part = "".join(f"{n}{u}" for n, u in ((h, "H"), (mi, "M")) if n)
+    if secs:
+        time_part += secs + "S"
+    if not date_part and not time_part:
+        return "PT0S"
+    return "P" + date_part + ("T" + time_part if time_part else "")
+
+
+def _py_bpchar(v: str) -> str:
+    # Postgres ignores trailing blanks of char(n) in comparisons and drops them in ::text.
+    return v.rstrip(" ")
+
+
+def _py_bit_text(length: int) -> Callable[[str], str]:
+    def convert(v: str) -> str:
+        # Debezium sends java.util.BitSet.toByteArray(): little-endian, trailing zero
+        # bytes dropped; the declared length restores the leading zero bits.
+        bits = int.from_bytes(binascii.a2b_base64(v, strict_mode=True), "little")
+        if bits.bit_length() > length:
+            raise ValueError(f"{bits.bit_length()} bits do not fit bit({length})")
+        return format(bits, f"0{length}b") if length else ""
+
+    return convert
 
 
 def _py_float(v: Any) -> float:
@@ -292,10 +408,10 @@ _SEMANTIC: dict[str, tuple[str, pa.DataType, str]] = {
     "org.apache.kafka.connect.data.Timestamp": ("timestamp_ms", pa.timestamp("us"), "timestamp"),
     "io.debezium.time.Date": ("date", pa.date32(), "date"),
     "org.apache.kafka.connect.data.Date": ("date", pa.date32(), "date"),
-    "io.debezium.time.MicroTime": ("time_us", pa.time64("us"), "time"),
-    "io.debezium.time.Time": ("time_ms", pa.time64("us"), "time"),
-    "io.debezium.time.NanoTime": ("time_ns", pa.time64("us"), "time"),
-    "org.apache.kafka.connect.data.Time": ("time_ms", pa.time64("us"), "time"),
+    "io.debezium.time.MicroTime": ("time_us", pa.string(), "time"),
+    "io.debezium.time.Time": ("time_ms", pa.string(), "time"),
+    "io.debezium.time.NanoTime": ("time_ns", pa.string(), "time"),
+    "org.apache.kafka.connect.data.Time": ("time_ms", pa.string(), "time"),
     "io.debezium.time.ZonedTime": ("timetz", pa.string(), "timetz"),
     "io.debezium.data.Json": ("json", pa.string(), "json"),
     "io.debezium.data.Uuid": ("uuid", pa.string(), "uuid"),
@@ -313,6 +429,10 @@ _PY: dict[str, Callable[[Any], Any] | None] = {
     "float": _py_float,
     "decimal": _py_decimal,
     "numeric_text": _py_decimal,
+    "integral_decimal": _py_integral_decimal,
+    "bpchar": _py_bpchar,
+    "interval_text": _pg_interval_text,
+    "bit_text": None,  # set per column: needs the declared length
     "timestamptz": _py_timestamptz,
     "timestamp_us": _py_timestamp_us,
     "timestamp_ms": _py_timestamp_ms,
@@ -435,6 +555,11 @@ def column_type(schema: Mapping[str, Any], name: str | None = None) -> ColumnTyp
     if isinstance(sname, str) and sname in _SEMANTIC:
         kind, arrow_type, fallback = _SEMANTIC[sname]
         py: Callable[[Any], Any] | None = _PY.get(kind)
+        if kind == "bits":
+            bit_length = _int_param(params, "length")
+            if pg == "bit" and bit_length is not None and 0 <= bit_length < 2**31 - 1:
+                return _col(col_name, pg, pa.string(), "bit_text", None,
+                            _py_bit_text(bit_length))
         if kind == "connect_decimal":  # decimal.handling.mode=precise: base64 unscaled bytes
             dscale = _int_param(params, "scale") or 0
             dprecision = _int_param(params, "connect.decimal.precision")
@@ -453,15 +578,26 @@ def column_type(schema: Mapping[str, Any], name: str | None = None) -> ColumnTyp
     if kind == "text" and pg in ("numeric", "decimal"):
         precision = _int_param(params, _SRC_LENGTH)
         scale = _int_param(params, _SRC_SCALE)
+        if scale is not None and scale > _BIG_SCALE:
+            scale -= 2048
         if (precision is not None and scale is not None
                 and 1 <= precision <= 38 and 0 <= scale <= precision):
             return _col(col_name, pg, pa.decimal128(precision, scale), "decimal", None,
-                        _py_decimal)
+                        _py_bounded_decimal)
+        if (precision is not None and scale is not None and scale < 0
+                and 1 <= precision - scale <= 38 and precision < 131072):
+            return _col(col_name, pg, pa.decimal128(precision - scale, 0), "integral_decimal",
+                        None, _py_integral_decimal)
         return _col(col_name, pg, pa.string(), "numeric_text", None, _py_decimal)
+    if kind == "text" and pg == "interval":
+        return _col(col_name, pg, pa.string(), "interval_text", None, _pg_interval_text)
+    if kind == "text" and pg == "bpchar":
+        return _col(col_name, pg, pa.string(), "bpchar", None, _py_bpchar)
     if kind == "text" and pg == "money":
         return _col(col_name, pg, pa.string(), "numeric_text", None, _py_decimal)
     if kind == "text" and pg == "bytea":
-        # binary.handling.mode=base64 (or hex/base64-url-safe, unsupported) sends bytea as text.
+        # binary.handling.mode=base64 (older templates) sends bytea as text; the template now
+        # uses bytes (same JSON, and an unchanged TOASTed value comes as the placeholder).
         return _col(col_name, pg, pa.binary(), "bytea", None, _py_base64)
     return _col(col_name, pg or fallback, arrow_type, kind, None, _PY[kind])
 
@@ -486,8 +622,7 @@ def python_converter(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
 # --------------------------------------------------------------------------- vectorised path
 
 # Kinds whose JSON value converts straight to the final Arrow type.
-_RAW_IS_FINAL = frozenset(("int", "bool", "text", "json", "uuid", "timetz", "numeric_text",
-                           "bits", "float"))
+_RAW_IS_FINAL = frozenset(("int", "bool", "text", "json", "uuid", "timetz", "bits", "float"))
 
 
 def _raw_type(kind: str, arrow_type: pa.DataType,
@@ -495,11 +630,11 @@ def _raw_type(kind: str, arrow_type: pa.DataType,
     """Arrow type of the JSON value as sent, or None when Python must convert each value."""
     if kind in _RAW_IS_FINAL:
         return arrow_type
-    if kind in ("decimal", "timestamptz"):
+    if kind in ("decimal", "timestamptz", "numeric_text", "bpchar"):
         return pa.string()
-    if kind in ("timestamp_us", "timestamp_ms", "time_us", "time_ns"):
+    if kind in ("timestamp_us", "timestamp_ms"):
         return pa.int64()
-    if kind in ("date", "time_ms"):
+    if kind == "date":
         return pa.int32()
     if kind == "array" and element is not None and element.raw_type is not None:
         return pa.list_(element.raw_type)
@@ -507,11 +642,12 @@ def _raw_type(kind: str, arrow_type: pa.DataType,
 
 
 def _remap(arr: pa.Array, low: int, high: int, clamp: Callable[[int], int]) -> pa.Array:
-    # Sentinels are rare: check min/max in Arrow, pay for a Python pass only when present.
+    # Values in [low, high] are ordinary. Sentinels are rare: check min/max in Arrow, pay
+    # for a Python pass only when one is present.
     if len(arr) == arr.null_count:
         return arr
     mm = pc.min_max(arr)
-    if mm["min"].as_py() > low and mm["max"].as_py() < high:
+    if mm["min"].as_py() >= low and mm["max"].as_py() < high:
         return arr
     return pa.array([None if v is None else clamp(v) for v in arr.to_pylist()], arr.type)
 
@@ -530,7 +666,18 @@ def _from_raw(col: ColumnType, arr: pa.Array) -> pa.Array:
     if kind in _RAW_IS_FINAL:
         return arr
     if kind == "decimal":
+        if pc.any(pc.is_in(arr, pa.array(sorted(_SPECIAL_SPELLINGS)))).as_py():
+            for v in arr.to_pylist():
+                if v is not None:
+                    _py_bounded_decimal(v)  # raises, naming the value
         return arr.cast(t)
+    if kind == "numeric_text":
+        if pc.any(pc.is_in(arr, pa.array(sorted(_PG_SPECIAL_TEXT)))).as_py():
+            return pa.array([None if v is None else _pg_numeric_text(v)
+                             for v in arr.to_pylist()], t)
+        return arr
+    if kind == "bpchar":
+        return pc.utf8_rtrim(arr, characters=" ")
     if kind == "timestamptz":
         try:
             return arr.cast(t)
@@ -540,15 +687,9 @@ def _from_raw(col: ColumnType, arr: pa.Array) -> pa.Array:
     if kind in ("timestamp_us", "timestamp_ms"):
         if kind == "timestamp_ms":
             arr = pc.multiply_checked(arr, 1000)
-        return _remap(arr, _DBZ_TS_NEG_US, _DBZ_TS_POS_US, _clamp_ts_us).cast(t)
+        return _remap(arr, _PG_MIN_US, _DBZ_TS_POS_US, _clamp_ts_us).cast(t)
     if kind == "date":
-        return _remap(arr, _DBZ_DATE_NEG, _DBZ_DATE_POS[1], _clamp_days).cast(t)
-    if kind == "time_us":
-        return arr.cast(t)
-    if kind == "time_ms":
-        return arr.cast(pa.time32("ms")).cast(t)
-    if kind == "time_ns":
-        return arr.cast(pa.time64("ns")).cast(t)
+        return _remap(arr, _PG_MIN_DAYS, _PG_MAX_DAYS, _clamp_days).cast(t)
     if kind == "array" and col.element is not None:
         values = _from_raw(col.element, arr.values)
         mask = arr.is_null() if arr.null_count else None
@@ -579,6 +720,11 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
         return pa.array([None if v is None else _ns_to_us(v) for v in values], pa.int64()).cast(t)
     if kind == "bytea":
         return pa.array([None if v is None else _py_base64(v) for v in values], t)
+    if kind in _TIME_US_PER_UNIT:
+        mul, div = _TIME_US_PER_UNIT[kind]
+        return pa.array([None if v is None else _time_text(v * mul // div) for v in values], t)
+    if kind in ("bit_text", "integral_decimal", "interval_text"):
+        return pa.array([None if v is None else col.to_python(v) for v in values], t)
     if kind in ("connect_decimal", "variable_decimal"):
         converted = [None if v is None else col.to_python(v) for v in values]
         if pa.types.is_decimal(t):
@@ -600,6 +746,51 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=t,
                                         mask=pa.array(mask, pa.bool_()))
     raise DecodeError(f"column {col.name!r}: no Arrow conversion for kind {kind!r}")
+
+
+# --------------------------------------------------------------------------- keys
+
+# Only dates: timestamp sentinels are the same in both paths, so their keys already agree
+# (and keep the spelling older archives hold).
+_KEY_CLAMPS: dict[str, Callable[[int], int]] = {
+    "io.debezium.time.Date": _clamp_days,
+    "org.apache.kafka.connect.data.Date": _clamp_days,
+}
+
+
+def key_normaliser(schema: Mapping[str, Any] | None
+                   ) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What makes one key value one `__key` text, or None when the payload already is.
+
+    Debezium sends ±infinity dates with different day counts in the initial snapshot and
+    while streaming, so a key of `'infinity'` read by the snapshot would never match its
+    later delete. Mapped to DuckDB's infinities, every key value has one spelling;
+    ordinary values are left exactly as sent, so existing `__key`s do not change.
+    """
+    if not isinstance(schema, Mapping):
+        return None
+    fields = schema.get("fields")
+    if not isinstance(fields, list):
+        return None
+    clamps = tuple((f["field"], _KEY_CLAMPS[f["name"]]) for f in fields
+                   if isinstance(f, Mapping) and f.get("name") in _KEY_CLAMPS)
+    if not clamps:
+        return None
+
+    def normalise(payload: dict[str, Any]) -> dict[str, Any]:
+        out = payload
+        for name, clamp in clamps:
+            v = payload.get(name)
+            if isinstance(v, int):
+                try:
+                    fixed = clamp(v)
+                except ValueError as exc:
+                    raise DecodeError(f"key column {name!r}: {exc}", column=name) from exc
+                if fixed != v:
+                    out = {**out, name: fixed}
+        return out
+
+    return normalise
 
 
 # --------------------------------------------------------------------------- rows

@@ -351,7 +351,9 @@ def plan_materialise(
             rows = rows.filter(where)
         if truncate_at is not None:
             rows = rows.filter(pl.col(OFFSET) > truncate_at)
-        parts.append(rows.select(*meta, *(_column_expr(n, t, n in cols) for n, t in out.items())))
+        extra = [_may_be_placeholder(seg.schema)] if fill_unavailable else []
+        parts.append(rows.select(*meta, *extra,
+                                 *(_column_expr(n, t, n in cols) for n, t in out.items())))
 
     upsert = pl.col(OP).is_in(UPSERT_OPS)
     keyed = pl.col(KEY).is_not_null()
@@ -385,9 +387,11 @@ def plan_materialise(
         )
     upserts: pl.LazyFrame | None = None
     if last is not None:
-        upserts = last.filter(upsert).select(wanted)
         if fill_unavailable and ev is not None:
-            upserts = _fill_unavailable(upserts, ev, base_rows, fill_unavailable, out)
+            upserts = _fill_unavailable(last.filter(upsert).select(*wanted, MAY_BE_PLACEHOLDER),
+                                        ev, base_rows, fill_unavailable, out).select(wanted)
+        else:
+            upserts = last.filter(upsert).select(wanted)
     if base_rows is not None:
         base_keyed = base_rows.filter(keyed)
         if last is not None:
@@ -415,6 +419,19 @@ def plan_materialise(
 
 
 UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's unavailable.value.placeholder
+MAY_BE_PLACEHOLDER = "__may_be_placeholder"
+BEFORE = "__before"
+
+
+def _may_be_placeholder(schema: Mapping[str, pl.DataType]) -> pl.Expr:
+    """True for events in which Debezium could have sent the placeholder: updates without
+    a before image. Inserts and snapshot reads always carry the value, and with REPLICA
+    IDENTITY FULL (a before image) Debezium has the old value; there a value equal to the
+    placeholder text is data (docs/types.md, "Unchanged TOASTed values")."""
+    flag = pl.col(OP) == "u"
+    if BEFORE in schema:
+        flag = flag & pl.col(BEFORE).is_null()
+    return flag.alias(MAY_BE_PLACEHOLDER)
 
 
 def _unavailable(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -445,13 +462,15 @@ def _fill_unavailable(upserts: pl.LazyFrame, ev: pl.LazyFrame, base_rows: pl.Laz
     for name in columns:
         if name not in out:
             continue
-        placeholder = _unavailable(name, out[name])
+        literal = _unavailable(name, out[name])
+        placeholder = literal & pl.col(MAY_BE_PLACEHOLDER)
         known = (ev.filter(keyed_upsert & ~placeholder)
                  .unique(subset=KEY, keep="last", maintain_order=True)
                  .select(KEY, pl.col(name).alias("__known")))
         sources = [known]
         if base_rows is not None:
-            sources.append(base_rows.filter(~placeholder)
+            # the base is resolved state: a placeholder left in it is no value to copy
+            sources.append(base_rows.filter(~literal)
                            .select(KEY, pl.col(name).alias("__known")))
         for source in sources:
             upserts = (upserts.join(source, on=KEY, how="left", maintain_order="left")

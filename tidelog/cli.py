@@ -69,6 +69,8 @@ def _spec(args: argparse.Namespace, tables: str | None = None) -> Any:
         name=args.name or settings.connector_name,
         tables=parse_tables(tables) if tables else (),
         topic_prefix=args.topic_prefix or settings.topic_prefix,
+        exclude_columns=tuple(c.strip() for c in (getattr(args, "exclude_columns", None)
+                                                  or "").split(",") if c.strip()),
     )
 
 
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-identity-full", action="store_true",
                    help="ALTER the tables to REPLICA IDENTITY FULL (full before images, "
                         "unchanged TOASTed values carried in updates)")
+    p.add_argument("--exclude-columns", metavar="COLUMNS",
+                   help="schema.table.column[,...] to leave out of capture (Debezium's "
+                        "column.exclude.list), e.g. a column of a type tidelog refuses")
     common(p)
     p.set_defaults(handler=_connector_apply)
     p = conn_sub.add_parser("status", help="the connector's and its tasks' state")

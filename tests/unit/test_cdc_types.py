@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import duckdb
+import hypothesis.strategies as st
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
 
+from cdc.events import events_to_arrow
 from cdc.types import (
     PG_TYPE_KEY,
+    _days_from_civil,
+    _zoned_to_us,
     arrow_field,
     codec_for_schema_text,
     column_type,
+    key_normaliser,
     python_converter,
     row_codec,
     rows_to_arrow,
@@ -73,7 +81,8 @@ MAPPINGS = [
     (field("a", "string", "NUMERIC", 0), pa.string(), "numeric"),
     (field("a", "string", "NUMERIC", 131089, 0), pa.string(), "numeric"),
     (field("a", "string", "NUMERIC", 50, 2), pa.string(), "numeric"),  # DuckDB stops at 38
-    (field("a", "string", "NUMERIC", 5, -2), pa.string(), "numeric"),  # PG15 negative scale
+    # PG15 negative scale: Debezium sends 2048 + s; numeric(5,-2) holds 7-digit integers
+    (field("a", "string", "NUMERIC", 5, 2046), pa.decimal128(7, 0), "numeric"),
     (field("a", "string", "TEXT", 2147483647, 0), pa.string(), "text"),
     (field("a", "string", "VARCHAR", 8, 0), pa.string(), "varchar"),
     (field("a", "string", "BPCHAR", 3, 0), pa.string(), "bpchar"),
@@ -84,7 +93,7 @@ MAPPINGS = [
     (field("a", "int64", "TIMESTAMP", 26, 3, "io.debezium.time.Timestamp"),
      pa.timestamp("us"), "timestamp"),
     (field("a", "int32", "DATE", 13, 0, "io.debezium.time.Date"), pa.date32(), "date"),
-    (field("a", "int64", "TIME", 15, 6, "io.debezium.time.MicroTime"), pa.time64("us"), "time"),
+    (field("a", "int64", "TIME", 15, 6, "io.debezium.time.MicroTime"), pa.string(), "time"),
     (field("a", "string", "TIMETZ", 21, 6, "io.debezium.time.ZonedTime"), pa.string(), "timetz"),
     (field("a", "string", "JSONB", 2147483647, 0, "io.debezium.data.Json"), pa.string(), "jsonb"),
     (field("a", "string", "JSON", 2147483647, 0, "io.debezium.data.Json"), pa.string(), "json"),
@@ -205,8 +214,10 @@ def test_timestamptz_beyond_python_range_is_a_decode_error() -> None:
     (DATE, 0, date(1970, 1, 1)),
     (DATE, -25509, date(1900, 2, 28)),
     (DATE, 19783, date(2024, 3, 1)),
-    (DATE, -2147472693, date.max),  # Debezium 3.6.3 sends +infinity as -5877611-06-21
-    (DATE, -2147472692, date.min),
+    (DATE, -2147472692, date.max),  # Debezium 3.6.3 streaming +infinity (-5877611-06-22)
+    (DATE, -2147472691, date.min),
+    (DATE, -622191234, date.max),  # ... and in the initial snapshot
+    (DATE, -625821272, date.min),
     (TIME, 0, time(0)),
     (TIME, 86399999999, time(23, 59, 59, 999999)),
     (TIME, 45296789012, time(12, 34, 56, 789012)),
@@ -221,6 +232,7 @@ def test_temporal_values(schema: dict[str, Any], raw: Any, expected: Any) -> Non
 
 
 def test_time_2400_has_no_python_value() -> None:
+    # the archive keeps it as text (test_time_is_postgres_text_including_2400)
     with pytest.raises(DecodeError, match="24:00:00"):
         python_converter(TIME)(86_400_000_000)
 
@@ -286,7 +298,9 @@ ROWS = _rows(ORDERS_SNAPSHOT, ORDERS_EDGES, ORDERS_UPDATE)
 
 
 # Arrow keeps these as the JSON text Debezium sent; Python parses them.
-TEXT_AS_SENT = {"doc", "meta", "bits", "amount", "cash", "at_timetz"}
+TEXT_AS_SENT = {"doc", "meta", "amount", "cash", "at_timetz"}
+# Arrow holds Postgres's text of these; Python a datetime.time.
+TIME_AS_TEXT = {"at_time"}
 # ±infinity has no pyarrow -> Python value; checked through DuckDB below. `pt` has its own test.
 NOT_HERE = {"created", "local_ts", "day", "stamps", "pt"}
 
@@ -304,6 +318,13 @@ def test_arrow_columns_agree_with_python_values() -> None:
             raw = None if row is None else row[col.name]
             if col.name in TEXT_AS_SENT:
                 assert got == raw, col.name
+                continue
+            if col.name in TIME_AS_TEXT:
+                expected_time = col.to_python(raw)
+                assert got == (None if expected_time is None
+                               else expected_time.isoformat().rstrip("0").rstrip(".")
+                               if expected_time.microsecond else expected_time.isoformat()), \
+                    col.name
                 continue
             expected = col.to_python(raw)
             if isinstance(expected, UUID):
@@ -404,3 +425,241 @@ def test_snapshot_and_streaming_schemas_give_the_same_columns() -> None:
     streaming = row_codec(ORDERS_EDGES["schema"])
     assert snapshot is not streaming
     assert snapshot.arrow_schema.equals(streaming.arrow_schema, check_metadata=True)
+
+
+# --------------------------------------------------------------------------- exact edge values
+# Each conversion of docs/types.md, read back through DuckDB as the catalog does.
+
+
+
+
+def _duck_text(table: pa.Table, column: str) -> list[str | None]:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("t", table)
+    return [r[0] for r in con.execute(f'select "{column}"::varchar from t').fetchall()]
+
+
+def _one(schema: dict[str, Any], values: list[Any]) -> list[str | None]:
+    return _duck_text(rows_to_arrow([{schema["field"]: v} for v in values],
+                                    {"fields": [schema]}), schema["field"])
+
+
+def test_unconstrained_numeric_specials_are_postgres_text() -> None:
+    got = _one(FREE_NUMERIC, ["NAN", "POSITIVE_INFINITY", "NEGATIVE_INFINITY", "1.50", None])
+    assert got == ["NaN", "Infinity", "-Infinity", "1.50", None]
+    arr = field("a", "array", "_NUMERIC", 0, None, items={"type": "string", "optional": True})
+    assert rows_to_arrow([{"a": ["1", "NAN", None]}], {"fields": [arr]}).column("a") \
+        .to_pylist() == [["1", "NaN", None]]
+
+
+@pytest.mark.parametrize("special", ["NAN", "POSITIVE_INFINITY", "NEGATIVE_INFINITY"])
+def test_numeric_specials_in_a_decimal_column_are_refused_with_guidance(special: str) -> None:
+    with pytest.raises(DecodeError, match=r"'price'.*cannot be held by a DECIMAL.*CHECK"):
+        rows_to_arrow([{"price": "1.00"}, {"price": special}], {"fields": [NUMERIC]})
+    with pytest.raises(DecodeError, match="DECIMAL"):
+        column_type(NUMERIC).to_python(special)
+
+
+NEG_SCALE = field("hundreds", "string", "NUMERIC", 3, 2046)  # numeric(3,-2), as Debezium sends
+
+
+def test_negative_scale_numeric_is_an_exact_integer() -> None:
+    padded = "12300." + "0" * 2046
+    table = rows_to_arrow([{"hundreds": padded}, {"hundreds": "-99900." + "0" * 2046},
+                           {"hundreds": "0"}, {"hundreds": None}], {"fields": [NEG_SCALE]})
+    assert table.schema.field("hundreds").type == pa.decimal128(5, 0)
+    assert _duck_text(table, "hundreds") == ["12300", "-99900", "0", None]
+    assert str(column_type(NEG_SCALE).to_python(padded)) == "12300"
+    with pytest.raises(DecodeError, match="not an integer"):
+        column_type(NEG_SCALE).to_python("12300.5")
+
+
+@pytest.mark.parametrize(("days", "text"), [
+    (-622191234, "infinity"), (-625821272, "-infinity"),      # initial snapshot
+    (-2147472692, "infinity"), (-2147472691, "-infinity"),    # streaming
+    (-2440550, "4713-01-01 (BC)"), (-719528, "0001-01-01 (BC)"), (-2440588, "4714-11-24 (BC)"),
+    (2145042905, "5874897-12-31"), (11016, "2000-02-29"),
+])
+def test_dates_infinity_and_bc(days: int, text: str) -> None:
+    assert _one(DATE, [days]) == [text]
+    arr = field("a", "array", "_DATE", 13, 0,
+                items={"type": "int32", "optional": True, "name": "io.debezium.time.Date"})
+    inner = f"'{text}'" if " " in text else text  # DuckDB quotes list items with spaces
+    assert _duck_text(rows_to_arrow([{"a": [days]}], {"fields": [arr]}), "a") == [f"[{inner}]"]
+
+
+@pytest.mark.parametrize("days", [-2440589, 2145042906, -2147483648])
+def test_dates_outside_postgres_range_are_decode_errors(days: int) -> None:
+    with pytest.raises(DecodeError, match="neither a Postgres date"):
+        rows_to_arrow([{"day": days}], {"fields": [DATE]})
+
+
+def test_timestamps_infinity_bc_and_overflow() -> None:
+    got = _one(TS, [9223372036825200000, -9223372036832400000, -210863520000000000,
+                    -210866803200000000, 9223371244800000000])
+    assert got == ["infinity", "-infinity", "4713-01-01 (BC) 00:00:00",
+                   "4714-11-24 (BC) 00:00:00", "294247-01-01 00:00:00"]
+    # 294276-12-31 23:59:59.999999: Debezium's int64 wraps
+    with pytest.raises(DecodeError, match="beyond DuckDB's range"):
+        rows_to_arrow([{"local_ts": -9223372036853775810}], {"fields": [TS]})
+
+
+def test_timestamptz_bc_and_beyond_duckdb() -> None:
+    got = _one(TSTZ, ["-4712-01-01T00:00:00.000000Z", "0000-12-31T23:59:59Z", "infinity",
+                      "-infinity", "+10000-01-01T00:00:00Z", "2024-01-01T12:00:00+05:30"])
+    assert got == ["4713-01-01 (BC) 00:00:00+00", "0001-12-31 (BC) 23:59:59+00", "infinity",
+                   "-infinity", "10000-01-01 00:00:00+00", "2024-01-01 06:30:00+00"]
+    with pytest.raises(DecodeError, match="beyond DuckDB's timestamp range"):
+        rows_to_arrow([{"created": "+294276-12-31T23:59:59.999999Z"}], {"fields": [TSTZ]})
+
+
+def test_time_is_postgres_text_including_2400() -> None:
+    table = rows_to_arrow([{"at": v} for v in (86_400_000_000, 0, 45_296_500_000, None)],
+                          {"fields": [TIME]})
+    assert table.column("at").to_pylist() == ["24:00:00", "00:00:00", "12:34:56.5", None]
+    con = duckdb.connect()
+    con.register("t", table)
+    # DuckDB's TIME takes the text back, 24:00:00 included
+    assert con.execute('select max("at"::time)::varchar from t').fetchone() == ("24:00:00",)
+
+
+def _bits(length: int) -> dict[str, Any]:
+    schema = field("b", "bytes", "BIT", length, 0, "io.debezium.data.Bits")
+    schema["parameters"]["length"] = str(length)
+    return schema
+
+
+@pytest.mark.parametrize(("length", "sent", "text"), [
+    (4, "AQ==", "0001"), (4, "CA==", "1000"), (4, "", "0000"), (1, "AQ==", "1"),
+    (12, "AQ==", "000000000001"), (12, "AAg=", "100000000000"),
+])
+def test_bit_n_keeps_its_declared_length(length: int, sent: str, text: str) -> None:
+    schema = _bits(length)
+    assert rows_to_arrow([{"b": sent}], {"fields": [schema]}).column("b").to_pylist() == [text]
+    assert column_type(schema).to_python(sent) == text
+
+
+@hsettings(deadline=None)
+@given(st.text(alphabet="01", min_size=1, max_size=80))
+def test_bit_text_round_trips_any_bit_string(bits: str) -> None:
+    # what Debezium sends: java.util.BitSet.toByteArray() of the bit string's value
+    value = int(bits, 2)
+    sent = binascii_b64(value.to_bytes((value.bit_length() + 7) // 8, "little"))
+    assert column_type(_bits(len(bits))).to_python(sent) == bits
+
+
+def binascii_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_char_n_loses_trailing_blanks_like_postgres_text() -> None:
+    bpchar = field("ch", "string", "BPCHAR", 10, 0)
+    table = rows_to_arrow([{"ch": "BUILDING  "}, {"ch": "          "}, {"ch": " a b  "},
+                           {"ch": None}], {"fields": [bpchar]})
+    assert table.column("ch").to_pylist() == ["BUILDING", "", " a b", None]
+    assert column_type(bpchar).to_python("BUILDING  ") == "BUILDING"
+
+
+@pytest.mark.parametrize(("sent", "text"), [
+    ("P0Y0M0DT0H0M0S", "PT0S"), ("P0Y0M-1DT0H0M0S", "P-1D"),
+    ("P1Y2M3DT4H5M6.5S", "P1Y2M3DT4H5M6.5S"),
+    ("P0Y0M2147483647DT2147483647H0M54.775807S", "P2147483647DT2147483647H54.775807S"),
+    ("P0Y0M0DT0H0M-0.500000S", "PT-0.5S"), ("P-1Y-2M0DT0H0M0S", "P-1Y-2M"),
+    ("P0Y0M0DT0H30M0S", "PT30M"),
+])
+def test_interval_is_postgres_iso_8601_text(sent: str, text: str) -> None:
+    interval = field("iv", "string", "INTERVAL", 49, 6)
+    assert rows_to_arrow([{"iv": sent}], {"fields": [interval]}).column("iv").to_pylist() == [text]
+
+
+# Hypothesis: values drawn per type, compared with an independent reference.
+
+@hsettings(deadline=None)
+@given(st.dates())
+def test_days_from_civil_matches_python_dates(day: date) -> None:
+    expected = day.toordinal() - date(1970, 1, 1).toordinal()
+    assert _days_from_civil(day.year, day.month, day.day) == expected
+
+
+@hsettings(max_examples=50, deadline=None)
+@given(st.integers(-4713, 0), st.integers(1, 12), st.integers(1, 28))
+def test_days_from_civil_matches_duckdb_for_bc_years(year: int, month: int, day: int) -> None:
+    bc = f"{1 - year:04d}-{month:02d}-{day:02d} (BC)"
+    expected = duckdb.execute(f"select '{bc}'::date - '1970-01-01'::date").fetchone()[0]  # type: ignore[index]
+    assert _days_from_civil(year, month, day) == expected
+
+
+@hsettings(deadline=None)
+@given(st.datetimes(timezones=st.sampled_from([UTC])), st.integers(-15 * 60, 15 * 60))
+def test_zoned_timestamps_match_python(moment: datetime, offset_minutes: int) -> None:
+    zone = timezone(timedelta(minutes=offset_minutes))
+    local = moment.astimezone(zone) if 1 < moment.year < 9999 else moment
+    text = local.isoformat().replace("+00:00", "Z")
+    expected = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert _zoned_to_us(text) == expected
+    assert _one(TSTZ, [text]) == _one(TSTZ, [moment.isoformat()])
+
+
+@hsettings(deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_unconstrained_numeric_text_is_kept_exactly(value: Decimal) -> None:
+    text = format(value, "f")
+    assert _one(FREE_NUMERIC, [text]) == [text]
+    assert column_type(FREE_NUMERIC).to_python(text) == value
+
+
+@hsettings(deadline=None)
+@given(st.decimals(min_value=-9999999999, max_value=9999999999, places=2,
+                   allow_nan=False, allow_infinity=False))
+def test_decimal_column_text_matches_postgres_form(value: Decimal) -> None:
+    text = format(value.quantize(Decimal("0.01")), "f")
+    assert _one(NUMERIC, [text]) == [text]
+
+
+@hsettings(deadline=None)
+@given(st.text())
+def test_text_is_kept_exactly(value: str) -> None:
+    table = rows_to_arrow([{"name": value}], {"fields": [TEXT]})
+    assert table.column("name").to_pylist() == [value]
+
+
+@hsettings(deadline=None)
+@given(st.integers(0, 86_400_000_000))
+def test_time_text_reads_back_in_duckdb_as_the_same_time(micros: int) -> None:
+    text = rows_to_arrow([{"at": micros}], {"fields": [TIME]}).column("at").to_pylist()[0]
+    back = duckdb.execute("select epoch_us(?::time)", [text]).fetchone()[0]  # type: ignore[index]
+    assert back == micros
+
+
+def test_date_key_infinity_has_one_spelling_across_snapshot_and_streaming() -> None:
+    key_schema = {"type": "struct", "name": "k.Key", "optional": False, "fields": [
+        {"type": "int32", "optional": False, "name": "io.debezium.time.Date", "version": 1,
+         "field": "d"}]}
+    normalise = key_normaliser(key_schema)
+    assert normalise is not None
+    assert normalise({"d": -622191234}) == normalise({"d": -2147472692}) == {"d": 2**31 - 1}
+    assert normalise({"d": 19000}) == {"d": 19000}  # ordinary keys stay exactly as sent
+    assert key_normaliser({"type": "struct", "fields": [{"type": "int32", "field": "id"}]}) is None
+
+
+def test_archived_date_keys_match_between_snapshot_read_and_streaming_delete() -> None:
+    key_schema = {"type": "struct", "name": "k.Key", "optional": False, "fields": [
+        {"type": "int32", "optional": False, "name": "io.debezium.time.Date", "version": 1,
+         "field": "d"}]}
+    value_schema = {"type": "struct", "name": "k.Envelope", "fields": [
+        {"type": "struct", "optional": True, "field": "before", "fields": [DATE]},
+        {"type": "struct", "optional": True, "field": "after", "fields": [DATE]},
+        {"type": "struct", "optional": False, "field": "source", "fields": []},
+        {"type": "string", "optional": False, "field": "op"}]}
+
+    def message(offset: int, op: str, days: int) -> tuple[str, int, int, bytes, bytes]:
+        key = orjson.dumps({"schema": key_schema, "payload": {"d": days}})
+        after = None if op == "d" else {"day": days}
+        value = orjson.dumps({"schema": value_schema, "payload": {
+            "before": None, "after": after, "op": op,
+            "source": {"schema": "public", "table": "k", "lsn": offset, "txId": 1}}})
+        return ("p.public.k", 0, offset, key, value)
+
+    table = events_to_arrow([message(0, "r", -622191234), message(1, "d", -2147472692)])
+    assert table.column("__key").to_pylist() == ['{"d":2147483647}'] * 2

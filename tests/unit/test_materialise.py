@@ -436,3 +436,35 @@ def test_key_columns_are_inferred_from_key_payload() -> None:
 def test_unreadable_segment_is_an_archive_error(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="could not read"):
         materialise([pl.scan_parquet(tmp_path / "missing.parquet")], ["id"])
+
+
+# --- Debezium's unavailable-value placeholder: only where Debezium could have sent it ---
+
+
+def _with_before(frame: pl.DataFrame, before: list[str | None]) -> pl.DataFrame:
+    return frame.with_columns(pl.Series("__before", before, dtype=pl.String))
+
+
+def test_placeholder_in_an_update_is_the_previous_value() -> None:
+    from snapshotter.materialise import UNAVAILABLE
+
+    events = _with_before(ev([(0, "r", 1, "big"), (1, "u", 1, UNAVAILABLE)]), [None, None])
+    assert materialise(events, ["id"]).to_dicts() == [{"id": 1, "v": "big"}]
+
+
+def test_placeholder_text_written_by_an_insert_is_data() -> None:
+    from snapshotter.materialise import UNAVAILABLE
+
+    # the key had an earlier life: its old value must not come back
+    events = _with_before(ev([(0, "c", 1, "old"), (1, "d", 1, None), (2, "x", 1, None),
+                              (3, "c", 1, UNAVAILABLE)]), [None] * 4)
+    assert materialise(events, ["id"]).to_dicts() == [{"id": 1, "v": UNAVAILABLE}]
+
+
+def test_placeholder_text_in_an_update_with_a_before_image_is_data() -> None:
+    from snapshotter.materialise import UNAVAILABLE
+
+    # REPLICA IDENTITY FULL: Debezium had the old value, so it never sends the placeholder
+    events = _with_before(ev([(0, "r", 1, "old"), (1, "u", 1, UNAVAILABLE)]),
+                          [None, '{"id":1,"v":"old"}'])
+    assert materialise(events, ["id"]).to_dicts() == [{"id": 1, "v": UNAVAILABLE}]
