@@ -141,7 +141,9 @@ def _archived_partitions(archive: Archive, topic: str) -> list[int]:
 def _scan(archive: Archive, topic: str, partition: int, generation: int, start: int,
           end: int, columns: list[str] | None = None) -> list[pl.LazyFrame]:
     frames = []
-    for seg in archive.segments_for_range(topic, partition, generation, start, end):
+    segments = archive.segments_for_range(topic, partition, generation, start, end)
+    archive.verify(segments)  # never build from a segment that fails its checksum
+    for seg in segments:
         frame = archive.storage.scan(seg.path)
         if seg.start < start or seg.end > end:
             frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
@@ -158,7 +160,7 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
     """
     segs = archive.segments(topic, partition, generation)
     ops = next((frame["__op"] for frame in (
-        archive.storage.scan(s.path, ["__op"]).collect() for s in segs) if frame.height), None)
+        archive.scan(s, ["__op"]).collect() for s in segs) if frame.height), None)
     if ops is not None and ops[0] != "r":
         raise CutError(
             f"{topic}[{partition}] is on a new log (archive generation {generation}) that "
