@@ -61,6 +61,7 @@ from tidelog.errors import (
     SnapshotError,
     TidelogError,
 )
+from tidelog.redact import redact_dsn
 from tidelog.settings import Settings
 
 __all__ = [
@@ -770,7 +771,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
             built_from=base.manifest.id if base else "full",
             source={"topic_prefix": settings.topic_prefix,
                     "connector": settings.connector_name,
-                    "database": _redacted_dsn(settings.postgres_dsn)},
+                    "database": redact_dsn(settings.postgres_dsn)},
         )
         # The files reach the disk first, the manifest last; the rename makes the whole
         # snapshot appear at once, and syncing the parent makes the rename durable.
@@ -786,12 +787,6 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _redacted_dsn(dsn: str) -> str:
-    import re
-
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
 def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tidelog.errors import ConnectorError, TidelogError
+from tidelog.redact import redact_url
 from tidelog.settings import Settings, home_dir, load_settings
 
 __all__ = ["register", "run_demo", "DemoNames", "wait_for_capture", "RECIPE", "PARAMS",
@@ -470,7 +471,7 @@ def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], sc
     a, b = first["snapshot_id"], second["snapshot_id"]
     sql = f"select count(*) from snap_{a}.customers; select count(*) from snap_{b}.customers"
     return {
-        "mlflow_ui": settings.require("mlflow_uri"),
+        "mlflow_ui": redact_url(settings.require("mlflow_uri")),
         "catalog": str(catalog),
         "duckdb_command": f'duckdb -readonly {catalog} -c "{sql}"',
         "sql_command": f'tidelog sql "select * from snap_{b}.customers limit 5"',
