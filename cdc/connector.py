@@ -20,6 +20,7 @@ import httpx
 import psycopg
 
 from tidelog.errors import ConnectorError, SourceError
+from tidelog.redact import redact_dsn
 from tidelog.settings import Settings
 
 __all__ = [
@@ -101,7 +102,7 @@ def preflight(dsn: str, spec: ConnectorSpec) -> None:
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, autocommit=True)
     except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to Postgres at {_redact(dsn)}: {exc}") from exc
+        raise SourceError(f"cannot connect to Postgres at {redact_dsn(dsn)}: {exc}") from exc
     with conn:
         settings = dict(conn.execute(
             "select name, setting from pg_settings where name in "
@@ -124,7 +125,7 @@ def preflight(dsn: str, spec: ConnectorSpec) -> None:
                 "c.relnamespace where n.nspname = %s and c.relname = %s and c.relkind in "
                 "('r', 'p')", (schema, name)).fetchone()
             if row is None:
-                raise SourceError(f"table {table} does not exist in {_redact(dsn)}")
+                raise SourceError(f"table {table} does not exist in {redact_dsn(dsn)}")
             if row[1] == 0:
                 raise SourceError(
                     f"table {table} has no primary key: tidelog materialises tables by key; "
@@ -153,10 +154,6 @@ def _slot_held_by_us(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> bool
         "select a.application_name from pg_replication_slots s join pg_stat_activity a "
         "on a.pid = s.active_pid where s.slot_name = %s", (spec.slot_name,)).fetchone()
     return bool(row and "Debezium" in (row[0] or ""))
-
-
-def _redact(dsn: str) -> str:
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
 class _Connect:

@@ -13,8 +13,9 @@ Forms handled (docs/security.md):
   (`https://TOKEN@host`) and is replaced whole; query parameters whose name says secret
   (password, sslpassword, token, access_token, api_key, secret, signature, sig,
   credential, auth, ...);
-- free text (an exception's message, a traceback): every URL and every
-  `password=...` / `sslpassword=...` pair in it.
+- free text (an exception's message, a traceback): every URL, every
+  `password=...` / `sslpassword=...` pair and every JSON member named like a password,
+  secret or token in it.
 
 The replacement is `***`, so what was hidden stays visible as hidden.
 """
@@ -111,10 +112,17 @@ def redact_dsn(dsn: str) -> str:
     return _redact_kv(dsn)
 
 
+# A JSON member whose name says password, as Kafka Connect echoes connector configs
+# (`"database.password": "..."`).
+_JSON_SECRET = re.compile(r'(?P<key>"[^"]*(?:password|secret|token)[^"]*"\s*:\s*)"(?:[^"\\]|\\.)*"',
+                          re.IGNORECASE)
+
+
 def redact_text(text: str) -> str:
     """Free text (a message, a traceback) with every URL and secret pair in it masked."""
     if not text:
         return text
+    text = _JSON_SECRET.sub(lambda m: f'{m["key"]}"{MASK}"', text)
     return _redact_kv(_URL.sub(lambda m: redact_url(m[0]), text))
 
 

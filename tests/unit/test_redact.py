@@ -66,6 +66,8 @@ def test_redact_text_finds_every_url_and_pair() -> None:
     out = redact_text(text)
     assert PW not in out
     assert "http://u:***@h:8083/connectors" in out and "password=***" in out
+    echoed = f'rejected: {{"database.password": "{PW}", "database.user": "me"}}'
+    assert redact_text(echoed) == 'rejected: {"database.password": "***", "database.user": "me"}'
 
 
 def test_errors_never_carry_a_secret() -> None:
