@@ -32,6 +32,7 @@ from api.routes import ROUTERS
 from api.state import ApiState
 from api.store import Database
 from tidelog import __version__
+from tidelog.redact import install_log_redaction
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
                core: Core | None = None, provider: SnapshotProvider | None = None
                ) -> FastAPI:
     """The API for `settings`; `core`/`provider` let tests serve from fakes."""
+    install_log_redaction()  # no credential in a URL reaches the API log
     config = config or load_api_config(settings)
     core = core or Core(settings, provider, lineage_ttl=config.lineage_ttl)
     db = Database(config.db_path)

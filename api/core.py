@@ -18,6 +18,7 @@ from api.cache import LineageCache
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
 from tidelog.errors import CutError, TidelogError
+from tidelog.redact import redact_url
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
 from trainer.tracking import DEFAULT_EXPERIMENT
@@ -246,7 +247,7 @@ class Core:
                 {"cluster_id": identity[0], "topic_id": identity[1]},
                 "same_log_as_broker": same_log,
             })
-        return {"archive_root": self.settings.archive_root, "broker": broker,
+        return {"archive_root": redact_url(self.settings.archive_root), "broker": broker,
                 "partitions": partitions}
 
     def _kafka_admin(self) -> Any:

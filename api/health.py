@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from tidelog.redact import redact_text, redact_url
 from tidelog.settings import Settings
 
 __all__ = ["readiness", "CHECKS"]
@@ -72,7 +73,7 @@ def _archive(settings: Settings) -> str:
     storage = Storage.open(settings.archive_root)
     if not storage.local:
         storage.listdir(storage.base)
-        return f"object storage {settings.archive_root}"
+        return f"object storage {redact_url(settings.archive_root)}"
     path = Path(storage.base)
     probe = path if path.exists() else next(p for p in path.parents if p.exists())
     if not os.access(probe, os.W_OK):
@@ -104,6 +105,7 @@ def readiness(settings: Settings, checks: dict[str, Callable[[Settings], str]] |
             result[name] = {"ok": False, "error": f"no answer within {TIMEOUT + 2:.0f}s"}
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            result[name] = {"ok": False, "error": str(message)[:500]}
+            # httpx quotes the URL it failed on, credentials included
+            result[name] = {"ok": False, "error": redact_text(str(message))[:500]}
     pool.shutdown(wait=False)
     return result

@@ -29,6 +29,7 @@ from api.audit import AuditEntry, AuditLog
 from api.errors import HttpError, status_for
 from api.store import Database, now
 from tidelog.errors import TidelogError
+from tidelog.redact import redact_text
 
 __all__ = ["Job", "JobKind", "JobContext", "JobStore", "JobRunner", "INTERRUPTED",
            "IDEMPOTENCY_TTL"]
@@ -273,7 +274,8 @@ class JobRunner:
         except Exception as exc:  # noqa: BLE001 - a job must end in a defined state
             _LOG.exception("job %s (%s) raised", job_id, job.kind)
             finished = self.store.finish(job_id, job.attempts, error={
-                "code": "internal", "message": f"{type(exc).__name__}: {exc}", "status": 500,
+                "code": "internal", "message": redact_text(f"{type(exc).__name__}: {exc}"),
+                "status": 500,
                 "details": {}})
         if finished is None:
             _LOG.warning("job %s attempt %d ended after being taken over; its outcome is "

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cdc.events import METADATA_COLUMNS
@@ -50,6 +52,7 @@ __all__ = [
     "Generation",
     "Segment",
     "Archive",
+    "damaged_segment_error",
     "archive_topics",
     "run_archiver",
     "cdc_topics",
@@ -58,6 +61,15 @@ __all__ = [
 # <start>-<end>-<first 16 hex of the file's sha256>.parquet: the name commits the range
 # and the content together, so a changed file is detected and named.
 SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})-([0-9a-f]{16})\.parquet$")
+
+# Per generation directory: segment name -> [size, mtime_ns] at the time its bytes were
+# last found to match the checksum in its name. A read rehashes a segment only when its
+# stat differs from the mark (docs/archive.md "Segment checksums").
+VERIFIED_NAME = ".verified.json"
+# A file modified again within the filesystem's timestamp granularity after being hashed
+# would keep the marked mtime ("racy git"): segments this young are hashed on every read
+# and never marked, so any later rewrite necessarily changes the mtime.
+RACY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,8 @@ class Archive:
     def __init__(self, root: str) -> None:
         self.root = root
         self.storage = Storage.open(root)
+        # path -> (size, mtime_ns) of segments this instance found marked or marked itself
+        self._trusted: dict[str, tuple[int, int]] = {}
 
     # -- generations -----------------------------------------------------------------
     def _partition_dir(self, topic: str, partition: int) -> str:
@@ -176,10 +190,80 @@ class Archive:
         return Segment(topic, partition, generation, start, end, path, checksum)
 
     def damaged(self, segments: Iterable[Segment]) -> list[Segment]:
-        """Segments whose bytes no longer match the checksum in their name."""
-        return [seg for seg in segments
-                if hashlib.sha256(self.storage.read_bytes(seg.path)).hexdigest()[:16]
-                != seg.checksum]
+        """Segments whose bytes no longer match the checksum in their name (a full rehash,
+        ignoring verified marks)."""
+        return [seg for seg in segments if not self._matches(seg)]
+
+    def _matches(self, seg: Segment) -> bool:
+        digest = hashlib.sha256()
+        try:
+            with self.storage.fs.open_input_stream(seg.path) as src:
+                while chunk := src.read(1 << 22):
+                    digest.update(chunk)
+        except (OSError, pa.ArrowException):
+            return False
+        return digest.hexdigest()[:16] == seg.checksum
+
+    def _stat(self, path: str) -> tuple[int, int] | None:
+        info = self.storage.fs.get_file_info(path)
+        if info.type != pafs.FileType.File or info.size is None or info.mtime_ns is None:
+            return None
+        return int(info.size), int(info.mtime_ns)
+
+    def _marks(self, directory: str) -> dict[str, list[int]]:
+        path = f"{directory}/{VERIFIED_NAME}"
+        try:
+            marks = json.loads(self.storage.read_bytes(path))
+        except (OSError, pa.ArrowException, ValueError):
+            return {}  # none yet, or unreadable: every segment is simply rehashed
+        return marks if isinstance(marks, dict) else {}
+
+    def verify(self, segments: Sequence[Segment]) -> None:
+        """Refuse with ArchiveError unless every segment's bytes match its checksum.
+
+        A segment whose size and mtime_ns equal its verified mark is trusted without
+        rehashing; any other is hashed in full and, when it matches and is not too young
+        (RACY_SECONDS), marked. A rewrite that keeps the size and forges the mtime is not
+        caught here: `tidelog archive verify` rehashes everything.
+        """
+        by_directory: dict[str, list[Segment]] = {}
+        for seg in segments:
+            by_directory.setdefault(seg.path.rsplit("/", 1)[0], []).append(seg)
+        for directory, segs in by_directory.items():
+            stats = {seg.path: self._stat(seg.path) for seg in segs}
+            if all(stat is not None and self._trusted.get(path) == stat
+                   for path, stat in stats.items()):
+                continue
+            marks = self._marks(directory)
+            fresh: dict[str, list[int]] = {}
+            for seg in segs:
+                name = seg.path.rsplit("/", 1)[1]
+                stat = stats[seg.path]
+                if stat is not None and marks.get(name) == list(stat):
+                    self._trusted[seg.path] = stat
+                    continue
+                if stat is None or not self._matches(seg):
+                    raise damaged_segment_error(seg, self.root)
+                after = self._stat(seg.path)
+                if after == stat and stat[1] < (time.time() - RACY_SECONDS) * 1e9:
+                    fresh[name] = list(stat)
+                    self._trusted[seg.path] = stat
+            if fresh:
+                self._save_marks(directory, fresh)
+
+    def _save_marks(self, directory: str, fresh: dict[str, list[int]]) -> None:
+        marks = self._marks(directory)  # re-read: another reader may have marked others
+        marks.update(fresh)
+        try:
+            self.storage.write_bytes(f"{directory}/{VERIFIED_NAME}",
+                                     json.dumps(marks, sort_keys=True).encode())
+        except (OSError, pa.ArrowException):
+            pass  # a read-only archive: the segments are rehashed next time, still exact
+
+    def scan(self, seg: Segment, columns: list[str] | None = None) -> pl.LazyFrame:
+        """A verified segment's rows (see `verify`)."""
+        self.verify([seg])
+        return self.storage.scan(seg.path, columns)
 
     def segments_for_range(self, topic: str, partition: int, generation: int, start: int,
                            end: int) -> list[Segment]:
@@ -223,6 +307,20 @@ class Archive:
                     "segments": len(segs),
                 })
         return rows
+
+
+def damaged_segment_error(seg: Segment, root: str) -> ArchiveError:
+    """The refusal to read a segment that fails its checksum, saying how to recover."""
+    return ArchiveError(
+        f"archived segment of {seg.topic}[{seg.partition}] generation {seg.generation}, "
+        f"offsets {seg.start}..{seg.end - 1}, fails its checksum {seg.checksum}: {seg.path}. "
+        "tidelog will not read altered history. Restore the file from a backup; or, while "
+        f"Kafka's retention still holds offset {seg.start} of {seg.topic}[{seg.partition}], "
+        "move this segment and every later one of the generation out of the archive and run "
+        "`tidelog archive run` to archive those offsets again. `tidelog archive verify` "
+        f"lists every damaged segment under {root}",
+        topic=seg.topic, partition=seg.partition, generation=seg.generation,
+        start=seg.start, end=seg.end, path=seg.path)
 
 
 Decoder = Callable[[Sequence[RawMessage]], list[tuple[pa.Table, int, int]]]

@@ -51,6 +51,12 @@ def _archive_status(args: argparse.Namespace) -> int:
     return 0
 
 
+DAMAGED_HINT = (
+    "snapshots refuse to read a damaged segment. Restore it from a backup; or, while "
+    "Kafka's retention still holds its first offset, move it and every later segment of "
+    "its generation out of the archive and run `tidelog archive run` to archive them again")
+
+
 def _archive_verify(args: argparse.Namespace) -> int:
     from snapshotter.archive import Archive
 
@@ -63,13 +69,18 @@ def _archive_verify(args: argparse.Namespace) -> int:
             segments = archive.segments(topic, partition, gen.number)
             checked += len(segments)
             damaged += [s.path for s in archive.damaged(segments)]
-    report = {"ok": not damaged, "segments_checked": checked, "damaged": damaged}
+    report: dict[str, Any] = {"ok": not damaged, "segments_checked": checked,
+                              "damaged": damaged}
+    if damaged:
+        report["hint"] = DAMAGED_HINT
     if args.json:
         _print_json(report)
     else:
         print(f"{checked} segments checked, {len(damaged)} damaged")
         for path in damaged:
             print(f"  damaged: {path}")
+        if damaged:
+            print(DAMAGED_HINT)
     return 0 if not damaged else 1
 
 

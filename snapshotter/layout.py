@@ -23,7 +23,7 @@ import polars as pl
 from snapshotter.manifest import TableManifest
 
 __all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
-           "sql_text", "sql_paths", "file_sha256"]
+           "sql_text", "sql_paths", "file_sha256", "file_stat", "changed_files"]
 
 KEY = "__key"
 
@@ -107,3 +107,27 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_stat(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns): what the manifest records per file as its verified mark."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def changed_files(directory: Path, table: TableManifest) -> list[str]:
+    """Files of a table that are missing or fail the sha256 its manifest recorded.
+
+    A file that still stats as recorded (`file_stats`) is taken as unchanged without
+    rehashing, as git's index does; any other is rehashed. Manifests without checksums
+    (format 1) have nothing to compare here: the caller recomputes their digest.
+    """
+    changed = []
+    for name in table.all_files:
+        path = directory / name
+        if not path.is_file():
+            changed.append(name)
+        elif (table.file_stats.get(name) != file_stat(path)
+              and file_sha256(path) != table.checksums.get(name)):
+            changed.append(name)
+    return changed

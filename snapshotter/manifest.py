@@ -8,8 +8,9 @@ from typing import Any
 
 from snapshotter.cut import Cut
 from tidelog.errors import SnapshotError
+from tidelog.redact import redact_dsn, redact_mapping
 
-__all__ = ["TableManifest", "Manifest", "MANIFEST_NAME", "FORMAT_VERSION"]
+__all__ = ["TableManifest", "Manifest", "MANIFEST_NAME", "FORMAT_VERSION", "redacted_source"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2  # 2: delete and delta files, content/schema digests, file checksums
@@ -72,6 +73,15 @@ class TableManifest:
                                for k, v in data.get("file_stats", {}).items()})
 
 
+def redacted_source(source: dict[str, Any]) -> dict[str, Any]:
+    """`source` with the database DSN and any other credential masked: manifests written
+    before tidelog redacted every DSN form may still hold a password."""
+    values = redact_mapping(source)
+    if isinstance(source.get("database"), str):
+        values["database"] = redact_dsn(source["database"])
+    return values
+
+
 @dataclass(frozen=True)
 class Manifest:
     id: str
@@ -120,7 +130,7 @@ class Manifest:
                 created_at=data["created_at"],
                 tidelog_version=data["tidelog_version"],
                 built_from=data.get("built_from", "full"),
-                source=data.get("source", {}),
+                source=redacted_source(data.get("source", {})),
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:

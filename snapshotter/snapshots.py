@@ -43,7 +43,9 @@ from snapshotter.digest import (
 )
 from snapshotter.layout import (
     base_pieces_of,
+    changed_files,
     file_sha256,
+    file_stat,
     read_table,
     sql_paths,
     sql_text,
@@ -63,6 +65,7 @@ from tidelog.errors import (
     TidelogError,
 )
 from tidelog.openlineage import traced
+from tidelog.redact import redact_dsn
 from tidelog.settings import Settings
 from tidelog.topics import table_topic, transaction_topic
 
@@ -83,20 +86,56 @@ BUCKET_COLUMN = "__bucket"  # only in spill files
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A published snapshot. Every read checks the table's files against the manifest
+    first (`verify`), so nothing is ever read that differs from what its digest says."""
+
     manifest: Manifest
     path: Path
+    _verified: set[str] = dataclasses.field(default_factory=set, compare=False, repr=False)
+
+    def verify(self, name: str) -> None:
+        """Refuse with DigestMismatch unless table `name`'s files are those the manifest
+        describes: sha256 per file (skipped for files that still stat as recorded), or,
+        for a manifest without checksums, the recomputed digest."""
+        if name in self._verified:
+            return
+        table = self.manifest.tables[name]
+        sid = self.manifest.id
+        if table.checksums:
+            bad = changed_files(self.path, table)
+            what = (f"file{'s' if len(bad) > 1 else ''} {', '.join(bad)} "
+                    "missing or failing the sha256 its manifest recorded")
+        else:
+            try:
+                got = table_digest(duckdb.connect(), visible_sql(self.path, table)).digest
+            except TidelogError:
+                got = "unreadable"
+            bad = [name] if got != table.digest else []
+            what = f"content digest {got} where the manifest recorded {table.digest}"
+        if bad:
+            raise DigestMismatch(
+                f"snapshot {sid} table {name} was changed after it was built ({what}); "
+                "refusing to read it, since anything built from it would record a digest "
+                f"its data does not have. See `tidelog snapshot verify {sid}`, then delete "
+                "the snapshot and create it again from the archive at the same cut "
+                f"(`tidelog snapshot show {sid}` prints the cut)",
+                snapshot_id=sid, table=name, files=bad)
+        self._verified.add(name)
 
     def table(self, name: str) -> pl.DataFrame:
         """The table's rows in the canonical order (key columns, then `__key`)."""
         if name not in self.manifest.tables:
             raise SnapshotError(f"snapshot {self.manifest.id} has no table {name}; it has "
                                 f"{sorted(self.manifest.tables)}")
+        self.verify(name)
         return read_table(self.path, self.manifest.tables[name])
 
     def tables(self) -> dict[str, pl.DataFrame]:
         return {name: self.table(name) for name in sorted(self.manifest.tables)}
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
+        for name in self.manifest.tables:
+            self.verify(name)
         con = duckdb.connect()
         for name, table in self.manifest.tables.items():
             schema, rel = name.split(".", 1)
@@ -146,7 +185,9 @@ def _archived_partitions(archive: Archive, topic: str) -> list[int]:
 def _scan(archive: Archive, topic: str, partition: int, generation: int, start: int,
           end: int, columns: list[str] | None = None) -> list[pl.LazyFrame]:
     frames = []
-    for seg in archive.segments_for_range(topic, partition, generation, start, end):
+    segments = archive.segments_for_range(topic, partition, generation, start, end)
+    archive.verify(segments)  # never build from a segment that fails its checksum
+    for seg in segments:
         frame = archive.storage.scan(seg.path)
         if seg.start < start or seg.end > end:
             frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
@@ -163,7 +204,7 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
     """
     segs = archive.segments(topic, partition, generation)
     ops = next((frame["__op"] for frame in (
-        archive.storage.scan(s.path, ["__op"]).collect() for s in segs) if frame.height), None)
+        archive.scan(s, ["__op"]).collect() for s in segs) if frame.height), None)
     if ops is not None and ops[0] != "r":
         raise CutError(
             f"{topic}[{partition}] is on a new log (archive generation {generation}) that "
@@ -325,24 +366,13 @@ def _find_base(settings: Settings, cut: Cut, tables: Sequence[str]) -> Manifest 
     return best
 
 
-def _file_stat(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
 def _intact(settings: Settings, manifest: Manifest, con: duckdb.DuckDBPyConnection) -> bool:
     """Whether a snapshot's files are still exactly what its manifest describes."""
     directory = _snapshot_root(settings) / manifest.id
     for table in manifest.tables.values():
         if table.checksums:  # format 2: a sha256 per file, rehashed unless it stats the same
-            for name in table.all_files:
-                path = directory / name
-                if not path.is_file():
-                    return False
-                if _file_stat(path) == table.file_stats.get(name):
-                    continue
-                if file_sha256(path) != table.checksums.get(name):
-                    return False
+            if changed_files(directory, table):
+                return False
             continue
         try:  # format 1: recompute the digest
             got = table_digest(con, visible_sql(directory, table))
@@ -454,7 +484,7 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
     return dataclasses.replace(draft, rows=digest.rows, digest=digest.digest,
                                content_digest=digest.content_digest,
                                schema_digest=digest.schema_digest, checksums=sums,
-                               file_stats={n: _file_stat(tmp / n) for n in draft.all_files})
+                               file_stats={n: file_stat(tmp / n) for n in draft.all_files})
 
 
 def memory_budget(settings: Settings) -> int:
@@ -748,7 +778,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
             built_from=base.manifest.id if base else "full",
             source={"topic_prefix": settings.topic_prefix,
                     "connector": settings.connector_name,
-                    "database": _redacted_dsn(settings.postgres_dsn)},
+                    "database": redact_dsn(settings.postgres_dsn)},
         )
         # The files reach the disk first, the manifest last; the rename makes the whole
         # snapshot appear at once, and syncing the parent makes the rename durable.
@@ -782,12 +812,6 @@ def _write_failed(sid: str, root: Path, exc: BaseException) -> SnapshotWriteErro
         f"writing snapshot {sid} under {root} failed: {reason}; nothing of it was kept. "
         f"Free space (or fix permissions) under {root}, then retry", snapshot_id=sid,
         root=str(root))
-
-
-def _redacted_dsn(dsn: str) -> str:
-    import re
-
-    return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
 @traced("snapshot", describe_snapshot)

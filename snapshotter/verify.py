@@ -11,7 +11,7 @@ from snapshotter.digest import overall_digest, table_digest
 from snapshotter.layout import file_sha256, visible_sql
 from snapshotter.manifest import TableManifest
 from snapshotter.snapshots import KEY_COLUMN, open_snapshot
-from tidelog.errors import SnapshotError
+from tidelog.errors import DigestMismatch, SnapshotError
 from tidelog.settings import Settings
 
 __all__ = ["verify_snapshot", "diff_snapshots"]
@@ -54,8 +54,13 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
     if against_source:
         from snapshotter.source_check import compare_with_source
 
-        report["source"] = compare_with_source(settings, snap)
-        report["ok"] = report["ok"] and all(t["ok"] for t in report["source"].values())
+        try:
+            report["source"] = compare_with_source(settings, snap)
+        except DigestMismatch as exc:  # changed files are not read, not even to compare
+            report["source"] = {"error": exc.message}
+            report["ok"] = False
+        else:
+            report["ok"] = report["ok"] and all(t["ok"] for t in report["source"].values())
     return report
 
 

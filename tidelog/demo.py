@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tidelog.errors import ConnectorFailed, TidelogError
+from tidelog.redact import redact_url
 from tidelog.retry import poll
 from tidelog.settings import Settings, home_dir, load_settings
 from tidelog.topics import table_topic
@@ -475,7 +476,7 @@ def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], sc
     sql = f"select count(*) from snap_{a}.customers; select count(*) from snap_{b}.customers"
     duckdb, tidelog = _command("duckdb"), _command("tidelog")
     return {
-        "mlflow_ui": settings.require("mlflow_uri"),
+        "mlflow_ui": redact_url(settings.require("mlflow_uri")),
         "catalog": str(catalog),
         "duckdb_command": f'{duckdb} -readonly {shlex.quote(str(catalog))} -c "{sql}"',
         "sql_command": f'{tidelog} sql "select * from snap_{b}.customers limit 5"',

@@ -36,6 +36,8 @@ opposed to terminal ones (offsets lost to retention); `tidelog.retry.poll` reads
 
 from __future__ import annotations
 
+from tidelog.redact import redact_text
+
 __all__ = [
     "TidelogError",
     "ConfigError",
@@ -74,9 +76,13 @@ class TidelogError(Exception):
     transient: bool = False
 
     def __init__(self, message: str, **details: object) -> None:
+        # Messages quote URLs and DSNs (and third-party messages that quote them): no
+        # password or token may reach a reader through an error (tidelog/redact.py).
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details = {k: redact_text(v) if isinstance(v, str) else v
+                        for k, v in details.items()}
 
 
 class ConfigError(TidelogError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snapshotter.cut import Cut
-from snapshotter.manifest import Manifest
+from snapshotter.manifest import Manifest, redacted_source
 from tidelog.errors import CutError, TrainingError
 from trainer.recipe import Params, RecipeVersion
 
@@ -99,7 +99,7 @@ def lineage_tags(manifest: Manifest, version: RecipeVersion, params: Params, see
         tags["tidelog.lsn"] = str(cut.lsn)
     if cut.commit_time_ms is not None:
         tags["tidelog.commit_time_ms"] = str(cut.commit_time_ms)
-    for key, value in sorted(manifest.source.items()):
+    for key, value in sorted(redacted_source(manifest.source).items()):
         if value not in (None, ""):
             tags[f"tidelog.source.{key}"] = str(value)
     for key, value in (("sha256", version.sha256), ("git_commit", version.git_commit),
@@ -165,6 +165,10 @@ class RunLineage:
                 f"run {run_id} has damaged tidelog tags ({exc}); it cannot be rebuilt — "
                 "was a tidelog.* tag edited by hand?", run_id=run_id) from exc
         tables = [t for t in tags.get("tidelog.tables", "").split(",") if t]
+        # Runs logged before every DSN form was redacted may hold a password in a tag.
+        source = redacted_source({k.removeprefix("tidelog.source."): v
+                                  for k, v in tags.items() if k.startswith("tidelog.source.")})
+        tags = {**tags, **{f"tidelog.source.{k}": v for k, v in source.items()}}
         return cls(
             run_id=run_id,
             snapshot_id=tags[SNAPSHOT_ID],
@@ -178,8 +182,7 @@ class RunLineage:
             recipe_package_version=tags.get("tidelog.recipe.package_version"),
             params=params,
             seed=seed,
-            source={k.removeprefix("tidelog.source."): v for k, v in tags.items()
-                    if k.startswith("tidelog.source.")},
+            source=source,
             tags=dict(tags),
         )
 

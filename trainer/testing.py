@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from snapshotter.cut import Cut, PartitionCut
+from snapshotter.layout import file_sha256, file_stat
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.snapshots import Snapshot
 from tidelog.errors import CutError, SnapshotNotFound
@@ -155,7 +156,10 @@ class FakeSnapshotProvider:
             manifests[table] = TableManifest(
                 name=table, topic=self._topic(table), rows=frame.height,
                 columns=tuple((c, str(t)) for c, t in frame.schema.items()),
-                key_columns=self._keys[table], digest=frame_digest(frame), files=(file_name,))
+                key_columns=self._keys[table], digest=frame_digest(frame), files=(file_name,),
+                # as the real builder records them: readers check the files against these
+                checksums={file_name: file_sha256(directory / file_name)},
+                file_stats={file_name: file_stat(directory / file_name)})
         manifest = Manifest(
             id=directory.name, cut=cut, tables=manifests,
             digest=_overall({k: v.digest for k, v in manifests.items()}),

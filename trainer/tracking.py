@@ -7,6 +7,7 @@ the cut each table came from.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import polars as pl
 
 from snapshotter.manifest import Manifest
 from tidelog.errors import ModelNotFound, RunNotFound, TrackingUnavailable
+from tidelog.redact import redact_url
 from tidelog.settings import Settings
 from trainer.fingerprint import to_pandas
 from trainer.recipe import RecipeResult
@@ -79,6 +81,10 @@ class Tracking:
         from mlflow import MlflowClient
 
         self.uri = settings.require("mlflow_uri")
+        if redact_url(self.uri) != self.uri:
+            # MLflow writes "View run at <tracking URI>" to stdout (the API log), with
+            # the URI's credentials; a message it never prints cannot leak them.
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         self._settings = settings

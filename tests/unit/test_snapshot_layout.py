@@ -16,13 +16,14 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from cdc.reader import LogIdentity
+from snapshotter import archive as archive_module
 from snapshotter import snapshots
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
 from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
 from snapshotter.verify import diff_snapshots, verify_snapshot
-from tidelog.errors import ConfigError, SnapshotError
+from tidelog.errors import ArchiveError, ConfigError, SnapshotError
 from tidelog.settings import Settings
 
 PREFIX = "lay"
@@ -421,11 +422,166 @@ def test_damaged_segment_is_a_clear_error(tmp_path: Path) -> None:
     newest = max(Path(settings.archive_root).rglob("*.parquet"), key=lambda p: p.name)
     newest.write_bytes(newest.read_bytes()[:40])
     for incremental in (True, False):
-        with pytest.raises(SnapshotError, match="tidelog archive verify"):
+        with pytest.raises(ArchiveError, match="tidelog archive verify"):
             create_snapshot(settings, ["public.items"], cut, catch_up=False,
                             incremental=incremental)
     assert not [p for p in Path(settings.snapshot_root).iterdir()
                 if p.name.startswith(".tmp-")], "a failed build leaves nothing behind"
+
+
+def _segment_paths(settings: Settings) -> list[Path]:
+    return sorted(Path(settings.archive_root).rglob("*.parquet"), key=lambda p: p.name)
+
+
+def _forge(segment: Path, rows: pl.DataFrame) -> None:
+    """Replace a segment's bytes with other valid Parquet under the same name: it reads
+    fine, only its checksum can tell."""
+    rows.write_parquet(segment, compression="zstd")
+
+
+def _flip_byte(segment: Path) -> None:
+    raw = bytearray(segment.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    segment.write_bytes(bytes(raw))
+
+
+def _age(paths: list[Path], seconds: int = 3600) -> None:
+    """Make files old enough to be marked as verified (archive.RACY_SECONDS)."""
+    import os
+    import time
+
+    past = time.time_ns() - seconds * 1_000_000_000
+    for path in paths:
+        os.utime(path, ns=(past, past))
+
+
+@pytest.mark.parametrize("build", ["full", "incremental", "buckets"])
+def test_segment_failing_its_checksum_is_never_built_from(
+        tmp_path: Path, build: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12.1: a changed segment that still reads as valid Parquet gave a snapshot
+    with wrong values that `snapshot verify` then called ok."""
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    history.seed(50)
+    history.flush()
+    if build == "incremental":
+        create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    history.event("u", 7, v=7.5, name="n149")
+    cut = history.cut()
+    if build == "buckets":
+        monkeypatch.setattr(snapshots, "plan_buckets", lambda input_bytes, memory: 5)
+    victim = _segment_paths(settings)[-1]  # the update: the segment every build reads
+    rows = pl.read_parquet(victim).with_columns(pl.lit("n133").alias("name"))
+    _forge(victim, rows)
+    assert pl.read_parquet(victim)["name"].to_list() == ["n133"]  # readable, and wrong
+    before = {p.name for p in Path(settings.snapshot_root).iterdir()} \
+        if Path(settings.snapshot_root).exists() else set()
+    with pytest.raises(ArchiveError) as caught:
+        create_snapshot(settings, ["public.items"], cut, catch_up=False,
+                        incremental=build == "incremental")
+    message = str(caught.value)
+    assert "lay.public.items[0]" in message and "offsets 50..50" in message
+    assert victim.name in message and "tidelog archive run" in message
+    assert "tidelog archive verify" in message
+    after = {p.name for p in Path(settings.snapshot_root).iterdir()}
+    assert after - before <= {p for p in after if p.startswith(".lock-")}, \
+        "no snapshot (and no temporary build) is left"
+    with pytest.raises(SnapshotError):  # rebuild rehashes in full
+        rebuild_snapshot(settings, cut, ["public.items"], tmp_path / "rebuilt")
+
+
+def test_an_old_segment_is_checked_by_a_full_build(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    history.seed(50)
+    history.flush()
+    history.event("u", 7, v=7.5, name="n149")
+    cut = history.cut()
+    _flip_byte(_segment_paths(settings)[0])
+    with pytest.raises(ArchiveError, match="offsets 0..49"):
+        create_snapshot(settings, ["public.items"], cut, catch_up=False, incremental=False)
+
+
+def test_verified_mark_skips_the_rehash_until_the_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    history.seed(50)
+    history.flush()
+    history.event("u", 7, v=7.5, name="y")
+    cut = history.cut()
+    paths = _segment_paths(settings)
+    _age(paths)
+    create_snapshot(settings, ["public.items"], cut, catch_up=False, incremental=False)
+    marks = json.loads((paths[0].parent / archive_module.VERIFIED_NAME).read_text())
+    assert set(marks) == {p.name for p in paths}
+    assert marks[paths[0].name] == [paths[0].stat().st_size, paths[0].stat().st_mtime_ns]
+
+    hashed: list[str] = []
+    real = Archive._matches
+    monkeypatch.setattr(Archive, "_matches",
+                        lambda self, seg: hashed.append(seg.path) or real(self, seg))
+    archive = Archive(settings.archive_root)
+    segments = archive.segments(history.topic, 0, 0)
+    archive.verify(segments)
+    assert hashed == [], "a marked segment whose stat is unchanged is not rehashed"
+
+    # Rewritten in place with the same size: the mtime moves, so it is rehashed and refused.
+    size = paths[0].stat().st_size
+    _flip_byte(paths[0])
+    assert paths[0].stat().st_size == size
+    with pytest.raises(ArchiveError, match="offsets 0..49"):
+        Archive(settings.archive_root).verify(segments)
+    assert hashed == [str(paths[0])]
+
+    # The documented limit: the same size with the mtime forged back is only caught by a
+    # full rehash, which `tidelog archive verify` (Archive.damaged) does.
+    import os
+
+    os.utime(paths[0], ns=(marks[paths[0].name][1], marks[paths[0].name][1]))
+    Archive(settings.archive_root).verify(segments)
+    assert [s.path for s in Archive(settings.archive_root).damaged(segments)] == [
+        str(paths[0])]
+
+
+def test_young_segments_are_never_marked(tmp_path: Path) -> None:
+    """A rewrite within the filesystem's timestamp granularity keeps the mtime; a segment
+    hashed that young is therefore not marked, and is rehashed at every read."""
+    import os
+
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    history.seed(20)
+    history.flush()
+    archive = Archive(settings.archive_root)
+    segments = archive.segments(history.topic, 0, 0)
+    archive.verify(segments)
+    path = Path(segments[0].path)
+    assert not (path.parent / archive_module.VERIFIED_NAME).exists()
+    stat = path.stat()
+    _flip_byte(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    with pytest.raises(ArchiveError):
+        archive.verify(segments)
+
+
+def test_read_only_archive_still_verifies(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Marks are a cache: failing to write one costs a rehash, never a wrong answer."""
+    from snapshotter.storage import Storage
+
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    history.seed(20)
+    cut = history.cut()
+    _age(_segment_paths(settings))
+
+    def refuse(self: Storage, path: str, data: bytes) -> None:
+        raise PermissionError(13, "read-only", path)
+
+    monkeypatch.setattr(Storage, "write_bytes", refuse)
+    manifest = create_snapshot(settings, ["public.items"], cut, catch_up=False)
+    assert manifest.tables["public.items"].rows == 20
 
 
 def test_table_without_events_is_a_clear_error(tmp_path: Path) -> None:

@@ -296,6 +296,95 @@ def test_train_and_rebuild_with_the_real_snapshotter(settings: Settings, tmp_pat
     assert caught.value.details["run_id"] == result.run_id
 
 
+def _tamper_file(path: Path) -> None:
+    """Rewrite a snapshot's data file with other valid rows of the same shape: it reads
+    fine, only its sha256 can tell."""
+    import os
+
+    before = path.stat()
+    frame = pl.read_parquet(path)
+    column = next(c for c in frame.columns
+                  if c != "id" and not c.startswith("__") and frame[c].n_unique() > 1)
+    frame.with_columns(pl.col(column).reverse()).write_parquet(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert path.stat().st_mtime_ns != before.st_mtime_ns
+
+
+def _runs_on(settings: Settings, snapshot_id: str) -> list[str]:
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    return [r.info.run_id for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id],
+                                        f"tags.`tidelog.snapshot_id` = '{snapshot_id}'")]
+
+
+def test_train_refuses_a_snapshot_whose_files_fail_their_sha256(
+        settings: Settings, fake: FakeSnapshotProvider, tmp_path: Path) -> None:
+    """Issue 12.2: training on altered files recorded the original digest in MLflow."""
+    local = replace(settings, snapshot_root=str(tmp_path / "snapshots"))
+    manifest = fake.create_snapshot(local, sorted(fake._log))
+    table = manifest.tables["public.payments"]
+    _tamper_file(Path(local.snapshot_root) / manifest.id / table.files[0])
+    runs = _runs_on(local, manifest.id)  # `first` trained on the same (intact) data
+    with pytest.raises(DigestMismatch, match="public.payments was changed") as caught:
+        train(local, RECIPE, params=FOREST, snapshot_id=manifest.id, provider=fake)
+    assert caught.value.details["files"] == [table.files[0]]
+    assert f"tidelog snapshot verify {manifest.id}" in caught.value.message
+    assert _runs_on(local, manifest.id) == runs, "no new run may claim the recorded digest"
+
+
+def test_train_with_the_real_snapshotter_refuses_changed_files(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshotter import layout
+    from snapshotter.snapshots import create_snapshot
+
+    real = replace(settings, archive_root=str(tmp_path / "archive"),
+                   snapshot_root=str(tmp_path / "snapshots"))
+    cut = _write_archive(real, demo_tables(customers=60, seed=3))
+    manifest = create_snapshot(real, sorted(demo_tables(customers=1)), cut, catch_up=False)
+
+    hashed: list[Path] = []
+    real_hash = layout.file_sha256
+    monkeypatch.setattr(layout, "file_sha256",
+                        lambda path: hashed.append(path) or real_hash(path))
+    good = train(real, RECIPE, params=FOREST, snapshot_id=manifest.id)
+    assert good.manifest.digest == manifest.digest
+    assert hashed == [], "files that stat as recorded are not rehashed"
+
+    name = manifest.tables["public.customers"].files[0]
+    path = Path(real.snapshot_root) / manifest.id / name
+    size = path.stat().st_size
+    _tamper_file(path)
+    if path.stat().st_size == size:  # the same size is caught by the moved mtime
+        assert manifest.tables["public.customers"].file_stats[name][0] == size
+    with pytest.raises(DigestMismatch, match="public.customers was changed"):
+        train(real, RECIPE, params=FOREST, snapshot_id=manifest.id)
+    assert hashed == [path]
+    assert _runs_on(real, manifest.id) == [good.run_id]
+
+
+def test_snapshot_without_checksums_is_checked_by_its_digest(tmp_path: Path) -> None:
+    """A format-1 manifest records no sha256 per file: reading recomputes the digest."""
+    from snapshotter.manifest import MANIFEST_NAME, Manifest
+    from snapshotter.snapshots import Snapshot, create_snapshot
+
+    real = Settings(home=tmp_path, archive_root=str(tmp_path / "archive"),
+                    snapshot_root=str(tmp_path / "snapshots"))
+    cut = _write_archive(real, {"public.customers": demo_tables(customers=20)[
+        "public.customers"]})
+    manifest = create_snapshot(real, ["public.customers"], cut, catch_up=False)
+    directory = Path(real.snapshot_root) / manifest.id
+    legacy = replace(manifest, tables={n: replace(t, checksums={}, file_stats={})
+                                       for n, t in manifest.tables.items()})
+    (directory / MANIFEST_NAME).write_text(legacy.dumps())
+    reopened = Manifest.loads((directory / MANIFEST_NAME).read_text())
+    assert Snapshot(reopened, directory).table("public.customers").height == 20
+    _tamper_file(directory / manifest.tables["public.customers"].files[0])
+    with pytest.raises(DigestMismatch, match="content digest"):
+        Snapshot(reopened, directory).table("public.customers")
+    with pytest.raises(DigestMismatch):
+        Snapshot(reopened, directory).duckdb()
+
+
 # -- recipes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("reference", "expected"), [

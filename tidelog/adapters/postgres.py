@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,18 +11,11 @@ from typing import Any
 import psycopg
 
 from tidelog.errors import SourceError, SourceUnreachable
+from tidelog.redact import redact_dsn
 
 __all__ = ["connect", "postgres_errors", "redact_dsn"]
 
 CONNECT_TIMEOUT = 5
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password (URL and key/value forms)."""
-    if "://" in dsn:
-        dsn = re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
-        return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", dsn)
-    return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
 
 
 @contextmanager
