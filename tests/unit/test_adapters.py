@@ -121,6 +121,7 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeConnect, KafkaCon
                         postgres_dsn="postgresql://u:secret@127.0.0.1:5432/db")
     # Postgres is another adapter; here it always has what the connector needs.
     monkeypatch.setattr(connector, "preflight", lambda dsn, spec: None)
+    monkeypatch.setattr(connector, "check_source_types", lambda dsn, tables, excluded: None)
     monkeypatch.setattr(connector, "_slot_streaming", lambda dsn, slot: True)
     return fake, KafkaConnect.for_settings(settings, transport=httpx.MockTransport(fake)), \
         settings
