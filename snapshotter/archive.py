@@ -292,13 +292,17 @@ def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int
 
 
 def cdc_topics(settings: Settings, prefix: str | None = None) -> list[str]:
-    """Every CDC topic of the connector's prefix (tables and the transaction topic)."""
+    """Every CDC topic of the connector's prefix (tables and the transaction topic), not
+    tidelog's own event topics (<prefix>.tidelog.events.*)."""
     from confluent_kafka.admin import AdminClient
+
+    from tidelog.events import is_event_topic
 
     prefix = prefix or settings.topic_prefix
     admin = AdminClient(settings.kafka_config())
     names = admin.list_topics(timeout=15).topics
-    return sorted(t for t in names if t.startswith(f"{prefix}."))
+    return sorted(t for t in names if t.startswith(f"{prefix}.")
+                  and not is_event_topic(t, prefix))
 
 
 def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4
