@@ -42,6 +42,7 @@ __all__ = [
     "events_enabled",
     "Publisher",
     "publish",
+    "ensure_topics",
 ]
 
 SPEC_VERSION = "1.0"
@@ -183,6 +184,29 @@ def events_enabled(settings: Settings) -> bool:
                       "TIDELOG_EVENTS to on or off")
 
 
+def ensure_topics(settings: Settings, topics: Sequence[str]) -> None:
+    """Create the missing event topics, one partition each (one total order per topic)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.kafka_config())
+    try:
+        existing = admin.list_topics(timeout=15).topics
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return
+        for future in admin.create_topics([NewTopic(t, 1, 1) for t in missing]).values():
+            try:
+                future.result(timeout=30)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    except KafkaException as exc:
+        raise BrokerError(f"cannot create the event topics {list(topics)} on "
+                          f"{settings.bootstrap_servers}: {exc}; create them with one "
+                          "partition, or check the broker", topics=list(topics)) from exc
+
+
 class Publisher:
     """Produces events, creating their topics (one partition: one total order) if missing."""
 
@@ -195,25 +219,9 @@ class Publisher:
         self._ready: set[str] = set()
 
     def _ensure_topic(self, topic: str) -> None:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        if topic in self._ready:
-            return
-        admin = AdminClient(self.settings.kafka_config())
-        try:
-            if topic not in admin.list_topics(timeout=15).topics:
-                for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-                    try:
-                        future.result(timeout=30)
-                    except KafkaException as exc:
-                        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                            raise
-        except KafkaException as exc:
-            raise BrokerError(f"cannot create the event topic {topic} on "
-                              f"{self.settings.bootstrap_servers}: {exc}; create it with one "
-                              "partition, or check the broker", topic=topic) from exc
-        self._ready.add(topic)
+        if topic not in self._ready:
+            ensure_topics(self.settings, [topic])
+            self._ready.add(topic)
 
     def publish(self, event: CloudEvent) -> None:
         topic = event_topic(self.settings, EVENT_TYPES[event.kind].category)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 from tidelog.events import CloudEvent, new_event
 from tidelog.settings import Settings
@@ -10,7 +11,7 @@ from tidelog.settings import Settings
 if TYPE_CHECKING:
     from trainer.train import TrainResult
 
-__all__ = ["PIPELINE_TAG", "model_trained"]
+__all__ = ["PIPELINE_TAG", "model_trained", "model_trained_from_run"]
 
 PIPELINE_TAG = "tidelog.pipeline"
 
@@ -35,3 +36,27 @@ def model_trained(settings: Settings, result: TrainResult, register: str | None 
     }
     return new_event(settings, "model.trained", result.run_id, data, (result.run_id,),
                      "trainer")
+
+
+def model_trained_from_run(settings: Settings, run: Any, register: str | None = None,
+                           version: str | None = None) -> CloudEvent:
+    """The same event, rebuilt from a logged MLflow run (a restarted pipeline resends it)."""
+    tags = run.data.tags
+    run_id = run.info.run_id
+    data = {
+        "run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "recipe": tags.get("tidelog.recipe", ""),
+        "snapshot_id": tags.get("tidelog.snapshot_id", ""),
+        "cut_fingerprint": tags.get("tidelog.cut.fingerprint", ""),
+        "digest": tags.get("tidelog.digest", ""),
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items())
+                    if not k.startswith("tidelog.")},
+        "params": json.loads(tags.get("tidelog.params", "{}")),
+        "seed": int(tags.get("tidelog.seed", "0")),
+        "model_uri": f"runs:/{run_id}/model",
+        "pipeline": tags.get(PIPELINE_TAG),
+        "registered_model": register,
+        "registered_version": version,
+    }
+    return new_event(settings, "model.trained", run_id, data, (run_id,), "trainer")
