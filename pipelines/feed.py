@@ -85,7 +85,9 @@ class Feed:
         self._consumer = Consumer(settings.kafka_config(**{
             "group.id": group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100}), logger=_LOG)
+            "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100,
+            # a cycle (snapshot, training, gate) runs between two polls
+            "max.poll.interval.ms": 6 * 3600 * 1000}), logger=_LOG)
         self._consumer.subscribe(self.topics)
         self._uncommitted = False
 
@@ -119,6 +121,13 @@ class Feed:
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.code() == KafkaError._NO_OFFSET:
+                return
+            if isinstance(err, KafkaError) and err.code() in (
+                    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                    KafkaError.REBALANCE_IN_PROGRESS):
+                # The group moved on: these events come again, and handling them twice
+                # is harmless (a cycle finds its run); the next commit covers them.
+                _LOG.warning("commit skipped, the consumer group is rebalancing: %s", err)
                 return
             raise BrokerError(f"committing the consumer group's offsets on {self.topics}: "
                               f"{exc}") from exc

@@ -145,12 +145,13 @@ def parse_threshold(text: str) -> MetricThreshold:
     return MetricThreshold(metric, **values)
 
 
-def _load_model(run_id: str) -> Any:
+def _load_model(registry: Registry, run_id: str) -> Any:
     import mlflow.sklearn
     from mlflow.exceptions import MlflowException
 
+    uri = registry.model_uri(run_id)
     try:
-        return mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+        return mlflow.sklearn.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise TrainingError(f"cannot load the model of run {run_id} from MLflow: {exc}",
                             run_id=run_id) from exc
@@ -202,11 +203,11 @@ def gate(settings: Settings, candidate_run_id: str, model: str, alias: str,
     with tempfile.TemporaryDirectory(prefix="tidelog-gate-") as scratch:
         tables = _candidate_tables(settings, registry, candidate_run_id, Path(scratch))
         candidate = score(evaluator, tables, lineage.params, lineage.seed,
-                          _load_model(candidate_run_id))
+                          _load_model(registry, candidate_run_id))
         champion = None
         if champ is not None and champ.run_id != candidate_run_id:
             champion = score(evaluator, tables, lineage.params, lineage.seed,
-                             _load_model(champ.run_id))
+                             _load_model(registry, champ.run_id))
         elif champ is not None:
             champion = candidate  # already the champion: compared with itself
     return compare(thresholds, candidate, champion, candidate_run_id, champ)

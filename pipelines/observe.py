@@ -110,5 +110,6 @@ def observe(settings: Settings, pipeline: Pipeline, registry: Registry, now: dt.
                  else "the start of the log (no champion yet)")
     changes = change_log(settings, latest, champ.lineage.cut if champ else None, base_name)
     obs = Observation(now, changes, registry.last_training_at(pipeline.name),
-                      champ.ref if champ else None, tuple(signals))
+                      champ.ref if champ else None, tuple(signals),
+                      registry.handled_signals(pipeline.name))
     return obs, latest, champ

@@ -17,9 +17,11 @@ from trainer.announce import PIPELINE_TAG
 from trainer.tags import RunLineage
 from trainer.tracking import Tracking, connect, mlflow_errors
 
-__all__ = ["PIPELINE_TAG", "TRIGGER_TAG", "Champion", "Registry"]
+__all__ = ["PIPELINE_TAG", "TRIGGER_TAG", "SIGNALS_TAG", "Champion", "Registry"]
 
 TRIGGER_TAG = "tidelog.pipeline.trigger"  # the kinds that fired, comma-separated
+SIGNALS_TAG = "tidelog.pipeline.signals"  # ids of the drift/retrain events acted on
+_MAX_SIGNALS = 150  # 37 characters each: well below MLflow's 8000-character tag limit
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,36 @@ class Registry:
         runs = self.pipeline_runs(pipeline)
         return _started(runs[-1]) if runs else None
 
+    def model_uri(self, run_id: str) -> str:
+        """`models:/<id>` of the model the run logged (MLflow 3 keeps models beside runs,
+        so `runs:/<id>/model` makes MLflow search and retry before it finds it)."""
+        from trainer.tracking import MODEL_NAME
+
+        run = self.get_run(run_id)
+        with mlflow_errors(f"find the model logged by run {run_id}", self.uri):
+            found = [m for m in self.client.search_logged_models(
+                [run.info.experiment_id], filter_string=f"source_run_id = '{_quote(run_id)}'")
+                if m.name == MODEL_NAME]
+        if not found:
+            raise TrainingError(f"run {run_id} logged no model named {MODEL_NAME!r}; only runs "
+                                "made by `tidelog train` can be gated or registered",
+                                run_id=run_id)
+        return f"models:/{found[0].model_id}"
+
+    def handled_signals(self, pipeline: str) -> frozenset[str]:
+        ids: set[str] = set()
+        for run in self.pipeline_runs(pipeline):
+            ids.update(filter(None, run.data.tags.get(SIGNALS_TAG, "").split(",")))
+        return frozenset(ids)
+
+    def record_signals(self, run_id: str, event_ids: list[str]) -> None:
+        """Add the events a cycle acted on to its run, so a replay of them is ignored."""
+        if not event_ids:
+            return
+        old = [i for i in self.get_run(run_id).data.tags.get(SIGNALS_TAG, "").split(",") if i]
+        merged = list(dict.fromkeys([*old, *event_ids]))[-_MAX_SIGNALS:]
+        self.set_tags(run_id, {SIGNALS_TAG: ",".join(merged)})
+
     def get_run(self, run_id: str) -> Any:
         return self.tracking.get_run(run_id)
 
@@ -126,7 +158,7 @@ class Registry:
         existing = self.version_of_run(model, run_id)
         if existing is not None:
             return existing
-        return self.tracking.register(f"runs:/{run_id}/model", model)
+        return self.tracking.register(self.model_uri(run_id), model)
 
     def set_alias(self, model: str, alias: str, version: str) -> None:
         with mlflow_errors(f"point {model}@{alias} at version {version}", self.uri):

@@ -6,9 +6,9 @@ The I/O that fills an observation (archive counts, MLflow, events) is in
 - changed_rows: due when at least `min_rows` change events were committed after the
   champion's training cut (in one table or in all); due since the commit of the N-th.
 - schedule: due when the cron fired after the pipeline's last training; due since then.
-- drift: due on a `drift.detected` event for the model, newer than the last training,
-  with a score above the threshold.
-- manual: due on a `retrain.requested` event newer than the last training.
+- drift: due on a `drift.detected` event for the model with a score above the threshold,
+  newer than the last training and not acted on by a cycle (runs record the event ids).
+- manual: due on a `retrain.requested` event, on the same terms.
 
 Debounce: nothing fires within `min_interval_seconds` of the last training. A due trigger
 then waits until no change was committed for `quiet_seconds`, but at most
@@ -91,6 +91,7 @@ class Observation:
     last_training_at: dt.datetime | None  # the pipeline's newest run, whatever its outcome
     champion: str | None = None  # "model/version", for messages
     signals: tuple[Signal, ...] = ()
+    handled: frozenset[str] = frozenset()  # signal event ids a cycle already acted on
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ class Plan:
 
 
 def _newer(signal: Signal, obs: Observation) -> bool:
+    """Not acted on yet: no cycle recorded its id, and it came after the last training."""
+    if signal.event_id in obs.handled:
+        return False
     return obs.last_training_at is None or signal.at > obs.last_training_at
 
 

@@ -112,10 +112,13 @@ def run_cycle(settings: Settings, pipeline: Pipeline, decided: Plan, cut: Cut, *
         run_id, trained = result.run_id, True
     else:
         run_id, trained = existing.info.run_id, False
+    # Before the gate: a request replayed after a crash from here on finds its id.
+    registry.record_signals(run_id, [sig.event_id for sig in decided.signals])
     version = registry.register(pipeline.model, run_id)
     if not trained:  # the first attempt may have died before its event went out
         publisher.publish(model_trained_from_run(settings, registry.get_run(run_id),
-                                                 pipeline.model, version))
+                                                 registry.model_uri(run_id), pipeline.model,
+                                                 version))
 
     champ = registry.champion(pipeline.model, pipeline.alias)
     if champ is not None and champ.run_id == run_id:

@@ -38,8 +38,9 @@ def model_trained(settings: Settings, result: TrainResult, register: str | None 
                      "trainer")
 
 
-def model_trained_from_run(settings: Settings, run: Any, register: str | None = None,
-                           version: str | None = None) -> CloudEvent:
+def model_trained_from_run(settings: Settings, run: Any, model_uri: str,
+                           register: str | None = None, version: str | None = None
+                           ) -> CloudEvent:
     """The same event, rebuilt from a logged MLflow run (a restarted pipeline resends it)."""
     tags = run.data.tags
     run_id = run.info.run_id
@@ -54,7 +55,7 @@ def model_trained_from_run(settings: Settings, run: Any, register: str | None = 
                     if not k.startswith("tidelog.")},
         "params": json.loads(tags.get("tidelog.params", "{}")),
         "seed": int(tags.get("tidelog.seed", "0")),
-        "model_uri": f"runs:/{run_id}/model",
+        "model_uri": model_uri,
         "pipeline": tags.get(PIPELINE_TAG),
         "registered_model": register,
         "registered_version": version,

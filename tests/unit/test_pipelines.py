@@ -274,3 +274,29 @@ def test_signals_are_taken_once_per_event_id_and_only_for_this_pipeline(
     assert [(s.kind, s.score, s.metric) for s in found] == [
         ("drift", 0.5, "psi"), ("manual", None, None)]
     assert found[0].at == T0
+
+
+def test_the_example_pipeline_file_parses() -> None:
+    root = Path(__file__).resolve().parents[2]
+    p = load_pipeline(root / "examples" / "churn_pipeline.toml")
+    assert p.name == "churn" and p.evaluator == "examples.churn:evaluate"
+    assert {t.kind for t in p.triggers} == {"changed_rows", "schedule", "drift", "manual"}
+    assert [g.metric for g in p.gate] == ["accuracy", "roc_auc"]
+
+
+def test_churn_evaluate_scores_on_the_split_train_makes() -> None:
+    from examples import churn
+
+    tables = churn.demo_tables(customers=200, seed=1)
+    params = {"model": "logreg"}
+    result = churn.train(tables, params, 5)
+    scored = churn.evaluate(tables, params, 5, result.model)
+    assert scored == {k: result.metrics[k] for k in ("accuracy", "roc_auc")}
+
+
+def test_a_signal_a_cycle_acted_on_never_fires_again(tmp_path: Path) -> None:
+    p = _only(tmp_path, ManualTrigger())
+    future = _signal("manual", T0 + dt.timedelta(days=365))  # a publisher's clock ahead
+    obs = _obs({}, T0, T0 - dt.timedelta(hours=1), (future,))
+    assert plan(p, obs).fire
+    assert not plan(p, dataclasses.replace(obs, handled=frozenset({future.event_id}))).fire
