@@ -90,14 +90,27 @@ class Feed:
             "max.poll.interval.ms": 6 * 3600 * 1000}), logger=_LOG)
         self._consumer.subscribe(self.topics)
         self._uncommitted = False
+        self._early: list[Any] = []
 
-    def poll(self, timeout: float) -> list[CloudEvent]:
-        from confluent_kafka import KafkaError, KafkaException
+    def join(self, timeout: float = 20.0) -> None:
+        """Wait until the group has assigned partitions (a join takes seconds), so a first
+        poll sees the events already waiting."""
+        deadline = time.monotonic() + timeout
+        while not self._consumer.assignment() and time.monotonic() < deadline:
+            self._early.extend(self._consume(0.2))
+
+    def _consume(self, timeout: float) -> list[Any]:
+        from confluent_kafka import KafkaException
 
         try:
-            messages = self._consumer.consume(num_messages=500, timeout=timeout)
+            return list(self._consumer.consume(num_messages=500, timeout=timeout))
         except KafkaException as exc:
             raise BrokerError(f"polling the event topics {self.topics}: {exc}") from exc
+
+    def poll(self, timeout: float) -> list[CloudEvent]:
+        from confluent_kafka import KafkaError
+
+        messages, self._early = [*self._early, *self._consume(timeout)], []
         events = []
         for msg in messages:
             err = msg.error()

@@ -176,6 +176,7 @@ class Worker:
         self.publisher = Publisher(self.settings)
         self.feed = Feed(self.settings, f"tidelog-pipeline-{pipeline.name}",
                          ["drift", "retrain"])
+        self.feed.join()
         self.pending: dict[str, Signal] = {}
         self.stop = threading.Event()
         self.cycles: list[Cycle] = []
