@@ -14,7 +14,7 @@ from typing import Any
 from tidelog.errors import TrainingError
 from tidelog.settings import Settings
 from trainer.announce import PIPELINE_TAG
-from trainer.tags import RunLineage
+from trainer.tags import REBUILD_OF, RunLineage
 from trainer.tracking import Tracking, connect, mlflow_errors
 
 __all__ = ["PIPELINE_TAG", "TRIGGER_TAG", "SIGNALS_TAG", "Champion", "Registry"]
@@ -53,10 +53,24 @@ class Registry:
 
     # -- runs -----------------------------------------------------------------------
 
-    def _search(self, query: str) -> list[Any]:
+    def _search(self, query: str, newest_first: bool = False, limit: int | None = None
+                ) -> list[Any]:
+        """Runs of a pipeline, without rebuilds: `tidelog rebuild` copies every tidelog.*
+        tag (pipeline, cut fingerprint) to its run, but a rebuild is not a training.
+        Every page of results, not only MLflow's first 1000."""
+        order = "DESC" if newest_first else "ASC"
+        runs: list[Any] = []
+        token = None
         with mlflow_errors(f"search runs {query}", self.uri):
-            return list(self.client.search_runs(
-                [self.tracking.experiment_id], query, order_by=["attributes.start_time ASC"]))
+            while True:
+                page = self.client.search_runs(
+                    [self.tracking.experiment_id], query, max_results=1000,
+                    order_by=[f"attributes.start_time {order}"], page_token=token)
+                runs.extend(r for r in page if REBUILD_OF not in r.data.tags)
+                token = page.token
+                if not token or (limit is not None and len(runs) >= limit):
+                    break
+        return runs[:limit] if limit is not None else runs
 
     def pipeline_runs(self, pipeline: str, status: str | None = "FINISHED") -> list[Any]:
         query = f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}'"
@@ -82,8 +96,9 @@ class Registry:
         return [r.info.run_id for r in found]
 
     def last_training_at(self, pipeline: str) -> dt.datetime | None:
-        runs = self.pipeline_runs(pipeline)
-        return _started(runs[-1]) if runs else None
+        runs = self._search(f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}' and "
+                            "attributes.status = 'FINISHED'", newest_first=True, limit=1)
+        return _started(runs[0]) if runs else None
 
     def model_uri(self, run_id: str) -> str:
         """`models:/<id>` of the model the run logged (MLflow 3 keeps models beside runs,

@@ -326,3 +326,61 @@ def test_sigkill_of_the_worker_then_restart_gives_one_run_per_trigger(
         text=True, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert '"fire": false' in again.stdout
+
+
+def _cli(env: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tidelog.cli", *args], cwd=ROOT,
+                          env=_cli_env(env), text=True, capture_output=True, timeout=timeout)
+
+
+def test_gate_and_verify_run_give_ci_exit_codes(loop: Loop) -> None:
+    import json
+
+    changed = loop.cycles["changed"]
+    first = loop.cycles["first"]
+    assert changed is not None and first is not None
+    model = loop.strict.model
+    # run 2 holds the alias now; run 1 against it, on run 1's snapshot
+    common = ["gate", "--candidate", first.run_id, "--champion", f"{model}@champion",
+              "--app-dir", str(ROOT), "--evaluator", "tests.integration.loop_recipes:evaluate"]
+    failed = _cli(loop.env, *common, "--threshold", "accuracy:min_relative_change=0.5")
+    assert failed.returncode == 1, failed.stderr
+    assert "gate FAILED" in failed.stdout and "relative gain" in failed.stdout
+    passed = _cli(loop.env, *common, "--threshold", "accuracy:min_absolute_change=-1",
+                  "--json")
+    assert passed.returncode == 0, passed.stderr
+    report = json.loads(passed.stdout)
+    assert report["passed"] and report["champion_version"] == "2"
+    assert report["champion_run_id"] == changed.run_id
+    error = _cli(loop.env, "gate", "--candidate", first.run_id, "--champion", model)
+    assert error.returncode == 2 and "MODEL@ALIAS" in error.stderr
+
+    verified = _cli(loop.env, "verify", "run", first.run_id, "--rebuild", "--app-dir",
+                    str(ROOT), "--json")
+    assert verified.returncode == 0, verified.stderr
+    body = json.loads(verified.stdout)
+    assert body["ok"] and body["snapshot"]["ok"] and body["rebuild"]["dataset_match"]
+    unknown = _cli(loop.env, "verify", "run", "0" * 32)
+    assert unknown.returncode == 2 and "unknown run" in unknown.stderr
+
+
+def test_a_drift_event_above_the_threshold_makes_the_drift_trigger_due(loop: Loop) -> None:
+    import json
+
+    path = loop.root / "drift.toml"
+    path.write_text(Path(loop.strict.source).read_text().replace(
+        '[[triggers]]\nkind = "manual"',
+        '[[triggers]]\nkind = "drift"\nthreshold = 0.3\nmetric = "psi"'))
+    for score in ("0.1", "0.9"):
+        sent = _cli(loop.env, "pipeline", "drift", "--model", loop.strict.model,
+                    "--score", score, "--metric", "psi", "--json")
+        assert sent.returncode == 0, sent.stderr
+        _validate(CloudEvent(**{k: v for k, v in json.loads(sent.stdout).items()
+                                if k not in ("specversion", "datacontenttype")}))
+    plan = _cli(loop.env, "pipeline", "evaluate", str(path), "--dry-run", "--json",
+                "--app-dir", str(ROOT))
+    assert plan.returncode == 0, plan.stderr
+    drift = next(t for t in json.loads(plan.stdout)["plan"]["triggers"]
+                 if t["kind"] == "drift")
+    assert drift["due"] and drift["details"]["max_score"] == 0.9
+    assert drift["details"]["events"] == 2 and "0.9 > 0.3" in drift["reason"]
