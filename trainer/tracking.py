@@ -7,9 +7,10 @@ the cut each table came from.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -189,7 +190,9 @@ class Tracking:
         from mlflow.data.polars_dataset import from_polars
         from mlflow.models import infer_signature
 
-        with mlflow_errors(f"log run {run_name!r}", self.uri):
+        # MLflow writes "View run ... at: URL" to stdout when a run against a server ends;
+        # stdout belongs to `--json` output, so its chatter goes to stderr.
+        with mlflow_errors(f"log run {run_name!r}", self.uri), redirect_stdout(sys.stderr):
             with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
                 mlflow.log_params({**{k: str(v) for k, v in params.items()}, "seed": seed})
                 mlflow.log_metrics(dict(result.metrics))
