@@ -126,8 +126,14 @@ def run_cycle(settings: Settings, pipeline: Pipeline, decided: Plan, cut: Cut, *
         result_gate = gate(settings, run_id, pipeline.model, pipeline.alias, pipeline.gate,
                            evaluator=pipeline.evaluator, experiment=pipeline.experiment,
                            registry=registry)
-        result_gate = dataclasses.replace(result_gate, passed=True)
-        publisher.publish(_gate_event(settings, pipeline, run_id, version, result_gate, None))
+        # The champion it was gated against was tagged before the alias moved: the
+        # resent event gets the original's id.
+        previous = registry.get_run(run_id).data.tags.get("tidelog.gate.champion_version")
+        previous = None if previous in (None, "none") else previous
+        result_gate = dataclasses.replace(result_gate, passed=True,
+                                          champion_version=previous, champion_run_id=None)
+        publisher.publish(_gate_event(settings, pipeline, run_id, version, result_gate,
+                                      previous))
         return Cycle(pipeline.name, fingerprint, run_id, trained, version, result_gate, True,
                      kinds)
     decision = gate(settings, run_id, pipeline.model, pipeline.alias, pipeline.gate,
