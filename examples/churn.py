@@ -26,7 +26,7 @@ import polars as pl
 
 from trainer.recipe import RecipeResult, recipe
 
-__all__ = ["TABLES", "FEATURES", "train", "features", "find_table", "demo_tables"]
+__all__ = ["TABLES", "FEATURES", "train", "evaluate", "features", "find_table", "demo_tables"]
 
 TABLES = ("public.customers", "public.subscriptions", "public.payments")
 FEATURES = ["tenure_days", "n_subscriptions", "mean_fee", "n_payments", "failed_ratio",
@@ -104,10 +104,7 @@ def _model(params: dict[str, Any], seed: int) -> Any:
     raise ValueError(f"unknown model {kind!r}; use 'logreg' or 'forest'")
 
 
-@recipe(tables=TABLES)
-def train(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int
-          ) -> RecipeResult:
-    from sklearn.metrics import accuracy_score, roc_auc_score  # type: ignore[import-untyped]
+def _split(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int) -> Any:
     from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 
     frame, label = features(tables)
@@ -116,14 +113,35 @@ def train(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int
     if len(set(y.tolist())) < 2:
         raise ValueError(f"all {len(y)} customers have churned={y[0]}; a classifier needs "
                          "both classes (a --since window may be too narrow)")
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=float(params.get("test_size", 0.25)), random_state=seed, stratify=y)
-    model = _model(params, seed).fit(x_train, y_train)
-    metrics = {"accuracy": float(accuracy_score(y_test, model.predict(x_test))),
-               "rows": float(len(x)), "churn_rate": float(y.mean())}
+    return x, y, train_test_split(x, y, test_size=float(params.get("test_size", 0.25)),
+                                  random_state=seed, stratify=y)
+
+
+def _score(model: Any, x_test: Any, y_test: Any) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, roc_auc_score  # type: ignore[import-untyped]
+
+    metrics = {"accuracy": float(accuracy_score(y_test, model.predict(x_test)))}
     if len(set(y_test.tolist())) == 2:
         metrics["roc_auc"] = float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+    return metrics
+
+
+@recipe(tables=TABLES)
+def train(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int
+          ) -> RecipeResult:
+    x, y, (x_train, x_test, y_train, y_test) = _split(tables, params, seed)
+    model = _model(params, seed).fit(x_train, y_train)
+    metrics = {**_score(model, x_test, y_test), "rows": float(len(x)),
+               "churn_rate": float(y.mean())}
     return RecipeResult(model=model, metrics=metrics, features=x)
+
+
+def evaluate(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int, model: Any
+             ) -> dict[str, float]:
+    """Score any model on the held-out split `train` would make of these tables: the
+    pipeline gate scores challenger and champion with it on the same rows."""
+    _x, _y, (_x_train, x_test, _y_train, y_test) = _split(tables, params, seed)
+    return _score(model, x_test, y_test)
 
 
 def demo_tables(customers: int = 200, seed: int = 0) -> dict[str, pl.DataFrame]:

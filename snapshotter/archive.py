@@ -397,10 +397,13 @@ def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int
 
 def cdc_topics(settings: Settings, prefix: str | None = None, *,
                admin: KafkaAdmin | None = None) -> list[str]:
-    """Every CDC topic of the connector's prefix (tables and the transaction topic)."""
+    """Every CDC topic of the connector's prefix (tables and the transaction topic), not
+    tidelog's own event topics (<prefix>.tidelog.events.*)."""
+    from tidelog.events import is_event_topic
+
     prefix = prefix or settings.topic_prefix
     names = (admin or KafkaAdmin.for_settings(settings)).topic_names()
-    return [t for t in names if in_prefix(prefix, t)]
+    return [t for t in names if in_prefix(prefix, t) and not is_event_topic(t, prefix)]
 
 
 def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4

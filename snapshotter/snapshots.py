@@ -835,7 +835,9 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
     with open(root / f".lock-{sid}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / MANIFEST_NAME).exists():
-            return open_snapshot(settings, sid).manifest
+            existing = open_snapshot(settings, sid).manifest
+            _announce(settings, existing)  # same event id: a crash after the build resends
+            return existing
         for stale in root.glob(f".tmp-{sid}-*"):  # left by a builder that was killed
             shutil.rmtree(stale, ignore_errors=True)
         _remove_abandoned_builds(root)
@@ -847,7 +849,15 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
         except OSError as exc:
             raise _write_failed(sid, root, exc) from exc
     register_snapshot(settings, manifest)
+    _announce(settings, manifest)
     return manifest
+
+
+def _announce(settings: Settings, manifest: Manifest) -> None:
+    from snapshotter.announce import dataset_ready
+    from tidelog.events import publish
+
+    publish(settings, dataset_ready(settings, manifest))
 
 
 def check_archive(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]

@@ -195,7 +195,8 @@ def _register_extras() -> None:
         return
     import importlib
 
-    for module in ("snapshotter.commands", "trainer.commands", "api.commands", "tidelog.demo"):
+    for module in ("snapshotter.commands", "trainer.commands", "pipelines.commands",
+                   "api.commands", "tidelog.demo"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -30,6 +30,7 @@ ENV_FIELDS = {
     "TIDELOG_SNAPSHOT_ROOT": "snapshot_root",
     "TIDELOG_CONNECTOR_NAME": "connector_name",
     "TIDELOG_SNAPSHOT_MEMORY_MB": "snapshot_memory_mb",
+    "TIDELOG_EVENTS": "events",
 }
 
 
@@ -45,6 +46,7 @@ class Settings:
     archive_root: str = ""
     snapshot_root: str = ""
     snapshot_memory_mb: str = ""  # what a full snapshot build aims to stay within
+    events: str = ""  # "on": publish CloudEvents to <prefix>.tidelog.events.* (docs/events.md)
     kafka: dict[str, str] = field(default_factory=dict)
 
     def kafka_config(self, **extra: str | int | bool) -> dict[str, object]:

@@ -8,9 +8,10 @@ the cut each table came from.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -198,7 +199,9 @@ class Tracking:
 
         from trainer.datasets import dataset_for
 
-        with mlflow_errors(f"log run {run_name!r}", self.uri):
+        # MLflow writes "View run ... at: URL" to stdout when a run against a server ends;
+        # stdout belongs to `--json` output, so its chatter goes to stderr.
+        with mlflow_errors(f"log run {run_name!r}", self.uri), redirect_stdout(sys.stderr):
             with mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name) as run:
                 mlflow.log_params({**{k: str(v) for k, v in params.items()}, "seed": seed})
                 mlflow.log_metrics(dict(result.metrics))

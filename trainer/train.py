@@ -131,7 +131,9 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
           params: Mapping[str, str | int | float] | None = None, seed: int = 0,
           register: str | None = None, since: str | Cut | None = None,
           experiment: str = DEFAULT_EXPERIMENT,
-          provider: SnapshotProvider | None = None) -> TrainResult:
+          provider: SnapshotProvider | None = None,
+          tags: Mapping[str, str] | None = None) -> TrainResult:
+    """`tags` are added to the run (pipelines tag theirs); `tidelog.*` lineage tags win."""
     started = time.perf_counter()
     provider = provider or default_provider()
     checked = _check_params(params or {})
@@ -166,22 +168,34 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
     trained = time.perf_counter()
 
     manifest = snapshot.manifest
-    tags = lineage_tags(manifest, loaded.version, checked, seed, since_ref)
-    tags.update(_model_tags(result.deterministic, array_sha256(predictions),
-                            model_sha256(result.model)))
+    run_tags = {**(tags or {}), **lineage_tags(manifest, loaded.version, checked, seed,
+                                                since_ref)}
+    run_tags.update(_model_tags(result.deterministic, array_sha256(predictions),
+                                model_sha256(result.model)))
     timings = {"snapshot": snapshot_done - snapshot_started, "train": trained - snapshot_done}
     logged = tracking.log_run(
         run_name=f"{recipe}@{manifest.id[:12]}", params=checked, seed=seed, result=result,
-        predictions=predictions, tags=tags, manifest=manifest, tables=frames, timings=timings)
-    version = (tracking.register(logged.model_uri, register, tags=version_tags(tags))
+        predictions=predictions, tags=run_tags, manifest=manifest, tables=frames,
+        timings=timings)
+    version = (tracking.register(logged.model_uri, register, tags=version_tags(run_tags))
                if register else None)
     timings["total"] = time.perf_counter() - started
     tracking.log_metric(logged.run_id, "tidelog.total_seconds", timings["total"])
-    return TrainResult(
+    trained_result = TrainResult(
         run_id=logged.run_id, experiment_id=tracking.experiment_id, model_uri=logged.model_uri,
         registered_version=version, manifest=manifest, recipe=loaded.version, params=checked,
-        seed=seed, metrics=result.metrics, predictions_sha256=tags["tidelog.predictions.sha256"],
-        model_sha256=tags["tidelog.model.sha256"], tags=tags, timings=timings)
+        seed=seed, metrics=result.metrics,
+        predictions_sha256=run_tags["tidelog.predictions.sha256"],
+        model_sha256=run_tags["tidelog.model.sha256"], tags=run_tags, timings=timings)
+    _announce(settings, trained_result, register)
+    return trained_result
+
+
+def _announce(settings: Settings, result: TrainResult, register: str | None) -> None:
+    from tidelog.events import publish
+    from trainer.announce import model_trained
+
+    publish(settings, model_trained(settings, result, register))
 
 
 def _model_tags(deterministic: bool, predictions: str, model: str) -> dict[str, str]:
