@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tidelog.stack.process import ProcessRecord, spawn, wait_until
+from tidelog.errors import StackError
+from tidelog.stack.process import ProcessRecord, spawn, stop, wait_until
 
 __all__ = ["start_mlflow"]
 
@@ -33,5 +34,11 @@ def start_mlflow(root: Path, port: int) -> tuple[ProcessRecord, str]:
     def ready() -> bool:
         return httpx.get(f"{uri}/health", timeout=2).status_code == 200
 
-    wait_until("mlflow", ready, record, timeout=120, what="answering /health")
+    # MLflow 3.17 imports far more than 3.6 before it listens (its server process, then
+    # uvicorn re-importing the app): 80-170 s on two cores shared with other suites.
+    try:
+        wait_until("mlflow", ready, record, timeout=300, what="answering /health")
+    except StackError:
+        stop(record)  # the caller records only a started server; do not leave this one
+        raise
     return record, uri
