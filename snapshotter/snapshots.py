@@ -51,6 +51,7 @@ from snapshotter.layout import (
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey, unavailable_columns
 from tidelog import __version__
+from tidelog.crashpoints import crash_point
 from tidelog.errors import (
     ArchiveError,
     ConfigError,
@@ -767,11 +768,12 @@ def _redacted_dsn(dsn: str) -> str:
 
 def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,
                     incremental: bool = True, catch_up: bool = True) -> Manifest:
-    from snapshotter.catalog import register_snapshot
+    from snapshotter.catalog import ensure_catalog, register_snapshot
 
     tables = sorted(set(tables))
     if not tables:
         raise SnapshotError("no tables given: pass --tables schema.table[,...]")
+    ensure_catalog(settings)  # repairs what a crash between publish and register left
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up)
     root = _snapshot_root(settings)
@@ -793,6 +795,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
             manifest = _build(settings, archive, cut, tables, target, incremental)
         except OSError as exc:
             raise SnapshotError(f"writing snapshot {sid} under {root} failed: {exc}") from exc
+    crash_point("snapshot.after_publish")
     register_snapshot(settings, manifest)
     return manifest
 
