@@ -21,6 +21,7 @@ import psycopg
 
 from tidelog.errors import ConnectorError, SourceError
 from tidelog.settings import Settings
+from tidelog.stack.connectors import forget_connector, remember_connector
 
 __all__ = [
     "ConnectorSpec",
@@ -242,6 +243,7 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
         raise ConnectorError(
             f"Kafka Connect refused connector {spec.name}: HTTP {resp.status_code} {resp.text}"
         )
+    remember_connector(Path(settings.home), config)  # `stack up` re-submits it if lost
     return wait_streaming(settings, spec, timeout)
 
 
@@ -306,6 +308,7 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> 
     resp = connect.request("DELETE", f"/connectors/{spec.name}")
     if resp.status_code not in (204, 404):
         raise ConnectorError(f"deleting connector {spec.name} failed: {resp.text}")
+    forget_connector(Path(settings.home), spec.name)
     if not drop_slot:
         return
     dsn = settings.require("postgres_dsn")

@@ -73,6 +73,11 @@ class CatalogFiles:
     def lock(self) -> Path:
         return self.directory / "writer.lock"
 
+    @property
+    def listing(self) -> Path:
+        """What tidelog's copy registers, as JSON: lets the agreement check skip DuckDB."""
+        return self.directory / "listing.json"
+
     def temporary(self) -> Path:
         return self.directory / f".tmp-{uuid.uuid4().hex}.duckdb"
 
@@ -101,6 +106,19 @@ def _wanted(settings: Settings, manifests: Sequence[Manifest]) -> dict[str, Row]
     return {m.id: (m.created_at, str(root / m.id)) for m in manifests}
 
 
+def _listing_text(rows: dict[str, Row]) -> str:
+    return json.dumps(sorted([i, *row] for i, row in rows.items()))
+
+
+def _write_listing(files: CatalogFiles, rows: dict[str, Row]) -> None:
+    text = _listing_text(rows)
+    if files.listing.exists() and files.listing.read_text() == text:
+        return
+    tmp = files.directory / f".tmp-{uuid.uuid4().hex}.json"
+    tmp.write_text(text)
+    os.replace(tmp, files.listing)
+
+
 def _registered(con: duckdb.DuckDBPyConnection) -> dict[str, Row] | None:
     """The snapshots a catalog file lists; None when it is not a tidelog catalog."""
     try:
@@ -119,23 +137,20 @@ def _manifests(settings: Settings) -> list[Manifest]:
 def ensure_catalog(settings: Settings) -> bool:
     """Repair the catalog if it disagrees with the manifests; True if it changed.
 
-    Cheap when it agrees: one read-only open of tidelog's copy and one query, no lock.
+    Cheap when it agrees: the manifests are compared with `listing.json`, which every
+    sync writes after the catalog files; no DuckDB, no lock.
     Called when `snapshot create`, `snapshot list` and the API start.
     """
     files = CatalogFiles(Path(settings.home))
     manifests = _manifests(settings)
     if not manifests and not files.own.exists() and not files.published.exists():
         return False
-    if files.own.exists() and files.published.exists():
+    if files.own.exists() and files.published.exists() and files.listing.exists():
         try:
-            con = duckdb.connect(str(files.own), read_only=True)
-            try:
-                if _registered(con) == _wanted(settings, manifests):
-                    return False
-            finally:
-                con.close()
-        except duckdb.Error:
-            pass  # unreadable: the sync below rebuilds it from the manifests
+            if files.listing.read_text() == _listing_text(_wanted(settings, manifests)):
+                return False
+        except OSError:
+            pass  # unreadable: the sync below rewrites it
     return sync_catalog(settings)
 
 
@@ -213,8 +228,10 @@ def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
         try:
             con = _start_from(files, tmp)
             try:
+                manifests = _queryable(settings, manifests)
                 changed = _apply(con, settings, manifests)
                 if not changed and files.published.exists():
+                    _write_listing(files, _wanted(settings, manifests))
                     return False
                 con.execute("checkpoint")
             finally:
@@ -223,6 +240,7 @@ def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
                 raise SnapshotError(f"catalog: DuckDB left a WAL beside {tmp} after a "
                                     "checkpoint; the catalog was not changed")
             _publish(files, tmp)
+            _write_listing(files, _wanted(settings, manifests))
             return True
         except duckdb.Error as exc:
             raise SnapshotError(f"updating the DuckDB catalog {files.published} failed: {exc}; "
@@ -234,6 +252,24 @@ def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
         finally:
             _remove(tmp)
             _remove(Path(f"{tmp}.wal"))
+
+
+def _queryable(settings: Settings, manifests: Sequence[Manifest]) -> list[Manifest]:
+    """The snapshots whose files are all there. One with a file missing is left out of
+    the catalog, loudly, rather than stopping every later catalog change; the listing
+    then disagrees with the manifests, so each `snapshot create` tries it again."""
+    kept = []
+    for manifest in manifests:
+        directory = Path(settings.snapshot_root) / manifest.id
+        missing = [f for t in manifest.tables.values() for f in t.all_files
+                   if not (directory / f).is_file()]
+        if missing:
+            _LOG.warning("snapshot %s is left out of the DuckDB catalog: its file %s is "
+                         "missing; check it with `tidelog snapshot verify %s`",
+                         manifest.id, directory / missing[0], manifest.id)
+            continue
+        kept.append(manifest)
+    return kept
 
 
 def _publish(files: CatalogFiles, tmp: Path) -> None:
