@@ -73,33 +73,52 @@ def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
 
 
 def restore_connectors(home: Path, connect_url: str, *, resubmit: bool,
-                       timeout: float = 120) -> list[str]:
-    """Restart failed tasks of recorded connectors and wait until each runs; with
-    `resubmit` (the worker's config topic is new) first re-submit those it lacks.
-    The names of the connectors re-submitted."""
+                       timeout: float = 120, grace: float = 30) -> list[str]:
+    """Bring every recorded connector back to running; the names re-submitted.
+
+    With `resubmit` (the broker restarted, so the worker's config topic is new) a
+    connector the worker lacks is re-submitted at once; otherwise the worker gets
+    `grace` seconds to read its config topic first. Failed tasks get one restart.
+    """
     records = recorded_connectors(home)
     if not records:
         return []
     url = connect_url.rstrip("/")
-    have = set(_request("GET", f"{url}/connectors").json())
-    restored = []
-    for name, record in records.items():
-        if name in have or not resubmit:
-            continue
+    patience = time.monotonic() + (0 if resubmit else grace)
+    while True:
+        missing = [n for n in records if n not in _listed(url, timeout)]
+        if not missing or time.monotonic() >= patience:
+            break
+        time.sleep(0.5)
+    for name in missing:
+        record = records[name]
         if record["needs_password"]:
             raise StackError(
-                f"connect: the restarted worker lost connector {name}, whose source needs a "
-                f"password tidelog does not keep; run `tidelog connector apply --name {name} "
-                "...` again", component="connect", connector=name)
+                f"connect: the worker lost connector {name}, whose source needs a password "
+                f"tidelog does not keep; run `tidelog connector apply --name {name} ...` "
+                "again", component="connect", connector=name)
         config = {**record["config"], PASSWORD: ""}
         resp = _request("PUT", f"{url}/connectors/{name}/config", json=config)
         if resp.status_code not in (200, 201):
             raise StackError(f"connect: re-submitting connector {name} failed: HTTP "
                              f"{resp.status_code} {resp.text}", component="connect",
                              connector=name)
-        restored.append(name)
-    _wait_running(url, [n for n in records if n in have or n in restored], timeout)
-    return restored
+    _wait_running(url, list(records), timeout)
+    return missing
+
+
+def _listed(url: str, timeout: float) -> set[str]:
+    """The worker's connectors, once it answers (it may be mid-rebalance: HTTP 409)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = _request("GET", f"{url}/connectors")
+        if resp.status_code == 200 and isinstance(resp.json(), list):
+            return {str(n) for n in resp.json()}
+        if time.monotonic() >= deadline:
+            raise StackError(f"connect: the worker at {url} does not list its connectors "
+                             f"(HTTP {resp.status_code} {resp.text[:300]})",
+                             component="connect")
+        time.sleep(0.5)
 
 
 def _wait_running(url: str, names: list[str], timeout: float) -> None:
