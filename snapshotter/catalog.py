@@ -145,13 +145,18 @@ def ensure_catalog(settings: Settings) -> bool:
     manifests = _manifests(settings)
     if not manifests and not files.own.exists() and not files.published.exists():
         return False
-    if files.own.exists() and files.published.exists() and files.listing.exists():
-        try:
-            if files.listing.read_text() == _listing_text(_wanted(settings, manifests)):
-                return False
-        except OSError:
-            pass  # unreadable: the sync below rewrites it
+    if _agrees(files, settings, manifests):
+        return False
     return sync_catalog(settings)
+
+
+def _agrees(files: CatalogFiles, settings: Settings, manifests: Sequence[Manifest]) -> bool:
+    if not (files.own.exists() and files.published.exists() and files.listing.exists()):
+        return False
+    try:
+        return files.listing.read_text() == _listing_text(_wanted(settings, manifests))
+    except OSError:
+        return False  # unreadable: a sync rewrites it
 
 
 # -- changing it -----------------------------------------------------------------------
@@ -205,7 +210,9 @@ def _start_from(files: CatalogFiles, tmp: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(tmp))
     con.execute("create schema if not exists tidelog")
     con.execute(
-        "create table if not exists tidelog.snapshots (id varchar primary key, "
+        # No primary key: DuckDB (1.4, 1.5) then grows the file by a block per change;
+        # the sync keeps ids unique.
+        "create table if not exists tidelog.snapshots (id varchar, "
         "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
         "built_from varchar, path varchar)"
     )
@@ -224,6 +231,8 @@ def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
             _remove(files.own)
         for stale in files.directory.glob(".tmp-*"):  # left by a writer that was killed
             _remove(stale)
+        if not rebuild and _agrees(files, settings, manifests):
+            return False
         tmp = files.temporary()
         try:
             con = _start_from(files, tmp)
