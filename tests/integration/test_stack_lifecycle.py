@@ -68,8 +68,22 @@ def _lifecycle(home: Path) -> None:
     assert _tidelog(home, "stack", "status").returncode == 3
 
 
-def _kill_component(home: Path, name: str) -> None:
-    """SIGKILL a component by the PID the stack recorded, and wait until it is gone."""
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_component(home: Path, name: str) -> int:
+    """SIGKILL a component's leader by the PID the stack recorded (its children live on,
+    as after an OOM kill), wait until it is gone; its PID, which is its group id."""
     status = json.loads(_tidelog(home, "stack", "status", "--json").stdout)
     pid = status["components"][name]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -77,6 +91,7 @@ def _kill_component(home: Path, name: str) -> None:
     while _alive(pid):
         assert time.monotonic() < deadline, f"{name} (pid {pid}) survived SIGKILL"
         time.sleep(0.1)
+    return int(pid)
 
 
 def test_killed_broker_or_worker_then_stack_up_brings_cdc_back() -> None:
@@ -109,9 +124,10 @@ def test_killed_broker_or_worker_then_stack_up_brings_cdc_back() -> None:
 
             kills = ["broker", "broker", "broker", "connect", "postgres", "mlflow"]
             for attempt, component in enumerate(kills):
-                _kill_component(home, component)
+                group = _kill_component(home, component)
                 again = _tidelog(home, "stack", "up", "--json")
                 assert again.returncode == 0, again.stderr
+                assert not _group_members(group), f"{component}'s children outlived `up`"
                 state = connector_status(settings, "rst")
                 assert [t["state"] for t in state["tasks"]] == ["RUNNING"], state
                 marker = f"after-{attempt}-{component}"

@@ -22,7 +22,7 @@ from tidelog.stack.connect import start_connect
 from tidelog.stack.connectors import restore_connectors
 from tidelog.stack.mlflow_server import start_mlflow
 from tidelog.stack.postgres import postgres_dsn, start_postgres
-from tidelog.stack.process import ProcessRecord, alive, free_port, stop
+from tidelog.stack.process import ProcessRecord, alive, free_port, stop, stop_leftovers
 
 __all__ = ["COMPONENTS", "StackStatus", "up", "down", "status"]
 
@@ -81,7 +81,10 @@ def _record(state: dict[str, object], name: str) -> ProcessRecord | None:
 
 def _running(state: dict[str, object], name: str) -> bool:
     record = _record(state, name)
-    return record is not None and alive(record)
+    if record is not None and not alive(record):
+        stop_leftovers(record)  # a dead leader's children must not hold its port
+        return False
+    return record is not None
 
 
 def _port(state: dict[str, object], name: str) -> int:
