@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
         lock = _lock_home(config)
         try:
             core.lineage_cache.start()
+            core.repair_catalog()
             failed, requeued = runner.start()
             if failed or requeued:
                 _LOG.warning("jobs cut off by the previous API process: %d failed, %d "

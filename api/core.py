@@ -7,6 +7,7 @@ in-memory fake; tests replace the other methods (verify, connector, ...) one by 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Hashable, Mapping, Sequence
@@ -24,6 +25,9 @@ from trainer.provider import SnapshotProvider, default_provider
 from trainer.tracking import DEFAULT_EXPERIMENT
 
 __all__ = ["Core", "run_to_json", "cut_or_latest"]
+
+_LOG = logging.getLogger(__name__)
+
 
 def run_to_json(lineage: Any, rebuilds: list[Any]) -> dict[str, Any]:
     """A tidelog run's recorded lineage plus the verification result of each rebuild."""
@@ -109,6 +113,16 @@ class Core:
         from api.retention import registered_versions_using
 
         return registered_versions_using(self.settings, snapshot_id)
+
+    def repair_catalog(self) -> None:
+        """Make the DuckDB catalog agree with the manifests (after a crash, say); a
+        failure is logged, not fatal: the snapshots themselves are intact."""
+        from snapshotter.catalog import ensure_catalog
+
+        try:
+            ensure_catalog(self.settings)
+        except TidelogError as exc:
+            _LOG.warning("DuckDB catalog repair at startup failed: %s", exc.message)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         from api.retention import delete_snapshot_files

@@ -24,7 +24,7 @@ from typing import Any
 from api.errors import HttpError
 from api.store import Database, now
 from snapshotter.manifest import MANIFEST_NAME
-from tidelog.errors import SnapshotNotFound
+from tidelog.errors import SnapshotError, SnapshotNotFound
 from tidelog.settings import Settings
 
 __all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
@@ -116,18 +116,12 @@ def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
 
 
 def _forget_in_catalog(settings: Settings, snapshot_id: str) -> None:
-    import duckdb
-
-    from snapshotter.catalog import catalog_path, register_snapshot, unregister_snapshot
-    from snapshotter.snapshots import list_snapshots
+    from snapshotter.catalog import catalog_path, sync_catalog
 
     if not catalog_path(settings).exists():
         return
     try:
-        unregister_snapshot(settings, snapshot_id)
-        remaining = list_snapshots(settings)
-        if remaining:  # moves `latest` off the deleted snapshot
-            register_snapshot(settings, remaining[-1])
-    except duckdb.Error as exc:
-        # The files are gone either way; `tidelog` can rebuild the catalog from manifests.
+        sync_catalog(settings)  # drops the snapshot's schema, moves `latest` off it
+    except SnapshotError as exc:
+        # The files are gone either way; the next `snapshot create` or `list` repairs it.
         _LOG.warning("catalog update after deleting snapshot %s failed: %s", snapshot_id, exc)

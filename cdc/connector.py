@@ -31,6 +31,7 @@ from tidelog.errors import (
 )
 from tidelog.retry import poll
 from tidelog.settings import Settings
+from tidelog.stack.connectors import forget_connector, remember_connector
 from tidelog.topics import table_topic, transaction_topic
 
 __all__ = [
@@ -244,6 +245,7 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     connect = connect or KafkaConnect.for_settings(settings)
     connect.validate(config)
     connect.put_config(spec.name, config)
+    remember_connector(Path(settings.home), config)  # `stack up` re-submits it if lost
     return wait_streaming(settings, spec, timeout, connect=connect)
 
 
@@ -315,6 +317,7 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False, *,
            connect: KafkaConnect | None = None) -> None:
     """Remove the connector; with drop_slot also its slot and publication (frees WAL)."""
     (connect or KafkaConnect.for_settings(settings)).delete(spec.name)
+    forget_connector(Path(settings.home), spec.name)
     if not drop_slot:
         return
     dsn = settings.require("postgres_dsn")

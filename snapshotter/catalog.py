@@ -1,47 +1,89 @@
-"""The DuckDB catalog: one schema per snapshot, `latest`, and `tidelog.snapshots`.
+"""The DuckDB catalog: one schema per snapshot, `latest`, `changes` and `tidelog.snapshots`.
 
-    duckdb .tidelog/catalog.duckdb -c "select * from snap_<id>.customers"
+    duckdb -readonly .tidelog/catalog.duckdb -c "select * from snap_<id>.customers"
 
 Views reference the snapshot's Parquet files by absolute path, so the catalog is small and
 always agrees with the files; schema names use the table name without its source schema
 (`public.customers` -> `snap_<id>.customers`); when two chosen tables share a name in
 different source schemas, the view is named `<schema>__<table>`.
+
+People hold the catalog open (docs/catalog.md). DuckDB allows one read-write process or
+many read-only ones on a file, never both, so tidelog never opens the published file for
+writing: each change copies tidelog's own copy to a temporary file, applies the change
+there, checkpoints and closes it (no WAL left), syncs it, and renames copies of it onto
+`catalog.duckdb` and onto the own copy. A reader keeps the file it opened; the next one
+opens the new file. Writers serialise on a lock file, never on a catalog file.
+
+The catalog is derived from the manifests: `sync_catalog` makes it hold exactly the
+snapshots that have a manifest, so a crash anywhere (between publishing a snapshot and
+registering it, or inside a catalog change) is repaired by the next sync.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from snapshotter.layout import sql_text, visible_sql
 from snapshotter.manifest import Manifest
+from tidelog.crashpoints import crash_point
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
 
-__all__ = ["catalog_path", "register_snapshot", "rebuild_catalog", "run_sql", "view_names"]
+__all__ = ["CatalogFiles", "catalog_path", "ensure_catalog", "sync_catalog",
+           "register_snapshot", "unregister_snapshot", "rebuild_catalog", "run_sql",
+           "view_names"]
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CatalogFiles:
+    """Every path of the catalog under `$TIDELOG_HOME`."""
+
+    home: Path
+
+    @property
+    def published(self) -> Path:
+        """What people open: replaced whole at every change, never written in place."""
+        return self.home / "catalog.duckdb"
+
+    @property
+    def directory(self) -> Path:
+        return self.home / ".catalog"
+
+    @property
+    def own(self) -> Path:
+        """tidelog's copy: the base of the next change and what `tidelog sql` reads.
+        Nobody opens it read-write, so a person's session on the published file can
+        neither lock it nor write into it."""
+        return self.directory / "catalog.duckdb"
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / "writer.lock"
+
+    @property
+    def listing(self) -> Path:
+        """What tidelog's copy registers, as JSON: lets the agreement check skip DuckDB."""
+        return self.directory / "listing.json"
+
+    def temporary(self) -> Path:
+        return self.directory / f".tmp-{uuid.uuid4().hex}.duckdb"
 
 
 def catalog_path(settings: Settings) -> Path:
-    return Path(settings.home) / "catalog.duckdb"
-
-
-@contextmanager
-def _writer(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
-    path = catalog_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        con = duckdb.connect(str(path))
-        try:
-            yield con
-        finally:
-            con.close()
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return CatalogFiles(Path(settings.home)).published
 
 
 def view_names(manifest: Manifest) -> dict[str, str]:
@@ -54,6 +96,261 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# -- what the catalog should hold ------------------------------------------------------
+
+Row = tuple[str, str]  # (created_at, path) of a registered snapshot
+
+
+def _wanted(settings: Settings, manifests: Sequence[Manifest]) -> dict[str, Row]:
+    root = Path(settings.snapshot_root)
+    return {m.id: (m.created_at, str(root / m.id)) for m in manifests}
+
+
+def _listing_text(rows: dict[str, Row]) -> str:
+    return json.dumps(sorted([i, *row] for i, row in rows.items()))
+
+
+def _write_listing(files: CatalogFiles, rows: dict[str, Row]) -> None:
+    text = _listing_text(rows)
+    if files.listing.exists() and files.listing.read_text() == text:
+        return
+    tmp = files.directory / f".tmp-{uuid.uuid4().hex}.json"
+    tmp.write_text(text)
+    os.replace(tmp, files.listing)
+
+
+def _registered(con: duckdb.DuckDBPyConnection) -> dict[str, Row] | None:
+    """The snapshots a catalog file lists; None when it is not a tidelog catalog."""
+    try:
+        rows = con.execute("select id, created_at, path from tidelog.snapshots").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return {str(i): (str(c), str(p)) for i, c, p in rows}
+
+
+def _manifests(settings: Settings) -> list[Manifest]:
+    from snapshotter.snapshots import list_snapshots  # snapshots imports this module lazily
+
+    return list_snapshots(settings)
+
+
+def ensure_catalog(settings: Settings) -> bool:
+    """Repair the catalog if it disagrees with the manifests; True if it changed.
+
+    Cheap when it agrees: the manifests are compared with `listing.json`, which every
+    sync writes after the catalog files; no DuckDB, no lock.
+    Called when `snapshot create`, `snapshot list` and the API start.
+    """
+    files = CatalogFiles(Path(settings.home))
+    manifests = _manifests(settings)
+    if not manifests and not files.own.exists() and not files.published.exists():
+        return False
+    if _agrees(files, settings, manifests):
+        return False
+    return sync_catalog(settings)
+
+
+def _agrees(files: CatalogFiles, settings: Settings, manifests: Sequence[Manifest]) -> bool:
+    if not (files.own.exists() and files.published.exists() and files.listing.exists()):
+        return False
+    try:
+        return files.listing.read_text() == _listing_text(_wanted(settings, manifests))
+    except OSError:
+        return False  # unreadable: a sync rewrites it
+
+
+# -- changing it -----------------------------------------------------------------------
+
+@contextmanager
+def _writer_lock(files: CatalogFiles) -> Iterator[None]:
+    files.directory.mkdir(parents=True, exist_ok=True)
+    with open(files.lock, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with _suppress_missing():
+        path.unlink()
+
+
+@contextmanager
+def _suppress_missing() -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        pass
+
+
+def _start_from(files: CatalogFiles, tmp: Path) -> duckdb.DuckDBPyConnection:
+    """A read-write connection on a copy of tidelog's copy (or an empty file)."""
+    if files.own.exists():
+        shutil.copyfile(files.own, tmp)
+        try:
+            con = duckdb.connect(str(tmp))
+            if _registered(con) is not None:
+                return con
+            con.close()
+        except duckdb.Error as exc:
+            _LOG.warning("catalog copy %s is unreadable (%s); rebuilding it from the "
+                         "manifests", files.own, exc)
+        _remove(tmp)
+        _remove(Path(f"{tmp}.wal"))
+    con = duckdb.connect(str(tmp))
+    con.execute("create schema if not exists tidelog")
+    con.execute(
+        # No primary key: DuckDB (1.4, 1.5) then grows the file by a block per change;
+        # the sync keeps ids unique.
+        "create table if not exists tidelog.snapshots (id varchar, "
+        "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
+        "built_from varchar, path varchar)"
+    )
+    return con
+
+
+def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
+    """Make the catalog hold exactly the snapshots that have a manifest; True if changed.
+
+    `rebuild` starts from an empty catalog instead of tidelog's copy.
+    """
+    files = CatalogFiles(Path(settings.home))
+    with _writer_lock(files):
+        manifests = _manifests(settings)  # read under the lock: no newer sync is undone
+        if rebuild:
+            _remove(files.own)
+        for stale in files.directory.glob(".tmp-*"):  # left by a writer that was killed
+            _remove(stale)
+        if not rebuild and _agrees(files, settings, manifests):
+            return False
+        tmp = files.temporary()
+        try:
+            con = _start_from(files, tmp)
+            try:
+                manifests = _queryable(settings, manifests)
+                changed = _apply(con, settings, manifests)
+                if not changed and files.published.exists():
+                    _write_listing(files, _wanted(settings, manifests))
+                    return False
+                con.execute("checkpoint")
+            finally:
+                con.close()
+            if Path(f"{tmp}.wal").exists():
+                raise SnapshotError(f"catalog: DuckDB left a WAL beside {tmp} after a "
+                                    "checkpoint; the catalog was not changed")
+            _publish(files, tmp)
+            _write_listing(files, _wanted(settings, manifests))
+            return True
+        except duckdb.Error as exc:
+            raise SnapshotError(f"updating the DuckDB catalog {files.published} failed: {exc}; "
+                                "the previous catalog is unchanged, and the next "
+                                "`tidelog snapshot create` or `snapshot list` retries") from exc
+        except OSError as exc:
+            raise SnapshotError(f"writing the DuckDB catalog under {files.directory} failed: "
+                                f"{exc}; the previous catalog is unchanged") from exc
+        finally:
+            _remove(tmp)
+            _remove(Path(f"{tmp}.wal"))
+
+
+def _queryable(settings: Settings, manifests: Sequence[Manifest]) -> list[Manifest]:
+    """The snapshots whose files are all there. One with a file missing is left out of
+    the catalog, loudly, rather than stopping every later catalog change; the listing
+    then disagrees with the manifests, so each `snapshot create` tries it again."""
+    kept = []
+    for manifest in manifests:
+        directory = Path(settings.snapshot_root) / manifest.id
+        missing = [f for t in manifest.tables.values() for f in t.all_files
+                   if not (directory / f).is_file()]
+        if missing:
+            _LOG.warning("snapshot %s is left out of the DuckDB catalog: its file %s is "
+                         "missing; check it with `tidelog snapshot verify %s`",
+                         manifest.id, directory / missing[0], manifest.id)
+            continue
+        kept.append(manifest)
+    return kept
+
+
+def _publish(files: CatalogFiles, tmp: Path) -> None:
+    """Rename complete, synced copies of `tmp` onto the published file and tidelog's copy."""
+    _fsync(tmp)
+    public = files.temporary()
+    try:
+        shutil.copyfile(tmp, public)
+        _fsync(public)
+        crash_point("catalog.before_publish")
+        os.replace(public, files.published)
+    finally:
+        _remove(public)
+    # A WAL beside the published file belongs to someone's read-write session on an older
+    # file; left there, DuckDB would replay it into the new file for the next reader.
+    _remove(Path(f"{files.published}.wal"))
+    _fsync(files.home)
+    crash_point("catalog.after_public")
+    os.replace(tmp, files.own)
+    _fsync(files.directory)
+
+
+def _apply(con: duckdb.DuckDBPyConnection, settings: Settings,
+           manifests: Sequence[Manifest]) -> bool:
+    """Bring the catalog behind `con` to `manifests`, in one transaction."""
+    registered = _registered(con) or {}
+    wanted = _wanted(settings, manifests)
+    removed = [i for i in registered if wanted.get(i) != registered[i]]
+    added = [m for m in manifests if registered.get(m.id) != wanted[m.id]]
+    orphans = [s for (s,) in con.execute(
+        "select schema_name from information_schema.schemata where catalog_name = "
+        "current_database() and schema_name like 'snap\\_%' escape '\\'").fetchall()
+        if s[len("snap_"):] not in wanted]
+    has_latest = con.execute(
+        "select count(*) from information_schema.schemata where catalog_name = "
+        "current_database() and schema_name = 'latest'").fetchone() == (1,)
+    if not (removed or added or orphans) and has_latest == bool(manifests):
+        return False
+    con.execute("begin")
+    for sid in removed:
+        con.execute(f"drop schema if exists {_quote('snap_' + sid)} cascade")
+        con.execute("delete from tidelog.snapshots where id = ?", [sid])
+    for schema in orphans:
+        con.execute(f"drop schema if exists {_quote(schema)} cascade")
+    for manifest in added:  # in creation order: the newest one's change views win
+        _insert(con, settings, manifest)
+    con.execute("drop schema if exists latest cascade")
+    if manifests:
+        newest = manifests[-1]
+        _create_views(con, "latest", newest, Path(wanted[newest.id][1]))
+    con.execute("commit")
+    return True
+
+
+def _insert(con: duckdb.DuckDBPyConnection, settings: Settings, manifest: Manifest) -> None:
+    snapshot_dir = Path(settings.snapshot_root) / manifest.id
+    con.execute(
+        "insert into tidelog.snapshots values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [manifest.id, manifest.created_at, sorted(manifest.tables),
+         sum(t.rows for t in manifest.tables.values()), json.dumps(manifest.cut.to_json()),
+         manifest.digest, manifest.built_from, str(snapshot_dir)],
+    )
+    try:
+        _create_views(con, f"snap_{manifest.id}", manifest, snapshot_dir)
+        _create_change_views(con, settings, manifest)
+    except duckdb.Error as exc:
+        raise SnapshotError(
+            f"catalog: the views of snapshot {manifest.id} cannot be created ({exc}); check "
+            f"it with `tidelog snapshot verify {manifest.id}`, or delete it",
+            snapshot_id=manifest.id) from exc
+
+
 def _create_views(con: duckdb.DuckDBPyConnection, schema: str, manifest: Manifest,
                   snapshot_dir: Path) -> None:
     con.execute(f"create schema if not exists {_quote(schema)}")
@@ -61,32 +358,6 @@ def _create_views(con: duckdb.DuckDBPyConnection, schema: str, manifest: Manifes
         relation = visible_sql(snapshot_dir, manifest.tables[table])
         con.execute(f"create or replace view {_quote(schema)}.{_quote(view)} as "
                     f"select * from {relation}")
-
-
-def register_snapshot(settings: Settings, manifest: Manifest) -> None:
-    snapshot_dir = Path(settings.snapshot_root) / manifest.id
-    with _writer(settings) as con:
-        con.execute("create schema if not exists tidelog")
-        con.execute(
-            "create table if not exists tidelog.snapshots (id varchar primary key, "
-            "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
-            "built_from varchar, path varchar)"
-        )
-        con.execute("delete from tidelog.snapshots where id = ?", [manifest.id])
-        con.execute(
-            "insert into tidelog.snapshots values (?, ?, ?, ?, ?, ?, ?, ?)",
-            [manifest.id, manifest.created_at, sorted(manifest.tables),
-             sum(t.rows for t in manifest.tables.values()), json.dumps(manifest.cut.to_json()),
-             manifest.digest, manifest.built_from, str(snapshot_dir)],
-        )
-        _create_views(con, f"snap_{manifest.id}", manifest, snapshot_dir)
-        newest = con.execute(
-            "select id, path from tidelog.snapshots order by created_at desc, id desc limit 1"
-        ).fetchone()
-        if newest and newest[0] == manifest.id:
-            con.execute("drop schema if exists latest cascade")
-            _create_views(con, "latest", manifest, snapshot_dir)
-        _create_change_views(con, settings, manifest)
 
 
 def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
@@ -124,23 +395,33 @@ def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> 
     return None
 
 
+def register_snapshot(settings: Settings, manifest: Manifest) -> None:
+    """Make a just-published snapshot queryable (and anything else the manifests say)."""
+    sync_catalog(settings)
+
+
 def unregister_snapshot(settings: Settings, snapshot_id: str) -> None:
-    with _writer(settings) as con:
-        con.execute(f"drop schema if exists {_quote('snap_' + snapshot_id)} cascade")
-        con.execute("delete from tidelog.snapshots where id = ?", [snapshot_id])
+    """Drop a snapshot whose manifest is gone (and anything else the manifests say)."""
+    sync_catalog(settings)
 
 
-def rebuild_catalog(settings: Settings, manifests: list[Manifest]) -> None:
-    for manifest in sorted(manifests, key=lambda m: (m.created_at, m.id)):
-        register_snapshot(settings, manifest)
+def rebuild_catalog(settings: Settings, manifests: list[Manifest] | None = None) -> None:
+    """A new catalog from the manifests alone (`manifests` is accepted for old callers;
+    the manifests on disk are what counts)."""
+    sync_catalog(settings, rebuild=True)
 
+
+# -- reading it ------------------------------------------------------------------------
 
 def run_sql(settings: Settings, sql: str) -> tuple[list[str], list[tuple[object, ...]]]:
-    path = catalog_path(settings)
-    if not path.exists():
-        raise SnapshotError(f"no catalog at {path} yet; create a snapshot first "
+    files = CatalogFiles(Path(settings.home))
+    ensure_catalog(settings)
+    if not files.own.exists():
+        raise SnapshotError(f"no catalog at {files.published} yet; create a snapshot first "
                             "(`tidelog snapshot create --tables ...`)")
-    con = duckdb.connect(str(path), read_only=True)
+    # tidelog's copy, not the published file: a person's read-write session there would
+    # lock a read-only open out.
+    con = duckdb.connect(str(files.own), read_only=True)
     try:
         cur = con.execute(sql)
         columns = [d[0] for d in cur.description or []]

@@ -102,9 +102,12 @@ def _snapshot_create(args: argparse.Namespace) -> int:
 
 
 def _snapshot_list(args: argparse.Namespace) -> int:
+    from snapshotter.catalog import ensure_catalog
     from snapshotter.snapshots import list_snapshots
 
-    manifests = list_snapshots(load_settings())
+    settings = load_settings()
+    ensure_catalog(settings)  # the catalog lists what this lists, even after a crash
+    manifests = list_snapshots(settings)
     if args.json:
         _print_json([{"id": m.id, "created_at": m.created_at, "tables": sorted(m.tables),
                       "rows": sum(t.rows for t in m.tables.values()), "digest": m.digest,

@@ -55,6 +55,7 @@ from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey, unavailable_columns
 from snapshotter.openlineage import describe_snapshot
 from tidelog import __version__
+from tidelog.crashpoints import crash_point
 from tidelog.errors import (
     ConfigError,
     CutError,
@@ -817,11 +818,12 @@ def _write_failed(sid: str, root: Path, exc: BaseException) -> SnapshotWriteErro
 @traced("snapshot", describe_snapshot)
 def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,
                     incremental: bool = True, catch_up: bool = True) -> Manifest:
-    from snapshotter.catalog import register_snapshot
+    from snapshotter.catalog import ensure_catalog, register_snapshot
 
     tables = sorted(set(tables))
     if not tables:
         raise SnapshotError("no tables given: pass --tables schema.table[,...]")
+    ensure_catalog(settings)  # repairs what a crash between publish and register left
     archive = Archive(settings.archive_root)
     cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up)
     root = _snapshot_root(settings)
@@ -848,6 +850,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
             manifest = _build(settings, archive, cut, tables, target, incremental)
         except OSError as exc:
             raise _write_failed(sid, root, exc) from exc
+    crash_point("snapshot.after_publish")
     register_snapshot(settings, manifest)
     _announce(settings, manifest)
     return manifest

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import stack_dir
+from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +66,92 @@ def _lifecycle(home: Path) -> None:
     after = json.loads(_tidelog(home, "stack", "status", "--json").stdout)
     assert all(c["state"] == "stopped" for c in after["components"].values())
     assert _tidelog(home, "stack", "status").returncode == 3
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kill_component(home: Path, name: str) -> int:
+    """SIGKILL a component's leader by the PID the stack recorded (its children live on,
+    as after an OOM kill), wait until it is gone; its PID, which is its group id."""
+    status = json.loads(_tidelog(home, "stack", "status", "--json").stdout)
+    pid = status["components"][name]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"{name} (pid {pid}) survived SIGKILL"
+        time.sleep(0.1)
+    return int(pid)
+
+
+def test_killed_broker_or_worker_then_stack_up_brings_cdc_back() -> None:
+    """After any component dies, `stack up` gives a streaming connector again. The local
+    broker keeps everything in memory: after it dies the worker's internal topics must be
+    right and its connector re-submitted, and the archive must take the new log as a new
+    generation, never mixing it with the old."""
+    from cdc.connector import ConnectorSpec, apply, connector_status
+    from snapshotter.archive import Archive, archive_topics
+    from snapshotter.snapshots import create_snapshot, rebuild_snapshot
+    from tests.integration.cdc_helpers import execute, wait_for_events
+    from tidelog.settings import load_settings
+
+    table = "public.restart_rows"
+    with stack_dir() as home:
+        first = _tidelog(home, "stack", "up", "--json")
+        assert first.returncode == 0, first.stderr
+        try:
+            settings = dataclasses.replace(
+                load_settings(home), topic_prefix="rst", connector_name="rst",
+                archive_root=str(home / "archive"), snapshot_root=str(home / "snapshots"))
+            topic = f"rst.{table}"
+            execute(settings, f"create table {table} (id serial primary key, v text)",
+                    f"insert into {table} (v) values ('before')")
+            apply(settings, ConnectorSpec("rst", (table,), "rst"), timeout=180)
+            wait_for_events(settings, topic, lambda ev: any(
+                e.after and e.after.get("v") == "before" for e in ev), timeout=120)
+            archive_topics(settings, [topic])
+            old = create_snapshot(settings, [table])
+
+            kills = ["broker", "broker", "broker", "connect", "postgres", "mlflow"]
+            for attempt, component in enumerate(kills):
+                group = _kill_component(home, component)
+                again = _tidelog(home, "stack", "up", "--json")
+                assert again.returncode == 0, again.stderr
+                assert not _group_members(group), f"{component}'s children outlived `up`"
+                state = connector_status(settings, "rst")
+                assert [t["state"] for t in state["tasks"]] == ["RUNNING"], state
+                marker = f"after-{attempt}-{component}"
+                execute(settings, f"insert into {table} (v) values (%s)", params=(marker,))
+                wait_for_events(settings, topic, lambda ev, m=marker: any(
+                    e.after and e.after.get("v") == m for e in ev), timeout=120)
+                archive_topics(settings, [topic])
+
+            # three broker restarts: three more logs, each its own generation
+            generations = Archive(settings.archive_root).generations(topic, 0)
+            assert len(generations) == 4
+            assert len({g.cluster_id for g in generations}) == 4
+            new = create_snapshot(settings, [table])
+            values = sorted(str(r["v"]) for r in _rows(settings, new.id, table))
+            assert values == sorted(["before", *(f"after-{i}-{c}" for i, c in enumerate(kills))])
+            # the cut taken on the first log is still served, from its own generation
+            rebuilt = rebuild_snapshot(settings, old.cut, [table], home / "rebuilt")
+            assert rebuilt.digest == old.digest
+        finally:
+            down = _tidelog(home, "stack", "down", "--json")
+            assert down.returncode == 0, down.stderr
+
+
+def _rows(settings: Settings, snapshot_id: str, table: str) -> list[dict[str, object]]:
+    from snapshotter.snapshots import open_snapshot
+
+    return open_snapshot(settings, snapshot_id).table(table).to_dicts()

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from tidelog.stack.broker import start_broker
 from tidelog.stack.connect import start_connect
+from tidelog.stack.connectors import restore_connectors
 from tidelog.stack.mlflow_server import start_mlflow
 from tidelog.stack.postgres import postgres_dsn, start_postgres
-from tidelog.stack.process import ProcessRecord, alive, free_port, stop
+from tidelog.stack.process import ProcessRecord, alive, free_port, stop, stop_leftovers
 
 __all__ = ["COMPONENTS", "StackStatus", "up", "down", "status"]
 
@@ -79,7 +80,10 @@ def _record(state: dict[str, object], name: str) -> ProcessRecord | None:
 
 def _running(state: dict[str, object], name: str) -> bool:
     record = _record(state, name)
-    return record is not None and alive(record)
+    if record is not None and not alive(record):
+        stop_leftovers(record)  # a dead leader's children must not hold its port
+        return False
+    return record is not None
 
 
 def _port(state: dict[str, object], name: str) -> int:
@@ -90,31 +94,38 @@ def _port(state: dict[str, object], name: str) -> int:
 
 
 def up(home: Path) -> StackStatus:
-    """Start whatever is not running; the broker restarting forces Connect to restart."""
+    """Start whatever is not running, then bring back every recorded connector.
+
+    A restarted broker is a new, empty cluster: Connect is stopped before it starts (a
+    worker reconnecting to it would auto-create its own topics with the broker's default
+    partition count), its internal topics are created, and the connectors the new worker
+    lacks are re-submitted from tidelog's records (tidelog/stack/connectors.py).
+    """
     with _locked(home):
         state = _load(home)
         components: dict[str, object] = state.setdefault("components", {})  # type: ignore[assignment]
         endpoints: dict[str, str] = state.setdefault("endpoints", {})  # type: ignore[assignment]
+        started: list[str] = []
 
         def keep(name: str, record: ProcessRecord) -> None:
             components[name] = record.to_json()
+            started.append(name)
             _save(home, state)
 
         if not _running(state, "postgres"):
             port = _port(state, "postgres")
             endpoints["postgres_dsn"] = postgres_dsn(port)
             keep("postgres", start_postgres(home / "postgres", port))
-        broker_restarted = False
-        if not _running(state, "broker"):
-            record, bootstrap = start_broker(home / "broker", _port(state, "broker"))
-            endpoints["bootstrap_servers"] = bootstrap
-            keep("broker", record)
-            broker_restarted = True
+        broker_restarted = not _running(state, "broker")
         if broker_restarted and _running(state, "connect"):
             old = _record(state, "connect")
             assert old is not None
-            stop(old)
-        if broker_restarted or not _running(state, "connect"):
+            stop(old, timeout=10)  # its state lived in the lost broker; nothing to flush
+        if broker_restarted:
+            record, bootstrap = start_broker(home / "broker", _port(state, "broker"))
+            endpoints["bootstrap_servers"] = bootstrap
+            keep("broker", record)
+        if not _running(state, "connect"):
             port = _port(state, "connect")
             endpoints["connect_url"] = f"http://127.0.0.1:{port}"
             keep("connect", start_connect(home / "connect", home / "cache", port,
@@ -125,6 +136,8 @@ def up(home: Path) -> StackStatus:
             record, _ = start_mlflow(home / "mlflow", port)
             keep("mlflow", record)
         _save(home, state)
+        if started:
+            restore_connectors(home, endpoints["connect_url"], resubmit=broker_restarted)
     return status(home)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -20,7 +21,23 @@ from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import StackError
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
-__all__ = ["debezium_libs", "build_classpath", "start_connect"]
+_QUIET = logging.getLogger("tidelog.stack.connect.admin")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+__all__ = ["debezium_libs", "build_classpath", "create_internal_topics", "start_connect",
+           "INTERNAL_TOPICS"]
+
+# Connect's own topics: the config topic must have exactly one partition, and all three
+# are meant to be compacted. A broker that auto-creates them on a metadata request (Tansu
+# does, with 4 partitions) makes the worker refuse to start, so they are created here,
+# before the worker runs. Tansu accepts and reports cleanup.policy=compact but never
+# compacts; these topics stay small on a local stack, so that is harmless.
+INTERNAL_TOPICS = {
+    "_tidelog_connect_configs": 1,
+    "_tidelog_connect_offsets": 1,
+    "_tidelog_connect_status": 1,
+}
 
 SHIM_SOURCE = """\
 package org.eclipse.jetty.security;
@@ -114,9 +131,53 @@ def build_classpath(cache: Path) -> str:
     return classpath
 
 
+def create_internal_topics(bootstrap: str, timeout: float = 30) -> None:
+    """Create Connect's topics with their required partition counts and compaction.
+
+    A topic that exists with the wrong partition count (auto-created by some client's
+    metadata request) is deleted and created again: the worker is not running, and what
+    it held (connector configs) is re-submitted from tidelog's records by `stack up`.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000},
+                        logger=_QUIET)
+    config = {"cleanup.policy": "compact"}
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+        wrong = [t for t, n in INTERNAL_TOPICS.items()
+                 if t in existing and len(existing[t].partitions) != n]
+        if wrong:
+            for future in admin.delete_topics(wrong, operation_timeout=timeout).values():
+                future.result(timeout)
+        missing = [NewTopic(t, n, 1, config=config) for t, n in INTERNAL_TOPICS.items()
+                   if t not in existing or t in wrong]
+        created = admin.create_topics(missing, operation_timeout=timeout) if missing else {}
+        for future in created.values():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        got = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise StackError(f"connect: creating Connect's internal topics on {bootstrap} failed: "
+                         f"{exc}; check the broker (`tidelog stack status`)",
+                         component="connect") from exc
+    bad = {t: len(got[t].partitions) if t in got else 0 for t, n in INTERNAL_TOPICS.items()
+           if t not in got or len(got[t].partitions) != n}
+    if bad:
+        raise StackError(f"connect: Connect's internal topics have the wrong partition counts "
+                         f"{bad} (wanted {INTERNAL_TOPICS}) on {bootstrap}; restart the "
+                         "broker (`tidelog stack down && tidelog stack up`)",
+                         component="connect")
+
+
 def start_connect(root: Path, cache: Path, port: int, bootstrap: str) -> ProcessRecord:
     root.mkdir(parents=True, exist_ok=True)
     classpath = build_classpath(cache)
+    create_internal_topics(bootstrap)
     props = root / "worker.properties"
     props.write_text(
         "\n".join(

@@ -14,7 +14,8 @@ from pathlib import Path
 from tidelog.errors import StackError, TidelogError
 from tidelog.retry import poll
 
-__all__ = ["ProcessRecord", "free_port", "spawn", "alive", "stop", "wait_until", "tail"]
+__all__ = ["ProcessRecord", "free_port", "spawn", "alive", "stop", "stop_leftovers",
+           "wait_until", "tail"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,25 @@ def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 30.0
         return
     while alive(record):
         _reap(record.pid)
+        time.sleep(0.05)
+
+
+def stop_leftovers(record: ProcessRecord, timeout: float = 10.0) -> None:
+    """SIGKILL what is left of a dead component's process group (MLflow's uvicorn
+    worker outlives a killed `mlflow server` and keeps its port).
+
+    Only when no process has the leader's PID: Linux never hands out a PID that is
+    still some group's id, so the group's remaining members are then the ones we
+    started. A live process with that PID means the PID was reused; leave it alone.
+    """
+    if alive(record) or _proc_start_time(record.pid) is not None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(record.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is empty
         time.sleep(0.05)
 
 

@@ -1,0 +1,76 @@
+"""What `connector apply` records for `stack up`, and the crash-point switch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tidelog.crashpoints import POINTS, crash_point
+from tidelog.stack.connectors import forget_connector, recorded_connectors, remember_connector
+
+
+def test_a_recorded_connector_never_holds_its_password(tmp_path: Path) -> None:
+    remember_connector(tmp_path, {"name": "a", "database.password": "s3cret",
+                                  "database.user": "u"})
+    remember_connector(tmp_path, {"name": "b", "database.password": "", "x": "1"})
+    records = recorded_connectors(tmp_path)
+    assert records["a"] == {"config": {"name": "a", "database.user": "u"},
+                            "needs_password": True}
+    assert records["b"] == {"config": {"name": "b", "x": "1"}, "needs_password": False}
+    assert not any("s3cret" in p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    forget_connector(tmp_path, "a")
+    forget_connector(tmp_path, "never-recorded")
+    assert list(recorded_connectors(tmp_path)) == ["b"]
+
+
+def test_crash_point_exits_like_sigkill_only_when_named() -> None:
+    code = ("import sys; from tidelog.crashpoints import crash_point; "
+            "crash_point('snapshot.after_publish'); print('went on')")
+    for wanted, status, out in [("snapshot.after_publish", 137, ""),
+                                ("catalog.before_publish,snapshot.after_publish", 137, ""),
+                                ("catalog.after_public", 0, "went on\n"), ("", 0, "went on\n")]:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={"TIDELOG_CRASH_AT": wanted, "PATH": "/usr/bin"},
+                              cwd=Path(__file__).resolve().parents[2])
+        assert (done.returncode, done.stdout) == (status, out), (wanted, done.stderr)
+    assert "snapshot.after_publish" in POINTS
+    with pytest.raises(ValueError, match="unknown crash point"):
+        crash_point("no.such.point")
+
+
+def test_stop_leftovers_kills_a_dead_leaders_children_only(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from tidelog.stack.process import alive, spawn, stop_leftovers
+
+    # a leader whose child outlives it, as MLflow's uvicorn worker does
+    record = spawn("demo", ["sh", "-c", f"sleep 300 & echo $! > {tmp_path}/child; wait"],
+                   tmp_path / "demo.log")
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "child").exists() or not (tmp_path / "child").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int((tmp_path / "child").read_text())
+    stop_leftovers(record)  # the leader is alive: nothing happens
+    assert alive(record)
+    os.kill(record.pid, signal.SIGKILL)
+    os.waitpid(record.pid, 0)
+    assert Path(f"/proc/{child}").exists()
+    stop_leftovers(record)
+    deadline = time.monotonic() + 10
+    while not _gone(child):
+        assert time.monotonic() < deadline, "the dead leader's child survived"
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
