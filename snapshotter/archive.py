@@ -4,15 +4,22 @@ Layout under the archive root:
 
     <topic>/p<partition>/log.json                         generations of this partition's log
     <topic>/p<partition>/g<N>/<start>-<end>.parquet       a contiguous offset range [start, end)
+    <topic>/p<partition>/failure.json                     a change event that cannot be decoded
 
 The archive's own high-water mark is the largest segment end of the current generation:
 resume reads from there, never from consumer-group commits, so a crash at any moment is
 followed by neither a duplicate nor a gap. A changed log identity (topic recreated, new
 cluster, restarted local broker) opens a new generation; offsets never mix across them.
+
+A change event that cannot be decoded (a poison message) stops only its own partition, at
+that offset: everything before it is archived, nothing after it is, and the failure is
+recorded in `failure.json` (topic, partition, offset, column, value, error) until a later
+run decodes past it. Other partitions and topics keep archiving. Nothing is skipped.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import hashlib
 import io
@@ -24,8 +31,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,16 +48,18 @@ from cdc.reader import (
     read_range,
 )
 from snapshotter.storage import Storage
-from tidelog.errors import ArchiveError, LogIdentityError
+from tidelog.errors import ArchiveError, DecodeError, LogIdentityError, PoisonEventError
 from tidelog.settings import Settings
 
 __all__ = [
     "Generation",
     "Segment",
+    "PartitionFailure",
     "Archive",
     "archive_topics",
     "run_archiver",
     "cdc_topics",
+    "poison_error",
 ]
 
 # <start>-<end>-<first 16 hex of the file's sha256>.parquet: the name commits the range
@@ -81,6 +92,47 @@ class Segment:
     end: int  # exclusive
     path: str
     checksum: str = ""
+
+
+@dataclass(frozen=True)
+class PartitionFailure:
+    """Why a partition's archiving stopped: the first event at `offset` failed to decode."""
+
+    topic: str
+    partition: int
+    generation: int
+    offset: int
+    error: str
+    column: str | None = None
+    pg_type: str | None = None
+    value: str | None = None  # the value as sent (JSON text), shortened
+    first_seen: str = ""
+    last_seen: str = ""
+    attempts: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition,
+                "generation": self.generation, "offset": self.offset, "column": self.column,
+                "pg_type": self.pg_type, "value": self.value, "error": self.error,
+                "first_seen": self.first_seen, "last_seen": self.last_seen,
+                "attempts": self.attempts}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PartitionFailure:
+        return cls(topic=str(data["topic"]), partition=int(data["partition"]),
+                   generation=int(data["generation"]), offset=int(data["offset"]),
+                   error=str(data["error"]), column=data.get("column"),
+                   pg_type=data.get("pg_type"), value=data.get("value"),
+                   first_seen=str(data.get("first_seen", "")),
+                   last_seen=str(data.get("last_seen", "")),
+                   attempts=int(data.get("attempts", 1)))
+
+    def describe(self) -> str:
+        where = f"{self.topic}[{self.partition}] offset {self.offset}"
+        column = f", column {self.column!r}" if self.column else ""
+        pg_type = f" ({self.pg_type})" if self.pg_type else ""
+        value = f", value {self.value}" if self.value is not None else ""
+        return f"{where}{column}{pg_type}{value}: {self.error}"
 
 
 class Archive:
@@ -197,6 +249,44 @@ class Archive:
             )
         return chosen
 
+    # -- failures --------------------------------------------------------------------
+    def _failure_path(self, topic: str, partition: int) -> str:
+        return f"{self._partition_dir(topic, partition)}/failure.json"
+
+    def failure(self, topic: str, partition: int) -> PartitionFailure | None:
+        path = self._failure_path(topic, partition)
+        if not self.storage.exists(path):
+            return None
+        return PartitionFailure.from_json(json.loads(self.storage.read_bytes(path)))
+
+    def record_failure(self, failure: PartitionFailure) -> PartitionFailure:
+        """Write (or refresh) the partition's failure record; it survives restarts."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        old = self.failure(failure.topic, failure.partition)
+        same = old is not None and (old.generation, old.offset) == (failure.generation,
+                                                                     failure.offset)
+        failure = replace(failure, first_seen=old.first_seen if same and old else now,
+                          last_seen=now, attempts=old.attempts + 1 if same and old else 1)
+        self.storage.write_bytes(self._failure_path(failure.topic, failure.partition),
+                                 json.dumps(failure.to_json(), indent=2).encode())
+        return failure
+
+    def clear_failure(self, topic: str, partition: int) -> None:
+        path = self._failure_path(topic, partition)
+        if self.storage.exists(path):
+            self.storage.fs.delete_file(path)
+
+    def failures(self) -> list[PartitionFailure]:
+        """Every partition whose archiving is stopped at an undecodable event."""
+        result = []
+        for topic in self.topics():
+            for pdir in self.storage.listdir(self.storage.path(topic)):
+                if pdir.startswith("p") and pdir[1:].isdigit():
+                    found = self.failure(topic, int(pdir[1:]))
+                    if found is not None:
+                        result.append(found)
+        return result
+
     def topics(self) -> list[str]:
         return [n for n in self.storage.listdir(self.storage.base) if not n.startswith(".")]
 
@@ -212,11 +302,13 @@ class Archive:
                     continue
                 current = gens[-1]
                 segs = self.segments(topic, partition, current.number)
+                failure = self.failure(topic, partition)
                 rows.append({
                     "topic": topic, "partition": partition, "generation": current.number,
                     "cluster_id": current.cluster_id, "topic_id": current.topic_id,
                     "high_water_mark": segs[-1].end if segs else current.first_offset,
                     "segments": len(segs),
+                    "failure": failure.to_json() if failure else None,
                 })
         return rows
 
@@ -405,20 +497,94 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
             archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
             marks[tp] = last + 1
 
+    failed: dict[TopicPartitionKey, PartitionFailure] = {}
     for batch in _prefetched(read_range(settings, start, batch_size=READ_BATCH)):
         by_partition: dict[TopicPartitionKey, list[RawMessage]] = {}
         for msg in batch:
             tp = (msg.topic, msg.partition)
-            if msg.offset >= marks[tp]:
+            if msg.offset >= marks[tp] and tp not in failed:
                 by_partition.setdefault(tp, []).append(msg)
         for tp, messages in by_partition.items():
-            decoded.setdefault(tp, []).extend(decoder(messages))
+            try:
+                runs = decoder(messages)
+            except DECODE_FAILURES as exc:
+                # Archive what precedes the poison event, then stop this partition there.
+                good, poison, error = _split_at_poison(decoder, messages, exc)
+                decoded.setdefault(tp, []).extend(good)
+                flush(tp)
+                failed[tp] = archive.record_failure(
+                    _failure_of(poison, generation[tp], error))
+                continue
+            decoded.setdefault(tp, []).extend(runs)
             counts[tp] = counts.get(tp, 0) + len(messages)
             if counts[tp] >= batch_size:
                 flush(tp)
     for tp in list(decoded):
         flush(tp)
+    for tp in marks:
+        if tp in failed:
+            continue
+        old = archive.failure(*tp)
+        if old is not None and (old.generation != generation[tp] or marks[tp] > old.offset):
+            archive.clear_failure(*tp)  # decoded past it (a fixed tidelog) or a new log
     return marks
+
+
+# What a decoder raises for an event it cannot carry: tidelog's own error, or a
+# conversion error escaping from Arrow or the standard library.
+DECODE_FAILURES = (DecodeError, pa.ArrowException, ValueError, TypeError, KeyError,
+                   OverflowError)
+
+
+def _split_at_poison(decoder: Decoder, messages: Sequence[RawMessage], exc: Exception
+                     ) -> tuple[list[tuple[pa.Table, int, int]], RawMessage, Exception]:
+    """(decoded runs before the first undecodable message, that message, its error)."""
+    while True:
+        index = _poison_index(decoder, messages, exc)
+        head = messages[:index]
+        try:
+            return (decoder(head) if head else []), messages[index], exc
+        except DECODE_FAILURES as again:  # the located offset was not the first bad one
+            messages, exc = head, again
+
+
+def _poison_index(decoder: Decoder, messages: Sequence[RawMessage], exc: Exception) -> int:
+    offset = exc.details.get("offset") if isinstance(exc, DecodeError) else None
+    for i, m in enumerate(messages):
+        if m.offset == offset:
+            return i
+    for i, m in enumerate(messages):  # not located: decode one at a time to find it
+        try:
+            decoder([m])
+        except DECODE_FAILURES:
+            return i
+    return 0  # only the combination fails: stop at the batch's first event
+
+
+def _failure_of(message: RawMessage, generation: int, exc: Exception) -> PartitionFailure:
+    details = exc.details if isinstance(exc, DecodeError) else {}
+    column = details.get("column")
+    error = exc.message if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+    return PartitionFailure(
+        topic=message.topic, partition=message.partition, generation=generation,
+        offset=message.offset, error=error[:1000],
+        column=str(column) if column is not None else None,
+        pg_type=str(details["pg_type"]) if details.get("pg_type") else None,
+        value=_sent_value(message.value, str(column)) if column is not None else None)
+
+
+def _sent_value(value: bytes | None, column: str) -> str | None:
+    """The column's value in the event's after (else before) image, as JSON text."""
+    try:
+        payload = orjson.loads(value or b"null")["payload"]
+        for image in ("after", "before"):
+            row = payload.get(image) or {}
+            if column in row:
+                text = orjson.dumps(row[column]).decode()
+                return text if len(text) <= 200 else text[:197] + "..."
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    return None
 
 
 def _merge_runs(runs: list[tuple[pa.Table, int, int]]) -> list[tuple[pa.Table, int]]:
@@ -466,11 +632,19 @@ def _padded(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bool,
                  interval: float = 1.0, on_new_log: str = "new-generation",
                  report: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
-                 batch_size: int = 50_000) -> dict[TopicPartitionKey, int]:
+                 batch_size: int = 50_000,
+                 on_failure: Callable[[list[PartitionFailure]], None] | None = None,
+                 ) -> dict[TopicPartitionKey, int]:
+    """Archive once, or until interrupted with `follow`.
+
+    Partitions stopped at an undecodable event are reported through `on_failure` on every
+    pass; a single pass then raises PoisonEventError, after archiving everything else.
+    """
     stop = threading.Event()
     if follow and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    archive = Archive(settings.archive_root)
     while True:
         chosen = list(topics) if topics else cdc_topics(settings)
         if not chosen:
@@ -479,9 +653,25 @@ def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bo
                 f"{settings.bootstrap_servers}; apply a connector first"
             )
         marks = archive_topics(settings, chosen, on_new_log=on_new_log,
-                               batch_size=batch_size)
+                               batch_size=batch_size, archive=archive)
         if report:
             report(marks)
+        failures = [f for f in archive.failures() if f.topic in chosen]
+        if failures and on_failure:
+            on_failure(failures)
         if not follow or stop.wait(interval):
+            if failures:
+                raise poison_error(failures)
             return marks
         time.sleep(0)
+
+
+def poison_error(failures: Sequence[PartitionFailure]) -> PoisonEventError:
+    """The loud stop for partitions held at an undecodable event."""
+    listed = "; ".join(f.describe() for f in failures)
+    return PoisonEventError(
+        f"archiving is stopped for {len(failures)} partition(s) at an event tidelog cannot "
+        f"decode: {listed}. Every other partition was archived. Nothing after the event is "
+        "archived until it decodes: upgrade tidelog if this type is fixed there, or report "
+        "the value; fixing the row in Postgres does not remove the event from the log",
+        failures=[f.to_json() for f in failures])

@@ -8,8 +8,10 @@
     ├── BrokerError            the Kafka-protocol broker failed a request
     ├── DecodeError            a change event could not be decoded
     ├── ArchiveError           the change-log archive is inconsistent or unreadable
-    │   └── LogIdentityError   offsets from two different logs would be mixed
+    │   ├── LogIdentityError   offsets from two different logs would be mixed
+    │   └── PoisonEventError   a partition's archiving stopped at an undecodable event
     ├── CutError               a cut is malformed, beyond the archive, or from another log
+    │   └── CaptureStale       `--at latest` while capture is failing or behind the source
     ├── SnapshotError          a snapshot is missing, unknown or fails verification
     │   └── DigestMismatch     recomputed content differs from the recorded digest
     ├── TrainingError          a recipe failed, or a run is not tidelog's
@@ -32,7 +34,9 @@ __all__ = [
     "DecodeError",
     "ArchiveError",
     "LogIdentityError",
+    "PoisonEventError",
     "CutError",
+    "CaptureStale",
     "SnapshotError",
     "DigestMismatch",
     "TrainingError",
@@ -83,7 +87,15 @@ class LogIdentityError(ArchiveError):
     pass
 
 
+class PoisonEventError(ArchiveError):
+    pass
+
+
 class CutError(TidelogError):
+    pass
+
+
+class CaptureStale(CutError):
     pass
 
 
