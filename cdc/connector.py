@@ -2,7 +2,15 @@
 
 `apply` checks the source first (logical replication enabled, tables exist and have a
 primary key, slot not held by someone else), validates the rendered config with Connect,
-creates or updates the connector, and waits until its task is streaming from the slot.
+creates or updates the connector, and waits until its task is streaming from the slot
+with the new configuration.
+
+tidelog owns the publication (Debezium's `publication.autocreate.mode=disabled`): it is
+created `WITH (publish_via_partition_root = true)`, so a change to any partition of a
+declaratively partitioned table arrives on the parent's topic. Each connector also gets
+a Debezium signalling table, `tidelog.signal_<slot>`: a table added to a running
+connector is re-read through it by an incremental snapshot (`execute-snapshot`), since
+the initial snapshot ran before the table was part of the connector.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -32,9 +41,15 @@ __all__ = [
     "delete",
     "restart",
     "wait_streaming",
+    "ensure_publication",
+    "signal_snapshot",
+    "source_offset",
+    "snapshot_in_progress",
+    "wait_snapshot_done",
 ]
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "connectors" / "postgres.json"
+SIGNAL_SCHEMA = "tidelog"
 TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 
@@ -51,6 +66,11 @@ class ConnectorSpec:
     @property
     def publication_name(self) -> str:
         return f"{self.slot_name}_pub"
+
+    @property
+    def signal_table(self) -> str:
+        """Debezium's signalling table for this connector (schema.table)."""
+        return f"{SIGNAL_SCHEMA}.signal_{self.slot_name}"
 
     def topic(self, table: str) -> str:
         return f"{self.topic_prefix}.{table}"
@@ -88,6 +108,7 @@ def render_config(settings: Settings, spec: ConnectorSpec, template: Path = TEMP
         "tables": ",".join(re.escape(t) for t in spec.tables),
         "slot_name": spec.slot_name,
         "publication_name": spec.publication_name,
+        "signal_table": spec.signal_table,
         "replication_factor": "1",
     }
     text = Template(template.read_text()).substitute(
@@ -227,9 +248,82 @@ def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
                     "table owner, or apply without --replica-identity-full") from exc
 
 
+def _quoted(table: str) -> str:
+    schema, name = table.split(".", 1)
+    return f'"{schema}"."{name}"'
+
+
+def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
+    """The signalling table, and the publication of exactly the connector's tables.
+
+    `publish_via_partition_root`: changes to a partition are published as changes of the
+    partitioned table it belongs to (the table the connector captures); without it they
+    carry the partition's name and no table filter matches them.
+    """
+    tables = ", ".join(_quoted(t) for t in (*spec.tables, spec.signal_table))
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f'create schema if not exists "{SIGNAL_SCHEMA}"')
+            conn.execute(f"create table if not exists {_quoted(spec.signal_table)} "
+                         "(id varchar(64) primary key, type varchar(32) not null, "
+                         "data varchar(2048))")
+            exists = conn.execute("select 1 from pg_publication where pubname = %s",
+                                  (spec.publication_name,)).fetchone()
+            if exists is None:
+                conn.execute(f'create publication "{spec.publication_name}" for table '
+                             f"{tables} with (publish_via_partition_root = true)")
+            else:
+                conn.execute(f'alter publication "{spec.publication_name}" set table {tables}')
+                conn.execute(f'alter publication "{spec.publication_name}" '
+                             "set (publish_via_partition_root = true)")
+    except psycopg.Error as exc:
+        raise SourceError(
+            f"cannot set up publication {spec.publication_name} or signalling table "
+            f"{spec.signal_table} in {_redact(dsn)}: {exc}; the connector's user needs "
+            "CREATE on the database and ownership of the captured tables") from exc
+
+
+def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> str:
+    """Ask the running connector to re-read `tables` by an incremental snapshot.
+
+    Debezium reads every row in key-ordered chunks between watermarks and merges them
+    with the stream, so writes during the snapshot are neither lost nor reordered.
+    """
+    signal_id = uuid.uuid4().hex
+    data = json.dumps({"data-collections": list(tables), "type": "incremental"})
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f"insert into {_quoted(spec.signal_table)} (id, type, data) "
+                         "values (%s, 'execute-snapshot', %s)", (signal_id, data))
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot signal connector {spec.name} through "
+                          f"{spec.signal_table}: {exc}") from exc
+    return signal_id
+
+
+def _current_tables(connect: _Connect, name: str) -> tuple[str, ...] | None:
+    """The tables the connector captures now, or None when it does not exist."""
+    resp = connect.request("GET", f"/connectors/{name}/config")
+    if resp.status_code != 200:
+        return None
+    listed = resp.json().get("table.include.list", "")
+    return tuple(t.replace("\\", "") for t in listed.split(",") if t)
+
+
+def _slot_pid(dsn: str, slot: str) -> int | None:
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        row = conn.execute("select active_pid from pg_replication_slots where slot_name = %s",
+                           (slot,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
           replica_identity_full: bool = False) -> dict[str, Any]:
-    """Create or update the connector and wait until its task streams from the slot."""
+    """Create or update the connector; return once it streams with this configuration.
+
+    Tables new to a running connector get an incremental snapshot, so their existing rows
+    arrive as reads (`op=r`) like an initial snapshot's.
+    """
     dsn = settings.require("postgres_dsn")
     preflight(dsn, spec)
     if replica_identity_full:
@@ -237,12 +331,67 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     config = {**render_config(settings, spec)["config"], "name": spec.name}
     connect = _Connect(settings.require("connect_url"))
     _validate(connect, config)
+    before = _current_tables(connect, spec.name)
+    old_pid = _slot_pid(dsn, spec.slot_name) if before is not None else None
+    ensure_publication(dsn, spec)
     resp = connect.request("PUT", f"/connectors/{spec.name}/config", json=config)
     if resp.status_code not in (200, 201):
         raise ConnectorError(
             f"Kafka Connect refused connector {spec.name}: HTTP {resp.status_code} {resp.text}"
         )
-    return wait_streaming(settings, spec, timeout)
+    changed = before is not None and set(before) != set(spec.tables)
+    status = wait_streaming(settings, spec, timeout,
+                            config=config if before is not None else None,
+                            replaced_pid=old_pid if changed else None)
+    added = tuple(t for t in spec.tables if before is not None and t not in before)
+    if added:
+        signal_snapshot(dsn, spec, added)
+        wait_snapshot_done(settings, spec, deadline=time.monotonic() + timeout)
+    return status
+
+
+def source_offset(settings: Settings, name: str) -> dict[str, Any]:
+    """The connector's committed source offset (Debezium's position, snapshot state)."""
+    connect = _Connect(settings.require("connect_url"))
+    resp = connect.request("GET", f"/connectors/{name}/offsets")
+    if resp.status_code != 200:
+        raise ConnectorError(f"reading the offsets of connector {name} failed: "
+                             f"HTTP {resp.status_code} {resp.text}")
+    offsets = resp.json().get("offsets") or []
+    return dict(offsets[0].get("offset") or {}) if offsets else {}
+
+
+def snapshot_in_progress(offset: dict[str, Any]) -> str | None:
+    """What the connector is still snapshotting, from its source offset, or None."""
+    if offset.get("snapshot_completed") is False or offset.get("snapshot") in ("INITIAL",
+                                                                               "true"):
+        return "the initial snapshot"
+    collections = offset.get("incremental_snapshot_collections")
+    if collections:
+        try:
+            names = [c["incremental_snapshot_collections_id"] for c in json.loads(collections)]
+        except (ValueError, KeyError, TypeError):
+            names = [str(collections)]
+        return f"an incremental snapshot of {', '.join(names)}"
+    return None
+
+
+def wait_snapshot_done(settings: Settings, spec: ConnectorSpec, deadline: float) -> None:
+    """Wait until the connector's offset shows it has passed `now` with no snapshot open.
+
+    The offset is committed about once a second (offset.flush.interval.ms), and moves
+    past the signal once Debezium has read it; a snapshot still open at the deadline is
+    reported by `snapshot create --at latest`, which refuses until it is done.
+    """
+    dsn = settings.require("postgres_dsn")
+    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    start = int(row[0]) if row else 0
+    while time.monotonic() < deadline:
+        offset = source_offset(settings, spec.name)
+        if int(offset.get("lsn") or 0) >= start and snapshot_in_progress(offset) is None:
+            return
+        time.sleep(0.5)
 
 
 def connector_status(settings: Settings, name: str) -> dict[str, Any]:
@@ -264,10 +413,30 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
     return bool(row and row[0] in ("streaming", "catchup"))
 
 
-def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
+def _tasks_have(connect: _Connect, name: str, config: dict[str, Any]) -> bool:
+    """Every task was generated from `config` (Connect has regenerated them)."""
+    resp = connect.request("GET", f"/connectors/{name}/tasks")
+    if resp.status_code != 200:
+        return False
+    tasks = resp.json()
+    keys = ("table.include.list", "publication.name", "slot.name")
+    return bool(tasks) and all(
+        all(t.get("config", {}).get(k) == config.get(k) for k in keys) for t in tasks)
+
+
+def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,
+                   config: dict[str, Any] | None = None, replaced_pid: int | None = None
                    ) -> dict[str, Any]:
+    """Wait until every task runs and the slot streams.
+
+    With `config`, the tasks must also have been regenerated from it; with
+    `replaced_pid`, the slot must be held by a new replication connection (the old task,
+    still streaming the old table list, must have let go).
+    """
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
+    connect = _Connect(settings.require("connect_url"))
+    dsn = settings.require("postgres_dsn")
     while time.monotonic() < deadline:
         try:
             status = connector_status(settings, spec.name)
@@ -284,7 +453,9 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
                 trace=trace,
             )
         if tasks and all(t.get("state") == "RUNNING" for t in tasks) and _slot_streaming(
-            settings.require("postgres_dsn"), spec.slot_name
+            dsn, spec.slot_name
+        ) and (config is None or _tasks_have(connect, spec.name, config)) and (
+            replaced_pid is None or _slot_pid(dsn, spec.slot_name) not in (None, replaced_pid)
         ):
             return status
         time.sleep(0.3)
@@ -323,6 +494,7 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> 
         else:
             raise ConnectorError(f"slot {spec.slot_name} stayed active after the delete")
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
+        conn.execute(f"drop table if exists {_quoted(spec.signal_table)}")
 
 
 def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
