@@ -90,7 +90,7 @@ def _snapshot_create(args: argparse.Namespace) -> int:
     settings = load_settings()
     at: str | Cut = "latest" if args.at == "latest" else Cut.from_json(args.at)
     manifest = create_snapshot(settings, _tables(args.tables), at,
-                               incremental=not args.full)
+                               incremental=not args.full, allow_stale=args.allow_stale)
     if args.json:
         _print_json(manifest.to_json())
     else:
@@ -179,7 +179,11 @@ def register(sub: Any) -> None:
     p = snap_sub.add_parser("create", help="materialise tables at a cut")
     p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
     p.add_argument("--at", default="latest", help="'latest' or a cut as JSON")
-    p.add_argument("--full", action="store_true", help="do not build incrementally")
+    p.add_argument("--full", action="store_true",
+                   help="build from the archive alone, replacing a snapshot of the same id")
+    p.add_argument("--allow-stale", action="store_true",
+                   help="take a 'latest' cut even while capture is failing or behind "
+                        "(recorded in the cut)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_snapshot_create)
     p = snap_sub.add_parser("list", help="every snapshot, oldest first")
