@@ -811,7 +811,13 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
         _restore_replaced(root, sid)
         exists = (target / MANIFEST_NAME).exists()
         if exists and incremental:
-            return open_snapshot(settings, sid).manifest
+            found = open_snapshot(settings, sid).manifest
+            if cut.stale_allowed:
+                # Built earlier from the same offsets; this request's cut was stale, and
+                # the caller (and a run trained on it) must see that.
+                return dataclasses.replace(found, cut=dataclasses.replace(
+                    found.cut, stale_allowed=cut.stale_allowed))
+            return found
         for stale in root.glob(f".tmp-{sid}-*"):  # left by a builder that was killed
             shutil.rmtree(stale, ignore_errors=True)
         _remove_abandoned_builds(root)
