@@ -16,6 +16,7 @@ the initial snapshot ran before the table was part of the connector.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -47,6 +48,7 @@ __all__ = [
     "snapshot_in_progress",
     "wait_snapshot_done",
     "capture_problems",
+    "install_ddl_refresh",
 ]
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "connectors" / "postgres.json"
@@ -284,6 +286,58 @@ def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
             "CREATE on the database and ownership of the captured tables") from exc
 
 
+_LOG = logging.getLogger("tidelog.connector")
+
+
+def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
+    """An event trigger that re-reads a captured table after every ALTER TABLE of it.
+
+    DDL that rewrites rows without change events (ADD COLUMN ... DEFAULT, whose value for
+    existing rows lives in pg_attribute.attmissingval; RENAME COLUMN; ALTER TYPE ... USING)
+    leaves the captured state wrong until each row changes. The trigger writes an
+    `execute-snapshot` signal in the DDL's own transaction, so Debezium re-reads the
+    table right after the DDL, and `--at latest` refuses until that snapshot is done.
+    Event triggers need a superuser: without one, return False (and log why).
+    """
+    function = f'"{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"'
+    trigger = f"tidelog_refresh_{spec.slot_name}"
+    tables = "array[" + ", ".join(_sql_text(t) for t in spec.tables) + "]::text[]"
+    body = f"""
+        create or replace function {function}() returns event_trigger
+        language plpgsql as $fn$
+        declare target text;
+        begin
+          for target in select distinct object_identity from pg_event_trigger_ddl_commands()
+                        where object_type = 'table' and object_identity = any({tables}) loop
+            insert into {_quoted(spec.signal_table)} (id, type, data) values (
+              'ddl-' || md5(target || clock_timestamp()::text || random()::text),
+              'execute-snapshot',
+              json_build_object('data-collections', json_build_array(target),
+                                'type', 'incremental')::text);
+          end loop;
+        end $fn$"""
+    try:
+        with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute(body)
+                conn.execute(f'drop event trigger if exists "{trigger}"')
+                conn.execute(f'create event trigger "{trigger}" on ddl_command_end '
+                             f"when tag in ('ALTER TABLE') execute function {function}()")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        _LOG.warning("no DDL refresh trigger for connector %s (%s): after DDL that "
+                     "rewrites rows, re-read the table with an execute-snapshot signal",
+                     spec.name, exc)
+        return False
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot install the DDL refresh trigger of connector {spec.name} "
+                          f"in {_redact(dsn)}: {exc}") from exc
+    return True
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> str:
     """Ask the running connector to re-read `tables` by an incremental snapshot.
 
@@ -335,6 +389,7 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     before = _current_tables(connect, spec.name)
     old_pid = _slot_pid(dsn, spec.slot_name) if before is not None else None
     ensure_publication(dsn, spec)
+    install_ddl_refresh(dsn, spec)
     resp = connect.request("PUT", f"/connectors/{spec.name}/config", json=config)
     if resp.status_code not in (200, 201):
         raise ConnectorError(
@@ -496,6 +551,8 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> 
         else:
             raise ConnectorError(f"slot {spec.slot_name} stayed active after the delete")
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
+        conn.execute(f'drop event trigger if exists "tidelog_refresh_{spec.slot_name}"')
+        conn.execute(f'drop function if exists "{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"()')
         conn.execute(f"drop table if exists {_quoted(spec.signal_table)}")
 
 
@@ -592,9 +649,13 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
                         "them with `tidelog connector apply`")
     if problems:
         return problems
+    # The slot first: a signal written before the check (a table added, a DDL refresh)
+    # shows in the offset only once Debezium has processed it, which the slot confirms.
+    behind = _slot_behind(settings, spec, wait)
+    if behind:
+        return [behind]
     snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
     if snapshotting:
         return [f"connector {spec.name} is still running {snapshotting}; tables are "
                 "incomplete until it ends"]
-    behind = _slot_behind(settings, spec, wait)
-    return [behind] if behind else []
+    return []

@@ -4,6 +4,7 @@ table added to a running connector arrives whole, and so do writes made right af
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,7 @@ from cdc.connector import ConnectorSpec, apply, delete
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from snapshotter.verify import verify_snapshot
 from tests.integration.cdc_helpers import execute, private_settings, unique_name
+from tidelog.errors import CaptureStale
 from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -100,4 +102,37 @@ def test_full_rebuild_of_an_existing_snapshot_replaces_it(settings: Settings,
     assert verify_snapshot(env, snap.id)["ok"]
     assert rebuilt.digest == snap.digest  # the same logical content, rebuilt
     assert not list(Path(env.snapshot_root).glob(f".old-{snap.id}"))
+    delete(env, spec, drop_slot=True)
+
+
+def test_ddl_that_rewrites_rows_is_followed_by_a_refresh(settings: Settings,
+                                                         tmp_path: Path) -> None:
+    table = "public.chg_ddl"
+    execute(settings, f"drop table if exists {table}",
+            f"create table {table} (id int primary key, v text)",
+            f"insert into {table} select g, 'v' || g from generate_series(1, 300) g")
+    name = unique_name("ddl")
+    env = private_settings(settings, tmp_path, name)
+    spec = ConnectorSpec(name, (table,), name)
+    apply(env, spec, timeout=180)
+    first = create_snapshot(env, [table], "latest")
+    assert first.tables[table].rows == 300
+    # No row is written after these: only a re-read of the table can show their effect.
+    execute(settings, f"alter table {table} add column flag int not null default 7",
+            f"alter table {table} rename column v to label")
+    refusals = []
+    deadline = time.monotonic() + 180
+    while True:  # refused while the refresh (an incremental snapshot) is open
+        try:
+            snap = create_snapshot(env, [table], "latest")
+            break
+        except CaptureStale as exc:
+            refusals.append(exc.message)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    frame = open_snapshot(env, snap.id).table(table)
+    assert frame.columns == ["id", "label", "flag"]
+    assert set(frame.select("id", "label", "flag").iter_rows()) == \
+        _postgres(settings, table, "id, label, flag")
     delete(env, spec, drop_slot=True)
