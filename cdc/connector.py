@@ -297,6 +297,8 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
     leaves the captured state wrong until each row changes. The trigger writes an
     `execute-snapshot` signal in the DDL's own transaction, so Debezium re-reads the
     table right after the DDL, and `--at latest` refuses until that snapshot is done.
+    The function is SECURITY DEFINER (a table owner without rights on the signalling
+    table can still alter the table) and only warns if the signal cannot be written.
     Event triggers need a superuser: without one, return False (and log why).
     """
     function = f'"{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"'
@@ -304,7 +306,7 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
     tables = "array[" + ", ".join(_sql_text(t) for t in spec.tables) + "]::text[]"
     body = f"""
         create or replace function {function}() returns event_trigger
-        language plpgsql as $fn$
+        language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
         declare target text;
         begin
           for target in select distinct object_identity from pg_event_trigger_ddl_commands()
@@ -315,6 +317,10 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
               json_build_object('data-collections', json_build_array(target),
                                 'type', 'incremental')::text);
           end loop;
+        exception when others then
+          -- never fail the user's DDL; `--at latest` cannot see this refresh is missing
+          raise warning 'tidelog: could not signal a re-read of % after DDL: %',
+            target, sqlerrm;
         end $fn$"""
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
