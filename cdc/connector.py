@@ -47,8 +47,11 @@ __all__ = [
     "source_offset",
     "snapshot_in_progress",
     "wait_snapshot_done",
-    "capture_problems",
     "install_ddl_refresh",
+    "Connect",
+    "current_tables",
+    "first_cause",
+    "quoted",
 ]
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "connectors" / "postgres.json"
@@ -183,7 +186,7 @@ def _redact(dsn: str) -> str:
     return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", dsn)
 
 
-class _Connect:
+class Connect:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
@@ -197,7 +200,7 @@ class _Connect:
             ) from exc
 
 
-def _validate(connect: _Connect, config: dict[str, Any]) -> None:
+def _validate(connect: Connect, config: dict[str, Any]) -> None:
     cls = config["connector.class"].rsplit(".", 1)[-1]
     resp = connect.request("PUT", f"/connector-plugins/{cls}/config/validate", json=config)
     if resp.status_code != 200:
@@ -251,7 +254,7 @@ def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
                     "table owner, or apply without --replica-identity-full") from exc
 
 
-def _quoted(table: str) -> str:
+def quoted(table: str) -> str:
     schema, name = table.split(".", 1)
     return f'"{schema}"."{name}"'
 
@@ -263,11 +266,11 @@ def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
     partitioned table it belongs to (the table the connector captures); without it they
     carry the partition's name and no table filter matches them.
     """
-    tables = ", ".join(_quoted(t) for t in (*spec.tables, spec.signal_table))
+    tables = ", ".join(quoted(t) for t in (*spec.tables, spec.signal_table))
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
             conn.execute(f'create schema if not exists "{SIGNAL_SCHEMA}"')
-            conn.execute(f"create table if not exists {_quoted(spec.signal_table)} "
+            conn.execute(f"create table if not exists {quoted(spec.signal_table)} "
                          "(id varchar(64) primary key, type varchar(32) not null, "
                          "data varchar(2048))")
             exists = conn.execute("select 1 from pg_publication where pubname = %s",
@@ -311,7 +314,7 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
         begin
           for target in select distinct object_identity from pg_event_trigger_ddl_commands()
                         where object_type = 'table' and object_identity = any({tables}) loop
-            insert into {_quoted(spec.signal_table)} (id, type, data) values (
+            insert into {quoted(spec.signal_table)} (id, type, data) values (
               'ddl-' || md5(target || clock_timestamp()::text || random()::text),
               'execute-snapshot',
               json_build_object('data-collections', json_build_array(target),
@@ -354,7 +357,7 @@ def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> s
     data = json.dumps({"data-collections": list(tables), "type": "incremental"})
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
-            conn.execute(f"insert into {_quoted(spec.signal_table)} (id, type, data) "
+            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) "
                          "values (%s, 'execute-snapshot', %s)", (signal_id, data))
     except psycopg.Error as exc:
         raise SourceError(f"cannot signal connector {spec.name} through "
@@ -362,7 +365,7 @@ def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> s
     return signal_id
 
 
-def _current_tables(connect: _Connect, name: str) -> tuple[str, ...] | None:
+def current_tables(connect: Connect, name: str) -> tuple[str, ...] | None:
     """The tables the connector captures now, or None when it does not exist."""
     resp = connect.request("GET", f"/connectors/{name}/config")
     if resp.status_code != 200:
@@ -390,9 +393,9 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     if replica_identity_full:
         set_replica_identity_full(dsn, spec.tables)
     config = {**render_config(settings, spec)["config"], "name": spec.name}
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     _validate(connect, config)
-    before = _current_tables(connect, spec.name)
+    before = current_tables(connect, spec.name)
     old_pid = _slot_pid(dsn, spec.slot_name) if before is not None else None
     ensure_publication(dsn, spec)
     install_ddl_refresh(dsn, spec)
@@ -414,7 +417,7 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
 
 def source_offset(settings: Settings, name: str) -> dict[str, Any]:
     """The connector's committed source offset (Debezium's position, snapshot state)."""
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     resp = connect.request("GET", f"/connectors/{name}/offsets")
     if resp.status_code != 200:
         raise ConnectorError(f"reading the offsets of connector {name} failed: "
@@ -458,7 +461,7 @@ def wait_snapshot_done(settings: Settings, spec: ConnectorSpec, deadline: float)
 
 
 def connector_status(settings: Settings, name: str) -> dict[str, Any]:
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     resp = connect.request("GET", f"/connectors/{name}/status")
     if resp.status_code == 404:
         raise ConnectorError(f"no connector named {name}; create it with `tidelog connector apply`")
@@ -476,7 +479,7 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
     return bool(row and row[0] in ("streaming", "catchup"))
 
 
-def _tasks_have(connect: _Connect, name: str, config: dict[str, Any]) -> bool:
+def _tasks_have(connect: Connect, name: str, config: dict[str, Any]) -> bool:
     """Every task was generated from `config` (Connect has regenerated them)."""
     resp = connect.request("GET", f"/connectors/{name}/tasks")
     if resp.status_code != 200:
@@ -498,7 +501,7 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
     """
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     dsn = settings.require("postgres_dsn")
     while time.monotonic() < deadline:
         try:
@@ -511,7 +514,7 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
         if status.get("connector", {}).get("state") == "FAILED" or failed:
             trace = (failed[0] if failed else status["connector"]).get("trace", "")
             raise ConnectorError(
-                f"connector {spec.name} failed: {_first_cause(trace)}; "
+                f"connector {spec.name} failed: {first_cause(trace)}; "
                 f"fix the cause, then `tidelog connector restart --name {spec.name}`",
                 trace=trace,
             )
@@ -528,7 +531,7 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
     )
 
 
-def _first_cause(trace: str) -> str:
+def first_cause(trace: str) -> str:
     lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
     causes = [ln for ln in lines if ln.startswith("Caused by:")]
     return (causes[-1] if causes else (lines[0] if lines else "unknown error"))[:500]
@@ -536,7 +539,7 @@ def _first_cause(trace: str) -> str:
 
 def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> None:
     """Remove the connector; with drop_slot also its slot and publication (frees WAL)."""
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     resp = connect.request("DELETE", f"/connectors/{spec.name}")
     if resp.status_code not in (204, 404):
         raise ConnectorError(f"deleting connector {spec.name} failed: {resp.text}")
@@ -559,109 +562,14 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False) -> 
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
         conn.execute(f'drop event trigger if exists "tidelog_refresh_{spec.slot_name}"')
         conn.execute(f'drop function if exists "{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"()')
-        conn.execute(f"drop table if exists {_quoted(spec.signal_table)}")
+        conn.execute(f"drop table if exists {quoted(spec.signal_table)}")
 
 
 def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120) -> dict[str, Any]:
-    connect = _Connect(settings.require("connect_url"))
+    connect = Connect(settings.require("connect_url"))
     resp = connect.request("POST", f"/connectors/{spec.name}/restart",
                            params={"includeTasks": "true"})
     if resp.status_code not in (200, 202, 204):
         raise ConnectorError(f"restarting connector {spec.name} failed: {resp.text}")
     return wait_streaming(settings, spec, timeout)
 
-
-def _lsn_now(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _confirmed(conn: psycopg.Connection[Any], slot: str) -> int | None:
-    row = conn.execute("select confirmed_flush_lsn - '0/0'::pg_lsn from pg_replication_slots "
-                       "where slot_name = %s", (slot,)).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
-
-
-def _slot_behind(settings: Settings, spec: ConnectorSpec, wait: float) -> str | None:
-    """Why the slot has not confirmed the WAL written before this call, or None.
-
-    pg_current_wal_lsn() keeps moving (checkpoints, other databases, other tables), and
-    Debezium confirms only what it processes, so equality is never the test. The test:
-    the slot confirms an LSN at or past the one observed at the start, within `wait`
-    seconds. A 'log' signal written to the connector's own signalling table gives an
-    idle connector something to process and confirm.
-    """
-    dsn = settings.require("postgres_dsn")
-    deadline = time.monotonic() + wait
-    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
-        target = _lsn_now(conn)
-        confirmed = _confirmed(conn, spec.slot_name)
-        if confirmed is None:
-            return (f"replication slot {spec.slot_name} does not exist: the connector is not "
-                    "capturing; `tidelog connector apply` it again")
-        if confirmed >= target:
-            return None
-        try:
-            with conn.transaction():
-                conn.execute(f"delete from {_quoted(spec.signal_table)} where id like 'probe-%%'")
-                conn.execute(f"insert into {_quoted(spec.signal_table)} (id, type, data) values "
-                             "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
-                                                 '{"message": "tidelog capture probe"}'))
-        except psycopg.Error:
-            pass  # an older connector without a signalling table: wait for its heartbeat
-        while time.monotonic() < deadline:
-            confirmed = _confirmed(conn, spec.slot_name) or 0
-            if confirmed >= target:
-                return None
-            time.sleep(0.25)
-    return (f"replication slot {spec.slot_name} confirmed LSN {_lsn_text(confirmed)}, still "
-            f"behind {_lsn_text(target)} (the WAL position when the check began) after "
-            f"{wait:.0f}s: Debezium is stuck or lagging; see the Connect worker's log")
-
-
-def _lsn_text(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
-                     ) -> list[str]:
-    """Why capture of `spec.tables` may be behind the source right now (empty: current).
-
-    Checks, in order: the connector and each task RUNNING; every table in the running
-    configuration; no initial or incremental snapshot open; the slot confirming the WAL
-    written before the check (a bounded wait).
-    """
-    try:
-        status = connector_status(settings, spec.name)
-    except ConnectorError as exc:
-        return [exc.message]
-    problems = []
-    state = status.get("connector", {}).get("state")
-    if state != "RUNNING":
-        problems.append(f"connector {spec.name} is {state}: "
-                        f"{_first_cause(status.get('connector', {}).get('trace', ''))}")
-    tasks = status.get("tasks", [])
-    if not tasks:
-        problems.append(f"connector {spec.name} has no task running")
-    for task in tasks:
-        if task.get("state") != "RUNNING":
-            problems.append(f"task {task.get('id')} of connector {spec.name} is "
-                            f"{task.get('state')}: {_first_cause(task.get('trace', ''))}; fix "
-                            f"the cause, then `tidelog connector restart --name {spec.name}`")
-    captured = _current_tables(_Connect(settings.require("connect_url")), spec.name) or ()
-    missing = [t for t in spec.tables if t not in captured]
-    if missing:
-        problems.append(f"connector {spec.name} does not capture {', '.join(missing)}; add "
-                        "them with `tidelog connector apply`")
-    if problems:
-        return problems
-    # The slot first: a signal written before the check (a table added, a DDL refresh)
-    # shows in the offset only once Debezium has processed it, which the slot confirms.
-    behind = _slot_behind(settings, spec, wait)
-    if behind:
-        return [behind]
-    snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
-    if snapshotting:
-        return [f"connector {spec.name} is still running {snapshotting}; tables are "
-                "incomplete until it ends"]
-    return []

@@ -32,9 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,8 +45,16 @@ from cdc.reader import (
     log_identity,
     read_range,
 )
+from snapshotter.poison import (
+    DECODE_FAILURES,
+    Decoder,
+    PartitionFailure,
+    failure_of,
+    poison_error,
+    split_at_poison,
+)
 from snapshotter.storage import Storage
-from tidelog.errors import ArchiveError, DecodeError, LogIdentityError, PoisonEventError
+from tidelog.errors import ArchiveError, LogIdentityError
 from tidelog.settings import Settings
 
 __all__ = [
@@ -92,47 +98,6 @@ class Segment:
     end: int  # exclusive
     path: str
     checksum: str = ""
-
-
-@dataclass(frozen=True)
-class PartitionFailure:
-    """Why a partition's archiving stopped: the first event at `offset` failed to decode."""
-
-    topic: str
-    partition: int
-    generation: int
-    offset: int
-    error: str
-    column: str | None = None
-    pg_type: str | None = None
-    value: str | None = None  # the value as sent (JSON text), shortened
-    first_seen: str = ""
-    last_seen: str = ""
-    attempts: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition,
-                "generation": self.generation, "offset": self.offset, "column": self.column,
-                "pg_type": self.pg_type, "value": self.value, "error": self.error,
-                "first_seen": self.first_seen, "last_seen": self.last_seen,
-                "attempts": self.attempts}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PartitionFailure:
-        return cls(topic=str(data["topic"]), partition=int(data["partition"]),
-                   generation=int(data["generation"]), offset=int(data["offset"]),
-                   error=str(data["error"]), column=data.get("column"),
-                   pg_type=data.get("pg_type"), value=data.get("value"),
-                   first_seen=str(data.get("first_seen", "")),
-                   last_seen=str(data.get("last_seen", "")),
-                   attempts=int(data.get("attempts", 1)))
-
-    def describe(self) -> str:
-        where = f"{self.topic}[{self.partition}] offset {self.offset}"
-        column = f", column {self.column!r}" if self.column else ""
-        pg_type = f" ({self.pg_type})" if self.pg_type else ""
-        value = f", value {self.value}" if self.value is not None else ""
-        return f"{where}{column}{pg_type}{value}: {self.error}"
 
 
 class Archive:
@@ -312,8 +277,6 @@ class Archive:
                 })
         return rows
 
-
-Decoder = Callable[[Sequence[RawMessage]], list[tuple[pa.Table, int, int]]]
 
 # Messages per fetched batch handed to the decoder. Small batches keep the bytes in
 # flight few (fetch, decode and the prefetch queue then work in cache and on reused
@@ -509,11 +472,11 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
                 runs = decoder(messages)
             except DECODE_FAILURES as exc:
                 # Archive what precedes the poison event, then stop this partition there.
-                good, poison, error = _split_at_poison(decoder, messages, exc)
+                good, poison, error = split_at_poison(decoder, messages, exc)
                 decoded.setdefault(tp, []).extend(good)
                 flush(tp)
                 failed[tp] = archive.record_failure(
-                    _failure_of(poison, generation[tp], error))
+                    failure_of(poison, generation[tp], error))
                 continue
             decoded.setdefault(tp, []).extend(runs)
             counts[tp] = counts.get(tp, 0) + len(messages)
@@ -528,63 +491,6 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
         if old is not None and (old.generation != generation[tp] or marks[tp] > old.offset):
             archive.clear_failure(*tp)  # decoded past it (a fixed tidelog) or a new log
     return marks
-
-
-# What a decoder raises for an event it cannot carry: tidelog's own error, or a
-# conversion error escaping from Arrow or the standard library.
-DECODE_FAILURES = (DecodeError, pa.ArrowException, ValueError, TypeError, KeyError,
-                   OverflowError)
-
-
-def _split_at_poison(decoder: Decoder, messages: Sequence[RawMessage], exc: Exception
-                     ) -> tuple[list[tuple[pa.Table, int, int]], RawMessage, Exception]:
-    """(decoded runs before the first undecodable message, that message, its error)."""
-    while True:
-        index = _poison_index(decoder, messages, exc)
-        head = messages[:index]
-        try:
-            return (decoder(head) if head else []), messages[index], exc
-        except DECODE_FAILURES as again:  # the located offset was not the first bad one
-            messages, exc = head, again
-
-
-def _poison_index(decoder: Decoder, messages: Sequence[RawMessage], exc: Exception) -> int:
-    offset = exc.details.get("offset") if isinstance(exc, DecodeError) else None
-    for i, m in enumerate(messages):
-        if m.offset == offset:
-            return i
-    for i, m in enumerate(messages):  # not located: decode one at a time to find it
-        try:
-            decoder([m])
-        except DECODE_FAILURES:
-            return i
-    return 0  # only the combination fails: stop at the batch's first event
-
-
-def _failure_of(message: RawMessage, generation: int, exc: Exception) -> PartitionFailure:
-    details = exc.details if isinstance(exc, DecodeError) else {}
-    column = details.get("column")
-    error = exc.message if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
-    return PartitionFailure(
-        topic=message.topic, partition=message.partition, generation=generation,
-        offset=message.offset, error=error[:1000],
-        column=str(column) if column is not None else None,
-        pg_type=str(details["pg_type"]) if details.get("pg_type") else None,
-        value=_sent_value(message.value, str(column)) if column is not None else None)
-
-
-def _sent_value(value: bytes | None, column: str) -> str | None:
-    """The column's value in the event's after (else before) image, as JSON text."""
-    try:
-        payload = orjson.loads(value or b"null")["payload"]
-        for image in ("after", "before"):
-            row = payload.get(image) or {}
-            if column in row:
-                text = orjson.dumps(row[column]).decode()
-                return text if len(text) <= 200 else text[:197] + "..."
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return None
-    return None
 
 
 def _merge_runs(runs: list[tuple[pa.Table, int, int]]) -> list[tuple[pa.Table, int]]:
@@ -665,13 +571,3 @@ def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bo
             return marks
         time.sleep(0)
 
-
-def poison_error(failures: Sequence[PartitionFailure]) -> PoisonEventError:
-    """The loud stop for partitions held at an undecodable event."""
-    listed = "; ".join(f.describe() for f in failures)
-    return PoisonEventError(
-        f"archiving is stopped for {len(failures)} partition(s) at an event tidelog cannot "
-        f"decode: {listed}. Every other partition was archived. Nothing after the event is "
-        "archived until it decodes: upgrade tidelog if this type is fixed there, or report "
-        "the value; fixing the row in Postgres does not remove the event from the log",
-        failures=[f.to_json() for f in failures])

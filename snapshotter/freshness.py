@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdc.connector import ConnectorSpec, capture_problems
+from cdc.capture import capture_problems
+from cdc.connector import ConnectorSpec
 from snapshotter.archive import Archive
 from tidelog.errors import CaptureStale
 from tidelog.settings import Settings

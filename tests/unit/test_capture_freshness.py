@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from cdc import connector
-from cdc.connector import ConnectorSpec, capture_problems, snapshot_in_progress
+from cdc import capture
+from cdc.capture import capture_problems
+from cdc.connector import ConnectorSpec, snapshot_in_progress
 from snapshotter.freshness import refuse_if_stale
 from tidelog.errors import CaptureStale, CutError
 from tidelog.settings import Settings
@@ -51,14 +52,14 @@ def settings(tmp_path: Path) -> Settings:
 def _fake_connect(monkeypatch: pytest.MonkeyPatch, status: dict[str, Any],
                   tables: tuple[str, ...], offset: dict[str, Any]) -> list[str]:
     calls: list[str] = []
-    monkeypatch.setattr(connector, "connector_status", lambda s, name: status)
-    monkeypatch.setattr(connector, "_current_tables", lambda c, name: tables)
-    monkeypatch.setattr(connector, "source_offset", lambda s, name: offset)
+    monkeypatch.setattr(capture, "connector_status", lambda s, name: status)
+    monkeypatch.setattr(capture, "current_tables", lambda c, name: tables)
+    monkeypatch.setattr(capture, "source_offset", lambda s, name: offset)
 
     def slot(_s: Settings, spec: ConnectorSpec, wait: float) -> str | None:
         calls.append(spec.slot_name)
         return None
-    monkeypatch.setattr(connector, "_slot_behind", slot)
+    monkeypatch.setattr(capture, "_slot_behind", slot)
     return calls
 
 
