@@ -17,6 +17,11 @@ from urllib.parse import urlparse
 
 import httpx
 
+# Imported with this module, not inside the check: a first import of the archive's
+# dependencies (pyarrow, psycopg) in a readiness thread can take longer than its deadline.
+from cdc.connector import connector_status
+from snapshotter.archive import Archive
+from tidelog.errors import ConnectorError
 from tidelog.settings import Settings
 
 __all__ = ["readiness", "CHECKS"]
@@ -83,10 +88,6 @@ def _archive(settings: Settings) -> str:
 def _capture(settings: Settings) -> str:
     """Not ready while a partition is stopped at a poison event or a connector task FAILED:
     `--at latest` would refuse, and nothing new reaches the archive."""
-    from cdc.connector import connector_status
-    from snapshotter.archive import Archive
-    from tidelog.errors import ConnectorError
-
     failures = Archive(settings.archive_root).failures()
     if failures:
         raise RuntimeError("archiving stopped at " + "; ".join(f.describe() for f in failures))
