@@ -85,9 +85,11 @@ class Core:
 
     # -- snapshots --------------------------------------------------------------------
 
-    def resolve_cut(self, tables: Sequence[str], at: str | Cut) -> Cut:
+    def resolve_cut(self, tables: Sequence[str], at: str | Cut, *, allow_stale: bool = False
+                    ) -> Cut:
         with self.archive_lock:
-            return self.provider.resolve_cut(self.settings, list(tables), at)
+            return self.provider.resolve_cut(self.settings, list(tables), at,
+                                             allow_stale=allow_stale)
 
     def create_snapshot(self, tables: Sequence[str], at: str | Cut) -> Manifest:
         return self.provider.create_snapshot(self.settings, list(tables), at)

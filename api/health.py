@@ -17,6 +17,11 @@ from urllib.parse import urlparse
 
 import httpx
 
+# Imported with this module, not inside the check: a first import of the archive's
+# dependencies (pyarrow, psycopg) in a readiness thread can take longer than its deadline.
+from cdc.connector import connector_status
+from snapshotter.archive import Archive
+from tidelog.errors import ConnectorError
 from tidelog.redact import redact_text, redact_url
 from tidelog.settings import Settings
 
@@ -81,12 +86,33 @@ def _archive(settings: Settings) -> str:
     return f"{path} ({'exists' if path.exists() else 'will be created'})"
 
 
+def _capture(settings: Settings) -> str:
+    """Not ready while a partition is stopped at a poison event or a connector task FAILED:
+    `--at latest` would refuse, and nothing new reaches the archive."""
+    failures = Archive(settings.archive_root).failures()
+    if failures:
+        raise RuntimeError("archiving stopped at " + "; ".join(f.describe() for f in failures))
+    try:
+        status = connector_status(settings, settings.connector_name)
+    except ConnectorError as exc:
+        return f"archive has no stopped partition; {exc.message}"
+    failed = [f"task {t.get('id')}" for t in status.get("tasks", [])
+              if t.get("state") == "FAILED"]
+    if status.get("connector", {}).get("state") == "FAILED":
+        failed.insert(0, "the connector")
+    if failed:
+        raise RuntimeError(f"connector {settings.connector_name}: {', '.join(failed)} FAILED; "
+                           "see `tidelog connector status`")
+    return f"connector {settings.connector_name} running, no stopped partition"
+
+
 CHECKS: dict[str, Callable[[Settings], str]] = {
     "postgres": _postgres,
     "broker": _broker,
     "connect": _connect,
     "mlflow": _mlflow,
     "archive": _archive,
+    "capture": _capture,
 }
 
 

@@ -33,8 +33,11 @@ def snapshot_result(manifest: Manifest) -> dict[str, Any]:
             "links": {"snapshot": f"/snapshots/{manifest.id}"}}
 
 
-def snapshot_params(tables: list[str], at: Any) -> dict[str, Any]:
-    return {"tables": sorted(set(tables)), "at": at}
+def snapshot_params(tables: list[str], at: Any, allow_stale: bool = False) -> dict[str, Any]:
+    params = {"tables": sorted(set(tables)), "at": at}
+    if allow_stale:  # only when asked: the params of every other request stay as they were
+        params["allow_stale"] = True
+    return params
 
 
 def check_recipe(config: ApiConfig, reference: str) -> None:
@@ -59,7 +62,8 @@ def job_kinds(core: Core, config: ApiConfig) -> dict[str, JobKind]:
     def snapshot_create(ctx: JobContext) -> dict[str, Any]:
         tables = ctx.params["tables"]
         if ctx.plan is None:
-            cut = core.resolve_cut(tables, cut_or_latest(ctx.params["at"]))
+            cut = core.resolve_cut(tables, cut_or_latest(ctx.params["at"]),
+                                   allow_stale=bool(ctx.params.get("allow_stale")))
             ctx.save_plan({"cut": cut.to_json()})
         assert ctx.plan is not None
         manifest = core.create_snapshot(tables, Cut.from_json(ctx.plan["cut"]))

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     model_validator,
@@ -111,6 +112,9 @@ class CutOut(_Out):
 class SnapshotCreate(_In):
     tables: Annotated[list[TableName], Field(min_length=1, max_length=200)]
     at: Literal["latest"] | CutIn = "latest"
+    allow_stale: StrictBool = Field(
+        False, description="take a 'latest' cut even while capture is failing or behind "
+        "the source; the cut records why (stale_allowed)")
 
 
 class TrainRequest(_In):

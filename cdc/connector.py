@@ -2,13 +2,24 @@
 
 `apply` checks the source first (logical replication enabled, tables exist and have a
 primary key, slot not held by someone else), validates the rendered config with Connect,
-creates or updates the connector, and waits until its task is streaming from the slot.
+creates or updates the connector, and waits until its task is streaming from the slot
+with the new configuration.
+
+tidelog owns the publication (Debezium's `publication.autocreate.mode=disabled`): it is
+created `WITH (publish_via_partition_root = true)`, so a change to any partition of a
+declaratively partitioned table arrives on the parent's topic. Each connector also gets
+a Debezium signalling table, `tidelog.signal_<slot>`: a table added to a running
+connector is re-read through it by an incremental snapshot (`execute-snapshot`), since
+the initial snapshot ran before the table was part of the connector.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +55,15 @@ __all__ = [
     "delete",
     "restart",
     "wait_streaming",
+    "ensure_publication",
+    "signal_snapshot",
+    "source_offset",
+    "snapshot_in_progress",
+    "wait_snapshot_done",
+    "install_ddl_refresh",
+    "current_tables",
+    "first_cause",
+    "quoted",
 ]
 
 
@@ -57,6 +77,7 @@ def _template_path() -> Path:
 
 
 TEMPLATE = _template_path()
+SIGNAL_SCHEMA = "tidelog"
 TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 
 
@@ -75,6 +96,11 @@ class ConnectorSpec:
     @property
     def publication_name(self) -> str:
         return f"{self.slot_name}_pub"
+
+    @property
+    def signal_table(self) -> str:
+        """Debezium's signalling table for this connector (schema.table)."""
+        return f"{SIGNAL_SCHEMA}.signal_{self.slot_name}"
 
     def topic(self, table: str) -> str:
         return table_topic(self.topic_prefix, table)
@@ -112,6 +138,7 @@ def render_config(settings: Settings, spec: ConnectorSpec, template: Path = TEMP
         "tables": ",".join(re.escape(t) for t in spec.tables),
         "slot_name": spec.slot_name,
         "publication_name": spec.publication_name,
+        "signal_table": spec.signal_table,
         "replication_factor": "1",
     }
     text = Template(template.read_text()).substitute(
@@ -232,10 +259,141 @@ def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
                     "table owner, or apply without --replica-identity-full") from exc
 
 
+def quoted(table: str) -> str:
+    schema, name = table.split(".", 1)
+    return f'"{schema}"."{name}"'
+
+
+def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
+    """The signalling table, and the publication of exactly the connector's tables.
+
+    `publish_via_partition_root`: changes to a partition are published as changes of the
+    partitioned table it belongs to (the table the connector captures); without it they
+    carry the partition's name and no table filter matches them.
+    """
+    tables = ", ".join(quoted(t) for t in (*spec.tables, spec.signal_table))
+    try:
+        with postgres.connect(dsn) as conn:
+            conn.execute(f'create schema if not exists "{SIGNAL_SCHEMA}"')
+            conn.execute(f"create table if not exists {quoted(spec.signal_table)} "
+                         "(id varchar(64) primary key, type varchar(32) not null, "
+                         "data varchar(2048))")
+            exists = conn.execute("select 1 from pg_publication where pubname = %s",
+                                  (spec.publication_name,)).fetchone()
+            if exists is None:
+                conn.execute(f'create publication "{spec.publication_name}" for table '
+                             f"{tables} with (publish_via_partition_root = true)")
+            else:
+                conn.execute(f'alter publication "{spec.publication_name}" set table {tables}')
+                conn.execute(f'alter publication "{spec.publication_name}" '
+                             "set (publish_via_partition_root = true)")
+    except psycopg.Error as exc:
+        raise SourceError(
+            f"cannot set up publication {spec.publication_name} or signalling table "
+            f"{spec.signal_table} in {redact_dsn(dsn)}: {exc}; the connector's user needs "
+            "CREATE on the database and ownership of the captured tables") from exc
+
+
+_LOG = logging.getLogger("tidelog.connector")
+
+
+def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
+    """An event trigger that re-reads a captured table after every ALTER TABLE of it.
+
+    DDL that rewrites rows without change events (ADD COLUMN ... DEFAULT, whose value for
+    existing rows lives in pg_attribute.attmissingval; RENAME COLUMN; ALTER TYPE ... USING)
+    leaves the captured state wrong until each row changes. The trigger writes an
+    `execute-snapshot` signal in the DDL's own transaction, so Debezium re-reads the
+    table right after the DDL, and `--at latest` refuses until that snapshot is done.
+    The function is SECURITY DEFINER (a table owner without rights on the signalling
+    table can still alter the table) and only warns if the signal cannot be written.
+    Event triggers need a superuser: without one, return False (and log why).
+    """
+    function = f'"{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"'
+    trigger = f"tidelog_refresh_{spec.slot_name}"
+    tables = "array[" + ", ".join(_sql_text(t) for t in spec.tables) + "]::text[]"
+    body = f"""
+        create or replace function {function}() returns event_trigger
+        language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
+        declare target text;
+        begin
+          for target in select distinct object_identity from pg_event_trigger_ddl_commands()
+                        where object_type = 'table' and object_identity = any({tables}) loop
+            insert into {quoted(spec.signal_table)} (id, type, data) values (
+              'ddl-' || md5(target || clock_timestamp()::text || random()::text),
+              'execute-snapshot',
+              json_build_object('data-collections', json_build_array(target),
+                                'type', 'incremental')::text);
+          end loop;
+        exception when others then
+          -- never fail the user's DDL; `--at latest` cannot see this refresh is missing
+          raise warning 'tidelog: could not signal a re-read of % after DDL: %',
+            target, sqlerrm;
+        end $fn$"""
+    try:
+        with postgres.connect(dsn) as conn:
+            with conn.transaction():
+                conn.execute(body)
+                conn.execute(f'drop event trigger if exists "{trigger}"')
+                conn.execute(f'create event trigger "{trigger}" on ddl_command_end '
+                             f"when tag in ('ALTER TABLE') execute function {function}()")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        _LOG.warning("no DDL refresh trigger for connector %s (%s): after DDL that "
+                     "rewrites rows, re-read the table with an execute-snapshot signal",
+                     spec.name, exc)
+        return False
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot install the DDL refresh trigger of connector {spec.name} "
+                          f"in {redact_dsn(dsn)}: {exc}") from exc
+    return True
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> str:
+    """Ask the running connector to re-read `tables` by an incremental snapshot.
+
+    Debezium reads every row in key-ordered chunks between watermarks and merges them
+    with the stream, so writes during the snapshot are neither lost nor reordered.
+    """
+    signal_id = uuid.uuid4().hex
+    data = json.dumps({"data-collections": list(tables), "type": "incremental"})
+    try:
+        with postgres.connect(dsn) as conn:
+            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) "
+                         "values (%s, 'execute-snapshot', %s)", (signal_id, data))
+    except psycopg.Error as exc:
+        raise SourceError(f"cannot signal connector {spec.name} through "
+                          f"{spec.signal_table}: {exc}") from exc
+    return signal_id
+
+
+def current_tables(connect: KafkaConnect, name: str) -> tuple[str, ...] | None:
+    """The tables the connector captures now, or None when it does not exist."""
+    config = connect.config(name)
+    if config is None:
+        return None
+    listed = str(config.get("table.include.list", ""))
+    return tuple(t.replace("\\", "") for t in listed.split(",") if t)
+
+
+def _slot_pid(dsn: str, slot: str) -> int | None:
+    with postgres.connect(dsn) as conn:
+        row = conn.execute("select active_pid from pg_replication_slots where slot_name = %s",
+                           (slot,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
           replica_identity_full: bool = False, *, connect: KafkaConnect | None = None
           ) -> dict[str, Any]:
-    """Create or update the connector and wait until its task streams from the slot."""
+    """Create or update the connector; return once it streams with this configuration.
+
+    Tables new to a running connector get an incremental snapshot, so their existing rows
+    arrive as reads (`op=r`) like an initial snapshot's.
+    """
     dsn = settings.require("postgres_dsn")
     preflight(dsn, spec)
     check_source_types(dsn, spec.tables, spec.exclude_columns)
@@ -244,9 +402,65 @@ def apply(settings: Settings, spec: ConnectorSpec, timeout: float = 120,
     config = {**render_config(settings, spec)["config"], "name": spec.name}
     connect = connect or KafkaConnect.for_settings(settings)
     connect.validate(config)
+    before = current_tables(connect, spec.name)
+    old_pid = _slot_pid(dsn, spec.slot_name) if before is not None else None
+    ensure_publication(dsn, spec)
+    install_ddl_refresh(dsn, spec)
     connect.put_config(spec.name, config)
     remember_connector(Path(settings.home), config)  # `stack up` re-submits it if lost
-    return wait_streaming(settings, spec, timeout, connect=connect)
+    changed = before is not None and set(before) != set(spec.tables)
+    status = wait_streaming(settings, spec, timeout, connect=connect,
+                            config=config if before is not None else None,
+                            replaced_pid=old_pid if changed else None)
+    added = tuple(t for t in spec.tables if before is not None and t not in before)
+    if added:
+        signal_snapshot(dsn, spec, added)
+        wait_snapshot_done(settings, spec, deadline=time.monotonic() + timeout,
+                           connect=connect)
+    return status
+
+
+def source_offset(settings: Settings, name: str, *, connect: KafkaConnect | None = None
+                  ) -> dict[str, Any]:
+    """The connector's committed source offset (Debezium's position, snapshot state)."""
+    offsets = (connect or KafkaConnect.for_settings(settings)).offsets(name)
+    return dict(offsets[0].get("offset") or {}) if offsets else {}
+
+
+def snapshot_in_progress(offset: dict[str, Any]) -> str | None:
+    """What the connector is still snapshotting, from its source offset, or None."""
+    completed = offset.get("snapshot_completed")
+    if completed is False or (completed is None
+                              and offset.get("snapshot") in ("INITIAL", "true", True)):
+        return "the initial snapshot"
+    collections = offset.get("incremental_snapshot_collections")
+    if collections:
+        try:
+            names = [c["incremental_snapshot_collections_id"] for c in json.loads(collections)]
+        except (ValueError, KeyError, TypeError):
+            names = [str(collections)]
+        return f"an incremental snapshot of {', '.join(names)}"
+    return None
+
+
+def wait_snapshot_done(settings: Settings, spec: ConnectorSpec, deadline: float, *,
+                       connect: KafkaConnect | None = None) -> None:
+    """Wait until the connector's offset shows it has passed `now` with no snapshot open.
+
+    The offset is committed about once a second (offset.flush.interval.ms), and moves
+    past the signal once Debezium has read it; a snapshot still open at the deadline is
+    reported by `snapshot create --at latest`, which refuses until it is done.
+    """
+    dsn = settings.require("postgres_dsn")
+    with postgres.connect(dsn) as conn, postgres.postgres_errors("read the WAL position", dsn):
+        row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    start = int(row[0]) if row else 0
+    connect = connect or KafkaConnect.for_settings(settings)
+    while time.monotonic() < deadline:
+        offset = source_offset(settings, spec.name, connect=connect)
+        if int(offset.get("lsn") or 0) >= start and snapshot_in_progress(offset) is None:
+            return
+        time.sleep(0.5)
 
 
 def connector_status(settings: Settings, name: str, *, connect: KafkaConnect | None = None
@@ -264,14 +478,29 @@ def _slot_streaming(dsn: str, slot: str) -> bool:
     return bool(row and row[0] in ("streaming", "catchup"))
 
 
+def _tasks_have(connect: KafkaConnect, name: str, config: dict[str, Any]) -> bool:
+    """Every task was generated from `config` (Connect has regenerated them)."""
+    tasks = connect.tasks(name)
+    keys = ("table.include.list", "publication.name", "slot.name")
+    return bool(tasks) and all(
+        all(t.get("config", {}).get(k) == config.get(k) for k in keys) for t in tasks)
+
+
 def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,
                    connect: KafkaConnect | None = None,
-                   slot_streaming: Callable[[str, str], bool] | None = None
+                   slot_streaming: Callable[[str, str], bool] | None = None,
+                   config: dict[str, Any] | None = None, replaced_pid: int | None = None
                    ) -> dict[str, Any]:
     """The connector's status once its tasks run and Postgres shows the slot streaming;
-    ConnectorFailed as soon as Connect reports it failed, or after `timeout`."""
+    ConnectorFailed as soon as Connect reports it failed, or after `timeout`.
+
+    With `config`, the tasks must also have been regenerated from it; with
+    `replaced_pid`, the slot must be held by a new replication connection (the old task,
+    still streaming the old table list, must have let go).
+    """
     connect = connect or KafkaConnect.for_settings(settings)
     streaming = slot_streaming or _slot_streaming
+    dsn = settings.require("postgres_dsn")
     last: dict[str, Any] = {}
 
     def attempt() -> dict[str, Any] | None:
@@ -288,12 +517,14 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
         if status.get("connector", {}).get("state") == "FAILED" or failed:
             trace = (failed[0] if failed else status["connector"]).get("trace", "")
             raise ConnectorFailed(
-                f"connector {spec.name} failed: {_first_cause(trace)}; "
+                f"connector {spec.name} failed: {first_cause(trace)}; "
                 f"fix the cause, then `tidelog connector restart --name {spec.name}`",
                 trace=trace,
             )
         if tasks and all(t.get("state") == "RUNNING" for t in tasks) and streaming(
-            settings.require("postgres_dsn"), spec.slot_name
+            dsn, spec.slot_name
+        ) and (config is None or _tasks_have(connect, spec.name, config)) and (
+            replaced_pid is None or _slot_pid(dsn, spec.slot_name) not in (None, replaced_pid)
         ):
             return status
         return None
@@ -307,7 +538,7 @@ def wait_streaming(settings: Settings, spec: ConnectorSpec, timeout: float = 120
     return poll(attempt, timeout=timeout, interval=0.3, timed_out=timed_out)
 
 
-def _first_cause(trace: str) -> str:
+def first_cause(trace: str) -> str:
     lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
     causes = [ln for ln in lines if ln.startswith("Caused by:")]
     return (causes[-1] if causes else (lines[0] if lines else "unknown error"))[:500]
@@ -337,6 +568,9 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False, *,
             f"slot {spec.slot_name} stayed active 30s after connector {spec.name} was "
             "deleted; stop the client holding it, then delete again with --drop-slot"))
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
+        conn.execute(f'drop event trigger if exists "tidelog_refresh_{spec.slot_name}"')
+        conn.execute(f'drop function if exists "{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"()')
+        conn.execute(f"drop table if exists {quoted(spec.signal_table)}")
 
 
 def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,

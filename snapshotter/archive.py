@@ -4,15 +4,22 @@ Layout under the archive root:
 
     <topic>/p<partition>/log.json                         generations of this partition's log
     <topic>/p<partition>/g<N>/<start>-<end>.parquet       a contiguous offset range [start, end)
+    <topic>/p<partition>/failure.json                     a change event that cannot be decoded
 
 The archive's own high-water mark is the largest segment end of the current generation:
 resume reads from there, never from consumer-group commits, so a crash at any moment is
 followed by neither a duplicate nor a gap. A changed log identity (topic recreated, new
 cluster, restarted local broker) opens a new generation; offsets never mix across them.
+
+A change event that cannot be decoded (a poison message) stops only its own partition, at
+that offset: everything before it is archived, nothing after it is, and the failure is
+recorded in `failure.json` (topic, partition, offset, column, value, error) until a later
+run decodes past it. Other partitions and topics keep archiving. Nothing is skipped.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import hashlib
 import io
@@ -24,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 import pyarrow as pa
@@ -41,6 +48,14 @@ from cdc.reader import (
     read_range,
 )
 from snapshotter.openlineage import archive_marks, describe_archive
+from snapshotter.poison import (
+    DECODE_FAILURES,
+    Decoder,
+    PartitionFailure,
+    failure_of,
+    poison_error,
+    split_at_poison,
+)
 from snapshotter.storage import Storage
 from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import ArchiveError, LogIdentityError
@@ -51,11 +66,13 @@ from tidelog.topics import in_prefix, transaction_topic
 __all__ = [
     "Generation",
     "Segment",
+    "PartitionFailure",
     "Archive",
     "damaged_segment_error",
     "archive_topics",
     "run_archiver",
     "cdc_topics",
+    "poison_error",
 ]
 
 # <start>-<end>-<first 16 hex of the file's sha256>.parquet: the name commits the range
@@ -285,6 +302,44 @@ class Archive:
             )
         return chosen
 
+    # -- failures --------------------------------------------------------------------
+    def _failure_path(self, topic: str, partition: int) -> str:
+        return f"{self._partition_dir(topic, partition)}/failure.json"
+
+    def failure(self, topic: str, partition: int) -> PartitionFailure | None:
+        path = self._failure_path(topic, partition)
+        if not self.storage.exists(path):
+            return None
+        return PartitionFailure.from_json(json.loads(self.storage.read_bytes(path)))
+
+    def record_failure(self, failure: PartitionFailure) -> PartitionFailure:
+        """Write (or refresh) the partition's failure record; it survives restarts."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        old = self.failure(failure.topic, failure.partition)
+        same = old is not None and (old.generation, old.offset) == (failure.generation,
+                                                                     failure.offset)
+        failure = replace(failure, first_seen=old.first_seen if same and old else now,
+                          last_seen=now, attempts=old.attempts + 1 if same and old else 1)
+        self.storage.write_bytes(self._failure_path(failure.topic, failure.partition),
+                                 json.dumps(failure.to_json(), indent=2).encode())
+        return failure
+
+    def clear_failure(self, topic: str, partition: int) -> None:
+        path = self._failure_path(topic, partition)
+        if self.storage.exists(path):
+            self.storage.fs.delete_file(path)
+
+    def failures(self) -> list[PartitionFailure]:
+        """Every partition whose archiving is stopped at an undecodable event."""
+        result = []
+        for topic in self.topics():
+            for pdir in self.storage.listdir(self.storage.path(topic)):
+                if pdir.startswith("p") and pdir[1:].isdigit():
+                    found = self.failure(topic, int(pdir[1:]))
+                    if found is not None:
+                        result.append(found)
+        return result
+
     def topics(self) -> list[str]:
         return [n for n in self.storage.listdir(self.storage.base) if not n.startswith(".")]
 
@@ -300,11 +355,13 @@ class Archive:
                     continue
                 current = gens[-1]
                 segs = self.segments(topic, partition, current.number)
+                failure = self.failure(topic, partition)
                 rows.append({
                     "topic": topic, "partition": partition, "generation": current.number,
                     "cluster_id": current.cluster_id, "topic_id": current.topic_id,
                     "high_water_mark": segs[-1].end if segs else current.first_offset,
                     "segments": len(segs),
+                    "failure": failure.to_json() if failure else None,
                 })
         return rows
 
@@ -322,8 +379,6 @@ def damaged_segment_error(seg: Segment, root: str) -> ArchiveError:
         topic=seg.topic, partition=seg.partition, generation=seg.generation,
         start=seg.start, end=seg.end, path=seg.path)
 
-
-Decoder = Callable[[Sequence[RawMessage]], list[tuple[pa.Table, int, int]]]
 
 # Messages per fetched batch handed to the decoder. Small batches keep the bytes in
 # flight few (fetch, decode and the prefetch queue then work in cache and on reused
@@ -514,20 +569,37 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
             archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
             marks[tp] = last + 1
 
+    failed: dict[TopicPartitionKey, PartitionFailure] = {}
     for batch in _prefetched(read_range(settings, start, batch_size=READ_BATCH)):
         by_partition: dict[TopicPartitionKey, list[RawMessage]] = {}
         for msg in batch:
             tp = (msg.topic, msg.partition)
-            if msg.offset >= marks[tp]:
+            if msg.offset >= marks[tp] and tp not in failed:
                 by_partition.setdefault(tp, []).append(msg)
         for tp, messages in by_partition.items():
-            decoded.setdefault(tp, []).extend(
-                _transaction_run(messages) if tp[0] == tx_topic else decoder(messages))
+            decode = _transaction_run if tp[0] == tx_topic else decoder
+            try:
+                runs = decode(messages)
+            except DECODE_FAILURES as exc:
+                # Archive what precedes the poison event, then stop this partition there.
+                good, poison, error = split_at_poison(decode, messages, exc)
+                decoded.setdefault(tp, []).extend(good)
+                flush(tp)
+                failed[tp] = archive.record_failure(
+                    failure_of(poison, generation[tp], error))
+                continue
+            decoded.setdefault(tp, []).extend(runs)
             counts[tp] = counts.get(tp, 0) + len(messages)
             if counts[tp] >= batch_size:
                 flush(tp)
     for tp in list(decoded):
         flush(tp)
+    for tp in marks:
+        if tp in failed:
+            continue
+        old = archive.failure(*tp)
+        if old is not None and (old.generation != generation[tp] or marks[tp] > old.offset):
+            archive.clear_failure(*tp)  # decoded past it (a fixed tidelog) or a new log
     return marks
 
 
@@ -576,11 +648,19 @@ def _padded(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bool,
                  interval: float = 1.0, on_new_log: str = "new-generation",
                  report: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
-                 batch_size: int = 50_000) -> dict[TopicPartitionKey, int]:
+                 batch_size: int = 50_000,
+                 on_failure: Callable[[list[PartitionFailure]], None] | None = None,
+                 ) -> dict[TopicPartitionKey, int]:
+    """Archive once, or until interrupted with `follow`.
+
+    Partitions stopped at an undecodable event are reported through `on_failure` on every
+    pass; a single pass then raises PoisonEventError, after archiving everything else.
+    """
     stop = threading.Event()
     if follow and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    archive = Archive(settings.archive_root)
     while True:
         chosen = list(topics) if topics else cdc_topics(settings)
         if not chosen:
@@ -589,9 +669,15 @@ def run_archiver(settings: Settings, topics: Sequence[str] | None, *, follow: bo
                 f"{settings.bootstrap_servers}; apply a connector first"
             )
         marks = archive_topics(settings, chosen, on_new_log=on_new_log,
-                               batch_size=batch_size)
+                               batch_size=batch_size, archive=archive)
         if report:
             report(marks)
+        failures = [f for f in archive.failures() if f.topic in chosen]
+        if failures and on_failure:
+            on_failure(failures)
         if not follow or stop.wait(interval):
+            if failures:
+                raise poison_error(failures)
             return marks
         time.sleep(0)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tidelog.output import print_json as _print_json
@@ -29,9 +30,14 @@ def _archive_run(args: argparse.Namespace) -> int:
         for (topic, partition), mark in sorted(marks.items()):
             print(f"{topic}[{partition}] archived up to offset {mark}")
 
+    def on_failure(failures: list[Any]) -> None:
+        for failure in failures:  # every pass, so a follower's log shows it until fixed
+            print(f"FAILED {failure.describe()}", file=sys.stderr)
+
     marks = run_archiver(settings, topics, follow=args.follow, interval=args.interval,
                          on_new_log=args.on_new_log, report=report,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size,
+                         on_failure=on_failure if args.follow else None)
     if args.json:
         _print_json([{"topic": t, "partition": p, "high_water_mark": m}
                      for (t, p), m in sorted(marks.items())])
@@ -46,8 +52,12 @@ def _archive_status(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         for r in rows:
+            failure = r["failure"]
+            stopped = (f"  FAILED at offset {failure['offset']}"  # type: ignore[index]
+                       f" column {failure['column']}: {failure['error']}"  # type: ignore[index]
+                       if failure else "")
             print(f"{r['topic']}[{r['partition']}] gen {r['generation']} "
-                  f"hwm {r['high_water_mark']} ({r['segments']} segments)")
+                  f"hwm {r['high_water_mark']} ({r['segments']} segments){stopped}")
     return 0
 
 
@@ -91,7 +101,7 @@ def _snapshot_create(args: argparse.Namespace) -> int:
     settings = load_settings()
     at: str | Cut = "latest" if args.at == "latest" else Cut.from_json(args.at)
     manifest = create_snapshot(settings, _tables(args.tables), at,
-                               incremental=not args.full)
+                               incremental=not args.full, allow_stale=args.allow_stale)
     if args.json:
         _print_json(manifest.to_json())
     else:
@@ -183,7 +193,11 @@ def register(sub: Any) -> None:
     p = snap_sub.add_parser("create", help="materialise tables at a cut")
     p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
     p.add_argument("--at", default="latest", help="'latest' or a cut as JSON")
-    p.add_argument("--full", action="store_true", help="do not build incrementally")
+    p.add_argument("--full", action="store_true",
+                   help="build from the archive alone, replacing a snapshot of the same id")
+    p.add_argument("--allow-stale", action="store_true",
+                   help="take a 'latest' cut even while capture is failing or behind "
+                        "(recorded in the cut)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_snapshot_create)
     p = snap_sub.add_parser("list", help="every snapshot, oldest first")

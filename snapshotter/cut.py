@@ -54,6 +54,9 @@ class Cut:
     commit_time_ms: int | None = None  # latest source commit time below the cut
     transaction_aligned: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Why capture was behind when this "latest" cut was taken with --allow-stale; empty for
+    # a current cut. Not part of the cut's identity (canonical, fingerprint, snapshot id).
+    stale_allowed: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         seen = set()
@@ -70,19 +73,23 @@ class Cut:
 
     def for_topics(self, topics: set[str]) -> Cut:
         return Cut(tuple(p for p in self.partitions if p.topic in topics), self.lsn,
-                   self.commit_time_ms, self.transaction_aligned)
+                   self.commit_time_ms, self.transaction_aligned,
+                   stale_allowed=self.stale_allowed)
 
     @property
     def is_window(self) -> bool:
         return any(p.start for p in self.partitions)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "partitions": [p.to_json() for p in sorted(self.partitions)],
             "lsn": self.lsn,
             "commit_time_ms": self.commit_time_ms,
             "transaction_aligned": self.transaction_aligned,
         }
+        if self.stale_allowed:
+            body["stale_allowed"] = list(self.stale_allowed)
+        return body
 
     def canonical(self) -> str:
         body = {"partitions": [p.to_json() for p in sorted(self.partitions)]}
@@ -107,4 +114,5 @@ class Cut:
             lsn=data.get("lsn"),
             commit_time_ms=data.get("commit_time_ms"),
             transaction_aligned=bool(data.get("transaction_aligned", False)),
+            stale_allowed=tuple(str(r) for r in data.get("stale_allowed") or ()),
         )

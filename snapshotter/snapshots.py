@@ -309,17 +309,31 @@ def validate_cut(archive: Archive, cut: Cut) -> None:
 
 
 def resolve_cut(settings: Settings, tables: Sequence[str], at: str | Cut,
-                archive: Archive | None = None, catch_up: bool = True) -> Cut:
+                archive: Archive | None = None, catch_up: bool = True, *,
+                allow_stale: bool = False) -> Cut:
+    """The cut `at` names; for "latest" (with `catch_up`), the archive's newest cut after
+    archiving everything new, refused with CaptureStale while capture is behind the source
+    (snapshotter/freshness.py) unless `allow_stale`. Without `catch_up`, "latest" is
+    the newest cut the archive already holds, and no capture check is made."""
+    from snapshotter.freshness import archive_problems, refuse_if_stale, source_problems
+
     archive = archive or Archive(settings.archive_root)
     if isinstance(at, str) and at == "latest":
-        if catch_up:
-            topics = [_topic(settings, t) for t in tables]
-            tx = _tx_topic(settings)
-            try:
-                archive_topics(settings, [*topics, tx], archive=archive)
-            except CutError:
-                archive_topics(settings, topics, archive=archive)
-        return plan_cut(archive, settings, tables)
+        if not catch_up:
+            return plan_cut(archive, settings, tables)
+        # The source check first: what it confirms was committed before the catch-up.
+        problems = source_problems(settings, tables)
+        topics = [_topic(settings, t) for t in tables]
+        tx = _tx_topic(settings)
+        try:
+            archive_topics(settings, [*topics, tx], archive=archive)
+            topics.append(tx)
+        except CutError:
+            archive_topics(settings, topics, archive=archive)
+        problems += archive_problems(archive, topics)
+        stale = refuse_if_stale(problems, tables, allow_stale)
+        cut = plan_cut(archive, settings, tables)
+        return dataclasses.replace(cut, stale_allowed=stale) if stale else cut
     cut = at if isinstance(at, Cut) else Cut.from_json(at)
     wanted = {_topic(settings, t) for t in tables}
     missing = wanted - {p.topic for p in cut.partitions}
@@ -330,7 +344,8 @@ def resolve_cut(settings: Settings, tables: Sequence[str], at: str | Cut,
     validate_cut(archive, cut)
     if cut.lsn is None:
         lsn, commit = _watermarks(archive, cut.partitions)
-        cut = Cut(cut.partitions, lsn, commit, cut.transaction_aligned)
+        cut = Cut(cut.partitions, lsn, commit, cut.transaction_aligned,
+                  stale_allowed=cut.stale_allowed)
     return cut
 
 
@@ -743,7 +758,7 @@ def _remove_abandoned_builds(root: Path) -> None:
 
 
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
-           target: Path, incremental: bool) -> Manifest:
+           target: Path, incremental: bool, replace: bool = False) -> Manifest:
     sid = target.name
     tmp = target.parent / f".tmp-{sid}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -789,6 +804,16 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
         _fsync(manifest_tmp)
         os.replace(manifest_tmp, tmp / MANIFEST_NAME)
         _fsync(tmp)
+        if replace and target.exists():
+            # Two renames: a crash between them leaves `.old-<id>`, which the next
+            # create_snapshot of this id renames back (_restore_replaced).
+            old = target.parent / f".old-{sid}"
+            os.replace(target, old)
+            _fsync(target.parent)
+            os.replace(tmp, target)
+            _fsync(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+            return manifest
         os.replace(tmp, target)
         _fsync(target.parent)
         return manifest
@@ -817,7 +842,8 @@ def _write_failed(sid: str, root: Path, exc: BaseException) -> SnapshotWriteErro
 
 @traced("snapshot", describe_snapshot)
 def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "latest", *,
-                    incremental: bool = True, catch_up: bool = True) -> Manifest:
+                    incremental: bool = True, catch_up: bool = True,
+                    allow_stale: bool = False) -> Manifest:
     from snapshotter.catalog import ensure_catalog, register_snapshot
 
     tables = sorted(set(tables))
@@ -825,7 +851,8 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
         raise SnapshotError("no tables given: pass --tables schema.table[,...]")
     ensure_catalog(settings)  # repairs what a crash between publish and register left
     archive = Archive(settings.archive_root)
-    cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up)
+    cut = resolve_cut(settings, tables, at, archive, catch_up=catch_up,
+                      allow_stale=allow_stale)
     root = _snapshot_root(settings)
     sid = snapshot_id(cut, tables)
     try:
@@ -836,18 +863,27 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
     # One builder per snapshot id: a second identical request waits and reuses the result.
     with open(root / f".lock-{sid}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / MANIFEST_NAME).exists():
-            existing = open_snapshot(settings, sid).manifest
-            _announce(settings, existing)  # same event id: a crash after the build resends
-            return existing
+        _restore_replaced(root, sid)
+        exists = (target / MANIFEST_NAME).exists()
+        if exists and incremental:
+            found = open_snapshot(settings, sid).manifest
+            _announce(settings, found)  # same event id: a crash after the build resends
+            if cut.stale_allowed:
+                # Built earlier from the same offsets; this request's cut was stale, and
+                # the caller (and a run trained on it) must see that.
+                return dataclasses.replace(found, cut=dataclasses.replace(
+                    found.cut, stale_allowed=cut.stale_allowed))
+            return found
         for stale in root.glob(f".tmp-{sid}-*"):  # left by a builder that was killed
             shutil.rmtree(stale, ignore_errors=True)
         _remove_abandoned_builds(root)
-        if target.exists():
+        if target.exists() and not exists:
             # A directory without a manifest is not a snapshot; only our rename makes one.
             shutil.rmtree(target)
         try:
-            manifest = _build(settings, archive, cut, tables, target, incremental)
+            # `--full` of an existing id builds it again from the archive and swaps it in.
+            manifest = _build(settings, archive, cut, tables, target, incremental,
+                              replace=exists)
         except OSError as exc:
             raise _write_failed(sid, root, exc) from exc
     crash_point("snapshot.after_publish")
@@ -861,6 +897,20 @@ def _announce(settings: Settings, manifest: Manifest) -> None:
     from tidelog.events import publish
 
     publish(settings, dataset_ready(settings, manifest))
+
+
+def _restore_replaced(root: Path, sid: str) -> None:
+    """Put back a snapshot whose replacement by a `--full` rebuild was interrupted."""
+    old = root / f".old-{sid}"
+    if not old.exists():
+        return
+    if (root / sid / MANIFEST_NAME).exists():
+        shutil.rmtree(old, ignore_errors=True)  # the new one is in place
+    else:
+        if (root / sid).exists():
+            shutil.rmtree(root / sid)
+        os.replace(old, root / sid)
+        _fsync(root)
 
 
 def check_archive(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_connector_status)
     p = conn_sub.add_parser("delete", help="remove the connector")
     p.add_argument("--drop-slot", action="store_true",
-                   help="also drop its replication slot and publication (frees WAL)")
+                   help="also drop its replication slot, publication, signalling table and DDL "
+                        "refresh trigger (frees WAL)")
     common(p)
     p.set_defaults(handler=_connector_delete)
     p = conn_sub.add_parser("restart", help="restart the connector and its tasks")

@@ -15,8 +15,10 @@
     ├── DecodeError                 decode_error           500
     ├── ArchiveError                archive_unavailable    503
     │   ├── LogIdentityError        log_identity_changed   409
-    │   └── ArchiveWriteError       archive_write_failed   507
+    │   ├── ArchiveWriteError       archive_write_failed   507
+    │   └── PoisonEventError        archive_stalled        503
     ├── CutError                    invalid_cut            400
+    │   └── CaptureStale            capture_stale          409
     ├── SnapshotError               snapshot_error         400
     │   ├── SnapshotNotFound        snapshot_not_found     404
     │   ├── SnapshotWriteError      snapshot_write_failed  507
@@ -55,7 +57,9 @@ __all__ = [
     "ArchiveError",
     "LogIdentityError",
     "ArchiveWriteError",
+    "PoisonEventError",
     "CutError",
+    "CaptureStale",
     "SnapshotError",
     "SnapshotNotFound",
     "SnapshotWriteError",
@@ -177,11 +181,25 @@ class ArchiveWriteError(ArchiveError):
     status = 507
 
 
+class PoisonEventError(ArchiveError):
+    """A partition's archiving stopped at an event that cannot be decoded."""
+
+    code = "archive_stalled"
+    status = 503
+
+
 class CutError(TidelogError):
     """A cut is malformed, beyond the archive, or from another log."""
 
     code = "invalid_cut"
     status = 400
+
+
+class CaptureStale(CutError):
+    """`--at latest` while capture is failing, lagging or mid-snapshot."""
+
+    code = "capture_stale"
+    status = 409
 
 
 class SnapshotError(TidelogError):

@@ -40,8 +40,10 @@ class SnapshotLike(Protocol):
 
 
 class SnapshotProvider(Protocol):
-    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut) -> Cut:
-        """The cut `at` names for `tables` ("latest" = the newest the archive can serve)."""
+    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut, *,
+                    allow_stale: bool = False) -> Cut:
+        """The cut `at` names for `tables` ("latest" = the newest the archive can serve;
+        refused while capture is behind the source unless `allow_stale`)."""
         ...
 
     def create_snapshot(self, settings: Settings, tables: Sequence[str],
@@ -64,10 +66,11 @@ class SnapshotProvider(Protocol):
 class SnapshotterProvider:
     """The real thing: `snapshotter.snapshots`, imported on first use."""
 
-    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut) -> Cut:
+    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut, *,
+                    allow_stale: bool = False) -> Cut:
         from snapshotter import snapshots
 
-        return snapshots.resolve_cut(settings, list(tables), at)
+        return snapshots.resolve_cut(settings, list(tables), at, allow_stale=allow_stale)
 
     def create_snapshot(self, settings: Settings, tables: Sequence[str],
                         at: str | Cut = "latest") -> Manifest:

@@ -106,7 +106,8 @@ class FakeSnapshotProvider:
     def _topic(self, table: str) -> str:
         return table_topic(self.topic_prefix, table)
 
-    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut) -> Cut:
+    def resolve_cut(self, settings: Settings, tables: Sequence[str], at: str | Cut, *,
+                    allow_stale: bool = False) -> Cut:
         for table in tables:
             if table not in self._log:
                 raise CutError(f"unknown table {table}; the fake knows {sorted(self._log)}")

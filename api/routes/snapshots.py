@@ -42,7 +42,8 @@ def create_snapshot(state: State, body: SnapshotCreate, idempotency_key: Idempot
                     principal: Principal = writer) -> JSONBody:
     """Create a snapshot of tables at a cut (a job; same cut, same snapshot)."""
     at = body.at if isinstance(body.at, str) else body.at.model_dump()
-    return accept(state, "snapshot.create", snapshot_params(body.tables, at), principal,
+    return accept(state, "snapshot.create",
+                  snapshot_params(body.tables, at, body.allow_stale), principal,
                   idempotency_key)
 
 

@@ -208,8 +208,10 @@ def test_health_readiness_and_metrics(live: Client) -> None:
     assert live.get("/healthz", role="").json() == {"status": "ok"}
     ready = live.get("/readyz", role="")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"postgres", "broker", "connect", "mlflow", "archive"}
+    assert set(ready.json()["checks"]) == {"postgres", "broker", "connect", "mlflow", "archive",
+                                           "capture"}
     assert all(c["ok"] for c in ready.json()["checks"].values())
+    assert "running, no stopped partition" in ready.json()["checks"]["capture"]["detail"]
     metrics = live.get("/metrics", role="")
     assert "tidelog_api_requests_total" in metrics.text
     assert live.get("/openapi.json", role="").json()["info"]["title"] == "tidelog"

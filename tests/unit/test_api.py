@@ -773,13 +773,22 @@ def test_metrics_are_prometheus_text(api: Api) -> None:
 
 def test_readiness_reports_each_component(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     checks = {name: {"ok": True, "detail": "fine"}
-              for name in ("postgres", "broker", "connect", "mlflow", "archive")}
+              for name in ("postgres", "broker", "connect", "mlflow", "archive", "capture")}
     monkeypatch.setattr(api.state.core, "readiness", lambda: checks)
     assert api.client.get("/readyz").json() == {"status": "ready", "checks": checks}
-    from api.health import readiness
+    from api.health import CHECKS, readiness
 
     settings = api.state.settings
     real = readiness(dataclasses.replace(settings, postgres_dsn="", connect_url=""))
     assert set(real) == set(checks)
     assert real["postgres"]["ok"] is False and "postgres_dsn" in real["postgres"]["error"]
     assert real["archive"]["ok"] is True and real["mlflow"]["ok"] is True
+    assert real["capture"]["ok"] is False and "connect_url" in real["capture"]["error"]
+    # A partition stopped at an undecodable event makes the API not ready, naming it.
+    from snapshotter.archive import Archive, PartitionFailure
+
+    Archive(settings.archive_root).record_failure(PartitionFailure(
+        "tidelog.public.prices", 0, 0, 41, "cannot convert 'NAN'", column="price"))
+    stopped = readiness(settings, {"capture": CHECKS["capture"]})
+    assert stopped["capture"]["ok"] is False
+    assert "tidelog.public.prices[0] offset 41, column 'price'" in stopped["capture"]["error"]

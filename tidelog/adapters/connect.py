@@ -145,3 +145,32 @@ class KafkaConnect:
                                     "`tidelog connector apply`", connector=name)
         if resp.status_code not in (200, 202, 204):
             raise self._refused(resp, f"restart connector {name}")
+
+    def config(self, name: str) -> dict[str, Any] | None:
+        """Connector `name`'s configuration, or None when there is no such connector."""
+        resp = self._request("GET", f"/connectors/{name}/config")
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._refused(resp, f"report the config of {name}")
+        return dict(self._json(resp, f"the config of {name}"))
+
+    def tasks(self, name: str) -> list[dict[str, Any]]:
+        """The task configurations Connect generated for `name` ([] while it has none)."""
+        resp = self._request("GET", f"/connectors/{name}/tasks")
+        if resp.status_code in (404, 409):  # not assigned yet, or mid-rebalance
+            return []
+        if resp.status_code != 200:
+            raise self._refused(resp, f"list the tasks of {name}")
+        return list(self._json(resp, f"the tasks of {name}"))
+
+    def offsets(self, name: str) -> list[dict[str, Any]]:
+        """The source offsets `name` committed (Debezium's position and snapshot state)."""
+        resp = self._request("GET", f"/connectors/{name}/offsets")
+        if resp.status_code == 404:
+            raise ConnectorNotFound(f"no connector named {name}; create it with "
+                                    "`tidelog connector apply`", connector=name)
+        if resp.status_code != 200:
+            raise self._refused(resp, f"report the offsets of {name}")
+        return list(self._json(resp, f"the offsets of {name}").get("offsets") or [])
+

@@ -1,0 +1,126 @@
+"""Is capture current? The connector's state, its open snapshots and its slot.
+
+`capture_problems` is what `snapshot create --at latest` asks before cutting
+(snapshotter/freshness.py adds the archive's own state); docs/archive.md, "When capture
+stops", explains each check.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import psycopg
+
+from cdc.connector import (
+    ConnectorSpec,
+    connector_status,
+    current_tables,
+    first_cause,
+    quoted,
+    snapshot_in_progress,
+    source_offset,
+)
+from tidelog.adapters import postgres
+from tidelog.adapters.connect import KafkaConnect
+from tidelog.errors import ConnectorError
+from tidelog.settings import Settings
+
+__all__ = ["capture_problems"]
+
+
+def _lsn_now(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _confirmed(conn: psycopg.Connection[Any], slot: str) -> int | None:
+    row = conn.execute("select confirmed_flush_lsn - '0/0'::pg_lsn from pg_replication_slots "
+                       "where slot_name = %s", (slot,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _slot_behind(settings: Settings, spec: ConnectorSpec, wait: float) -> str | None:
+    """Why the slot has not confirmed the WAL written before this call, or None.
+
+    pg_current_wal_lsn() keeps moving (checkpoints, other databases, other tables), and
+    Debezium confirms only what it processes, so equality is never the test. The test:
+    the slot confirms an LSN at or past the one observed at the start, within `wait`
+    seconds. A 'log' signal written to the connector's own signalling table gives an
+    idle connector something to process and confirm.
+    """
+    dsn = settings.require("postgres_dsn")
+    deadline = time.monotonic() + wait
+    with postgres.connect(dsn) as conn:
+        target = _lsn_now(conn)
+        confirmed = _confirmed(conn, spec.slot_name)
+        if confirmed is None:
+            return (f"replication slot {spec.slot_name} does not exist: the connector is not "
+                    "capturing; `tidelog connector apply` it again")
+        if confirmed >= target:
+            return None
+        try:
+            with conn.transaction():
+                conn.execute(f"delete from {quoted(spec.signal_table)} where id like 'probe-%%'")
+                conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
+                             "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
+                                                 '{"message": "tidelog capture probe"}'))
+        except psycopg.Error:
+            pass  # an older connector without a signalling table: wait for its heartbeat
+        while time.monotonic() < deadline:
+            confirmed = _confirmed(conn, spec.slot_name) or 0
+            if confirmed >= target:
+                return None
+            time.sleep(0.25)
+    return (f"replication slot {spec.slot_name} confirmed LSN {_lsn_text(confirmed)}, still "
+            f"behind {_lsn_text(target)} (the WAL position when the check began) after "
+            f"{wait:.0f}s: Debezium is stuck or lagging; see the Connect worker's log")
+
+
+def _lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
+                     ) -> list[str]:
+    """Why capture of `spec.tables` may be behind the source right now (empty: current).
+
+    Checks, in order: the connector and each task RUNNING; every table in the running
+    configuration; no initial or incremental snapshot open; the slot confirming the WAL
+    written before the check (a bounded wait).
+    """
+    try:
+        status = connector_status(settings, spec.name)
+    except ConnectorError as exc:
+        return [exc.message]
+    problems = []
+    state = status.get("connector", {}).get("state")
+    if state != "RUNNING":
+        problems.append(f"connector {spec.name} is {state}: "
+                        f"{first_cause(status.get('connector', {}).get('trace', ''))}")
+    tasks = status.get("tasks", [])
+    if not tasks:
+        problems.append(f"connector {spec.name} has no task running")
+    for task in tasks:
+        if task.get("state") != "RUNNING":
+            problems.append(f"task {task.get('id')} of connector {spec.name} is "
+                            f"{task.get('state')}: {first_cause(task.get('trace', ''))}; fix "
+                            f"the cause, then `tidelog connector restart --name {spec.name}`")
+    captured = current_tables(KafkaConnect.for_settings(settings), spec.name) or ()
+    missing = [t for t in spec.tables if t not in captured]
+    if missing:
+        problems.append(f"connector {spec.name} does not capture {', '.join(missing)}; add "
+                        "them with `tidelog connector apply`")
+    if problems:
+        return problems
+    # The slot first: a signal written before the check (a table added, a DDL refresh)
+    # shows in the offset only once Debezium has processed it, which the slot confirms.
+    behind = _slot_behind(settings, spec, wait)
+    if behind:
+        return [behind]
+    snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
+    if snapshotting:
+        return [f"connector {spec.name} is still running {snapshotting}; tables are "
+                "incomplete until it ends"]
+    return []
