@@ -23,11 +23,13 @@ from pydantic import (
 
 __all__ = [
     "IsoDateTime", "TableName", "SnapshotId", "RunId", "ModelName", "CutIn", "SnapshotCreate",
-    "TrainRequest", "RebuildRequest", "ConnectorApply", "ConnectorRestart", "PinRequest",
+    "TrainRequest", "RebuildRequest", "RebuildOptions", "ConnectorApply", "ConnectorRestart",
+    "PinRequest",
     "KeyCreate", "ManifestOut", "SnapshotSummary", "SnapshotPage", "JobOut", "JobPage",
     "VerifyReport", "DiffReport", "PinOut", "DeleteOut", "RunOut", "ModelLineageOut",
     "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "LiveOut", "ReadyOut",
-    "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage",
+    "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage", "AuditHead",
+    "AuditVerifyReport",
 ]
 
 MAX_INT64 = 2**63 - 1
@@ -139,6 +141,25 @@ class TrainRequest(_In):
 class RebuildRequest(_In):
     run_id: RunId
     experiment: Experiment = "tidelog"
+
+
+class RebuildOptions(_In):
+    """The optional body of `POST /runs/{run_id}/rebuild`."""
+
+    experiment: Experiment = "tidelog"
+
+
+class AuditHead(_Out):
+    seq: int
+    hash: str
+
+
+class AuditVerifyReport(_Out):
+    ok: bool
+    entries: int
+    first_broken_seq: int | None
+    reason: str | None
+    head: AuditHead | None
 
 
 class ConnectorApply(_In):
@@ -372,6 +393,7 @@ class AuditEntryOut(_Out):
     job_id: str | None
     request_id: str | None
     client: str | None
+    hash: str | None = None
 
 
 class AuditPage(_Out):
