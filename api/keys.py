@@ -10,7 +10,8 @@ A wrong secret must be cheap to refuse, since key ids are not secret: each row a
 `check_bits`, the first 16 bits of HMAC-SHA256(salt, secret). All but 1 in 65,536 wrong
 secrets fail that check without scrypt; the 16 bits leave 240 of the secret's 256 unknown,
 so a leaked table is no easier to use. Failures count against a `FailureLimiter` per key
-id and client (429 beyond it), and at most two scrypt runs happen at once.
+id and client: beyond it, wrong secrets are 429 (and cost not even an audit entry on a
+GET). At most two scrypt runs happen at once.
 """
 
 from __future__ import annotations
@@ -156,20 +157,22 @@ class KeyStore:
         with self._lock:
             if self._verified.get(fingerprint) == key_id:
                 return principal, False
+        # Failures count per key id and client. With none left, a secret that fails the
+        # check bits is a 429 at once; one that passes them (the real secret, or 1 wrong
+        # secret in 65,536) is still checked, so the key's owner is never locked out.
         bucket = (key_id, client)
-        self._refuse_if_limited(key_id, self.failures.wait(bucket))
-        if row["check_bits"] is not None and not hmac.compare_digest(
-                _check_bits(secret, row["salt"]), row["check_bits"]):
-            self.failures.take(bucket)
+        if row["check_bits"] is None:  # a key older than check bits: no cheap answer
+            self._refuse_if_limited(key_id, self.failures.wait(bucket))
+        elif not hmac.compare_digest(_check_bits(secret, row["salt"]), row["check_bits"]):
+            self._refuse_if_limited(key_id, self.failures.take(bucket))
             return None, False
         if not hash_allowed:
             return None, True
-        self._refuse_if_limited(key_id, self.failures.take(bucket))
         with self._scrypt_slots:
             matches = hmac.compare_digest(_hash(secret, row["salt"]), row["hash"])
         if not matches:
+            self.failures.take(bucket)
             return None, False
-        self.failures.refund(bucket)
         if row["check_bits"] is None:  # a key made before the cheap check existed
             with self.db.write() as conn:
                 conn.execute("update api_keys set check_bits = ? where id = ?",

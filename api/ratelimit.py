@@ -1,11 +1,10 @@
 """Failed key checks, counted per (key id, client address) in token buckets.
 
-Key ids are not secret (readers see them in `GET /jobs`), so without a limit anyone could
-make the API run scrypt, 16 MiB and ~20 ms a time, for every guess at a known id. Each
-pair may fail `per_minute` times in a burst, then once every `60 / per_minute` seconds;
-beyond that the API answers 429 with Retry-After before checking anything. Tokens the
-process has verified before never reach the limiter, so a client that is already in is
-never locked out by someone else's guesses; see docs/security.md.
+Key ids are not secret (readers see them in `GET /jobs`), so anyone can guess secrets for
+a known id. Each pair may fail `per_minute` times in a burst, then once every
+`60 / per_minute` seconds; beyond that `api.keys` answers wrong secrets with 429 and
+Retry-After. The buckets only decide who gets a 429: what keeps a guess cheap is the
+key's check bits (`api.keys`); see docs/security.md.
 """
 
 from __future__ import annotations
@@ -50,13 +49,6 @@ class FailureLimiter:
                 self._prune(now)
             self._buckets[key] = (tokens - 1, now)
             return 0.0
-
-    def refund(self, key: Key) -> None:
-        """Give back a failure taken before a check that then succeeded."""
-        with self._lock:
-            now = self._clock()
-            if key in self._buckets:
-                self._buckets[key] = (min(self.capacity, self._level(key, now) + 1), now)
 
     def _prune(self, now: float) -> None:
         # Full buckets carry no state; if every bucket is in use, forget the oldest half
