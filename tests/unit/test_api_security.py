@@ -257,6 +257,24 @@ def test_failures_are_limited_per_key_and_client_even_without_check_bits(
     assert len(scrypt_calls) == allowed + 1
 
 
+def test_failure_buckets_refill_and_stay_bounded() -> None:
+    from api.ratelimit import FailureLimiter
+
+    now = [0.0]
+    limiter = FailureLimiter(6, clock=lambda: now[0], max_buckets=4)  # one per 10 s
+    key = ("0123456789ab", "203.0.113.7")
+    assert [limiter.take(key) for _ in range(6)] == [0.0] * 6
+    assert limiter.take(key) == pytest.approx(10.0) and limiter.wait(key) > 0
+    assert limiter.wait(("0123456789ab", "198.51.100.1")) == 0.0  # per client
+    now[0] = 9.0
+    assert limiter.take(key) == pytest.approx(1.0)
+    now[0] = 10.0
+    assert limiter.take(key) == 0.0 and limiter.take(key) > 0
+    for n in range(20):  # address churn: the table stays bounded
+        limiter.take(("0123456789ab", f"10.0.0.{n}"))
+    assert len(limiter._buckets) <= 4
+
+
 def test_keys_made_before_the_cheap_check_gain_it_on_first_use(api: Api) -> None:
     store: KeyStore = api.state.keys
     info, token = store.create("reader", "old", "test")
