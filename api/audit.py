@@ -9,8 +9,9 @@ Two guards. SQLite triggers refuse UPDATE, DELETE and `INSERT OR REPLACE` of an 
 stores `hash = sha256(previous entry's hash + "\\n" + its own canonical content)`, seq
 included, so whoever edits the file directly (dropping the triggers first) leaves a break
 that `verify()` (`GET /audit/verify`, `tidelog api audit verify`) reports at the first
-changed, inserted or missing entry. Removing the newest entries keeps the rest of the chain
-intact: keep the reported `head` somewhere else to notice that. See docs/security.md.
+changed, inserted or missing entry. The chain has no secret: someone who can write the
+file can also remove the newest entries, or recompute every hash after an edit. Only a
+`head` kept somewhere else shows that. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ class AuditLog:
         self._chain_unhashed()
 
     def _chain_unhashed(self) -> None:
-        """Entries written before the chain existed get their hashes once, in seq order."""
-        if self.db.one("select 1 from audit where hash is null limit 1") is None:
+        """Entries written before the chain existed get their hashes once, in seq order.
+        Once: afterwards an entry without a hash is a break that `verify` reports, not
+        something a restart would quietly chain in."""
+        if self.db.one("select 1 from meta where key = 'audit_chain'") is not None:
             return
         with self.db.write() as conn:
             conn.execute("drop trigger if exists audit_no_update")
@@ -83,6 +86,7 @@ class AuditLog:
                 previous = digest
             for statement in _statements(AUDIT_TRIGGERS):
                 conn.execute(statement)
+            conn.execute("insert or ignore into meta values ('audit_chain', ?)", (now(),))
 
     def record(self, entry: AuditEntry) -> None:
         with self.db.write() as conn:

@@ -499,4 +499,10 @@ def test_an_api_db_from_before_the_chain_is_upgraded(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         raw.execute("update audit set actor = 'x' where seq = 1")
     assert raw.execute("select check_bits from api_keys").fetchone()[0] is not None
+    # upgraded once: an entry whose hash is removed later is a break, not re-chained
+    raw.execute("drop trigger audit_no_update")
+    raw.execute("update audit set hash = null where seq = 4")
+    raw.commit()
+    report = AuditLog(db).verify()
+    assert (report["ok"], report["first_broken_seq"]) == (False, 4), report
     db.close()
