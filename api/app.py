@@ -21,6 +21,7 @@ from api.audit import AuditLog
 from api.config import ApiConfig, load_api_config
 from api.core import Core
 from api.errors import ERROR_RESPONSES, HttpError, install_handlers
+from api.guard import Guard
 from api.jobs import Job, JobRunner, JobStore
 from api.keys import KeyStore
 from api.metrics import Metrics
@@ -85,7 +86,8 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
 
     runner = JobRunner(jobs, audit, job_kinds(core, config), workers=config.workers,
                        on_finish=on_finish)
-    state = ApiState(settings=settings, config=config, core=core, db=db, keys=KeyStore(db),
+    keys = KeyStore(db, failures_per_minute=config.auth_failures_per_minute)
+    state = ApiState(settings=settings, config=config, core=core, db=db, keys=keys,
                      audit=audit, jobs=jobs, runner=runner, pins=Pins(db), metrics=Metrics())
 
     @asynccontextmanager
@@ -121,5 +123,7 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
             if isinstance(route, APIRoute) and route.endpoint.__doc__:
                 route.summary = route.endpoint.__doc__.strip().splitlines()[0]
         app.include_router(router)
+    # Added first, so it runs inside Observe: refusals get a request id, metrics, audit.
+    app.add_middleware(Guard, state=state, router=app.router)
     app.add_middleware(Observe, state=state)
     return app

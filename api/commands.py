@@ -1,4 +1,4 @@
-"""`tidelog api serve` and `tidelog api keys create|list|revoke`."""
+"""`tidelog api serve`, `tidelog api keys create|list|revoke` and `tidelog api audit verify`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,29 @@ def _keys() -> Any:
     from tidelog.settings import load_settings
 
     return KeyStore(Database(load_api_config(load_settings()).db_path))
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from api.audit import AuditLog
+    from api.config import load_api_config
+    from api.store import Database
+    from tidelog.settings import load_settings
+
+    db = Database(load_api_config(load_settings()).db_path)
+    try:
+        report = AuditLog(db).verify()
+    finally:
+        db.close()
+    if args.json:
+        _print_json(report)
+    elif report["ok"]:
+        head = report["head"]
+        print(f"audit log intact: {report['entries']} entries"
+              + (f", head seq {head['seq']} hash {head['hash']}" if head else ""))
+    else:
+        print(f"audit log broken at seq {report['first_broken_seq']}: {report['reason']} "
+              f"({report['entries']} entries before it are intact)", file=sys.stderr)
+    return 0 if report["ok"] else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,3 +116,10 @@ def register(sub: Any) -> None:
     p = keys_sub.add_parser("revoke", help="revoke a key at once")
     p.add_argument("key_id")
     p.set_defaults(handler=_keys_revoke)
+
+    audit = api_sub.add_parser("audit", help="check the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
+    p = audit_sub.add_parser("verify", help="check the audit log's hash chain; exit 1 at "
+                                            "the first changed, replaced or missing entry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_audit_verify)

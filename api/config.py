@@ -13,6 +13,10 @@ All come from `TIDELOG_API_*` environment variables, so `docker-compose.yml` and
                                 (default 60; 0 = never); see `api.cache`
     TIDELOG_API_DB              the SQLite file holding jobs, keys, pins and the audit log
                                 (default: $TIDELOG_HOME/api.db)
+    TIDELOG_API_MAX_BODY        largest request body in bytes (default 1048576 = 1 MiB);
+                                larger ones are 413, checked after authentication
+    TIDELOG_API_AUTH_FAILURES   failed key checks allowed per key id and client address per
+                                minute (default 10); beyond it 429 with Retry-After
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class ApiConfig:
     workers: int = 2
     recipe_modules: tuple[str, ...] = ()
     lineage_ttl: float = 60.0
+    max_body_bytes: int = 1024 * 1024
+    auth_failures_per_minute: int = 10
 
     def recipe_allowed(self, reference: str) -> bool:
         module = reference.partition(":")[0]
@@ -72,4 +78,8 @@ def load_api_config(settings: Settings, env: Mapping[str, str] | None = None) ->
         recipe_modules=recipes,
         lineage_ttl=float(_number("TIDELOG_API_LINEAGE_TTL",
                                   env.get("TIDELOG_API_LINEAGE_TTL", "60"), float, 0)),
+        max_body_bytes=int(_number("TIDELOG_API_MAX_BODY",
+                                   env.get("TIDELOG_API_MAX_BODY", str(1024 * 1024)), int, 1)),
+        auth_failures_per_minute=int(_number(
+            "TIDELOG_API_AUTH_FAILURES", env.get("TIDELOG_API_AUTH_FAILURES", "10"), int, 1)),
     )

@@ -88,7 +88,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _doc("Not found"),
     405: _doc("Method not allowed"),
     409: _doc("Conflict with the current state"),
+    413: _doc("The request body is over TIDELOG_API_MAX_BODY"),
     422: _doc("Validation failed; details.errors lists each field path"),
+    429: _doc("Too many failed key checks from this address; see Retry-After"),
     500: _doc("Internal error"),
     502: _doc("A component of the stack failed the request"),
     503: _doc("A component of the stack is unavailable"),
@@ -184,12 +186,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in _leaf_routes(request.app.routes):
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """The methods whose request to this path reaches a route that serves it: the first
+    route matching path and method decides, as in the router, and a route that only
+    answers 405 (`endpoint.refuses`) serves nothing."""
+    routes = list(_leaf_routes(request.app.routes))
+    methods = sorted({m for route in routes for m in getattr(route, "methods", None) or ()})
+    allowed = []
+    for method in methods:
+        for route in routes:
+            match, _ = route.matches({**request.scope, "method": method})
+            if match == Match.FULL:
+                if not getattr(getattr(route, "endpoint", None), "refuses", False):
+                    allowed.append(method)
+                break
+    return allowed
 
 
 def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:

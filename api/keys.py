@@ -2,21 +2,30 @@
 
 A token reads `tlk_<id>_<secret>`: `id` (12 hex digits) finds the row, `secret` (256
 random bits) is checked against `scrypt(secret, salt)`. The token is shown once, when the
-key is created. scrypt costs ~20 ms, so a process remembers which tokens it has already
-verified (by their SHA-256, in memory only) and afterwards only re-reads the key's row,
-which keeps a revocation effective on the very next request.
+key is created. scrypt costs ~20 ms and 16 MiB, so a process remembers which tokens it has
+already verified (by their SHA-256, in memory only) and afterwards only re-reads the key's
+row, which keeps a revocation effective on the very next request.
+
+A wrong secret must be cheap to refuse, since key ids are not secret: each row also keeps
+`check_bits`, the first 16 bits of HMAC-SHA256(salt, secret). All but 1 in 65,536 wrong
+secrets fail that check without scrypt; the 16 bits leave 240 of the secret's 256 unknown,
+so a leaked table is no easier to use. Failures count against a `FailureLimiter` per key
+id and client: beyond it, wrong secrets are 429 (and cost not even an audit entry on a
+GET). At most two scrypt runs happen at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from api.errors import HttpError
+from api.ratelimit import FailureLimiter
 from api.store import Database, now
 
 __all__ = ["ROLES", "Principal", "KeyInfo", "KeyStore", "role_allows", "ANONYMOUS"]
@@ -66,6 +75,10 @@ def _hash(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
 
 
+def _check_bits(secret: str, salt: bytes) -> bytes:
+    return hmac.new(salt, secret.encode(), hashlib.sha256).digest()[:2]
+
+
 def _parse(token: str) -> tuple[str, str] | None:
     if not token.startswith(PREFIX) or len(token) < len(PREFIX) + _ID_LEN + 2:
         return None
@@ -76,10 +89,13 @@ def _parse(token: str) -> tuple[str, str] | None:
 
 
 class KeyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, failures_per_minute: int = 10) -> None:
         self.db = db
         self._verified: dict[bytes, str] = {}
         self._lock = threading.Lock()
+        self.failures = FailureLimiter(failures_per_minute)
+        # Bounds scrypt's memory (16 MiB a run) whatever the number of request threads.
+        self._scrypt_slots = threading.BoundedSemaphore(2)
 
     def create(self, role: str, name: str, created_by: str) -> tuple[KeyInfo, str]:
         if role not in ROLES:
@@ -89,9 +105,10 @@ class KeyStore:
         salt = secrets.token_bytes(16)
         with self.db.write() as conn:
             conn.execute(
-                "insert into api_keys (id, name, role, salt, hash, created_at, created_by) "
-                "values (?, ?, ?, ?, ?, ?, ?)",
-                (key_id, name, role, salt, _hash(secret, salt), now(), created_by))
+                "insert into api_keys (id, name, role, salt, hash, check_bits, created_at, "
+                "created_by) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key_id, name, role, salt, _hash(secret, salt), _check_bits(secret, salt),
+                 now(), created_by))
         return self.get(key_id), f"{PREFIX}{key_id}_{secret}"
 
     def get(self, key_id: str) -> KeyInfo:
@@ -118,34 +135,62 @@ class KeyStore:
         row = self.db.one("select count(*) from api_keys where revoked_at is null")
         return int(row[0]) if row else 0
 
-    def authenticate(self, token: str, *, hash_allowed: bool = True
+    def authenticate(self, token: str, *, client: str = "", hash_allowed: bool = True
                      ) -> tuple[Principal | None, bool]:
         """(the key's principal or None, whether scrypt was needed but not allowed).
 
-        With `hash_allowed=False` only tokens this process verified before are checked,
-        so an event loop can answer them without blocking for ~20 ms.
+        With `hash_allowed=False` only tokens this process verified before, and wrong
+        secrets that fail the cheap check, are answered, so an event loop can call it
+        without blocking for ~20 ms. Raises a 429 `HttpError` once `client` has used up
+        its failures for this key id.
         """
         parsed = _parse(token)
         if parsed is None:
             return None, False
         key_id, secret = parsed
-        row = self.db.one("select id, name, role, salt, hash, revoked_at from api_keys "
-                          "where id = ?", (key_id,))
+        row = self.db.one("select id, name, role, salt, hash, check_bits, revoked_at "
+                          "from api_keys where id = ?", (key_id,))
         if row is None or row["revoked_at"] is not None:
             return None, False
+        principal = Principal(row["id"], row["name"], row["role"])
         fingerprint = hashlib.sha256(token.encode()).digest()
         with self._lock:
-            known = self._verified.get(fingerprint) == key_id
-        if not known:
-            if not hash_allowed:
-                return None, True
-            if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
-                return None, False
-            with self._lock:
-                if len(self._verified) >= 4096:
-                    self._verified.clear()
-                self._verified[fingerprint] = key_id
-        return Principal(row["id"], row["name"], row["role"]), False
+            if self._verified.get(fingerprint) == key_id:
+                return principal, False
+        # Failures count per key id and client. With none left, a secret that fails the
+        # check bits is a 429 at once; one that passes them (the real secret, or 1 wrong
+        # secret in 65,536) is still checked, so the key's owner is never locked out.
+        bucket = (key_id, client)
+        if row["check_bits"] is None:  # a key older than check bits: no cheap answer
+            self._refuse_if_limited(key_id, self.failures.wait(bucket))
+        elif not hmac.compare_digest(_check_bits(secret, row["salt"]), row["check_bits"]):
+            self._refuse_if_limited(key_id, self.failures.take(bucket))
+            return None, False
+        if not hash_allowed:
+            return None, True
+        with self._scrypt_slots:
+            matches = hmac.compare_digest(_hash(secret, row["salt"]), row["hash"])
+        if not matches:
+            self.failures.take(bucket)
+            return None, False
+        if row["check_bits"] is None:  # a key made before the cheap check existed
+            with self.db.write() as conn:
+                conn.execute("update api_keys set check_bits = ? where id = ?",
+                             (_check_bits(secret, row["salt"]), key_id))
+        with self._lock:
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[fingerprint] = key_id
+        return principal, False
+
+    @staticmethod
+    def _refuse_if_limited(key_id: str, wait: float) -> None:
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise HttpError(429, "too_many_requests",
+                            f"too many failed attempts with key {key_id} from this address; "
+                            f"retry in {seconds} s with the right key",
+                            {"Retry-After": str(seconds)}, retry_after=seconds)
 
 
 def _info(row: Any) -> KeyInfo:

@@ -41,6 +41,11 @@ def snapshot_params(tables: list[str], at: Any, allow_stale: bool = False) -> di
 
 
 def check_recipe(config: ApiConfig, reference: str) -> None:
+    """Refuse (403) unless `reference` names a function marked `@recipe` that a module
+    listed in TIDELOG_API_RECIPES defines itself: the module prefix alone would let any
+    callable that module imports (`examples.shop:psycopg.connect`) run as a recipe."""
+    from trainer.recipe import find_callable, is_recipe
+
     if not config.recipe_allowed(reference):
         allowed = ", ".join(config.recipe_modules) or "none"
         raise HttpError(
@@ -48,6 +53,20 @@ def check_recipe(config: ApiConfig, reference: str) -> None:
             f"recipe {reference} is not in a module this API may import (allowed: "
             f"{allowed}); a recipe runs as code inside the API, so the operator lists "
             "module prefixes in TIDELOG_API_RECIPES", recipe=reference)
+    module_name = reference.partition(":")[0]
+    _, fn = find_callable(reference)  # imports the (allowed) module
+    defined_in = getattr(fn, "__module__", None)
+    if defined_in != module_name:
+        raise HttpError(
+            403, "recipe_not_allowed",
+            f"recipe {reference} is not defined in {module_name} (it comes from "
+            f"{defined_in or 'elsewhere'}); the API runs only functions that a module in "
+            "TIDELOG_API_RECIPES defines itself and marks with @recipe", recipe=reference)
+    if not is_recipe(fn):
+        raise HttpError(
+            403, "recipe_not_allowed",
+            f"{reference} is not marked as a recipe; decorate it with @recipe(...) from "
+            "trainer.recipe to let the API run it", recipe=reference)
 
 
 def _since(value: Any) -> str | Cut | None:

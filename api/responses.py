@@ -31,9 +31,30 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_INT64 = range(-(2**63), 2**64)  # what orjson writes itself (signed, or unsigned 64-bit)
+
+
+def _big_ints(value: Any) -> Any:
+    """`value` with every integer orjson cannot write replaced by its exact digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return orjson.Fragment(str(value).encode())
+    if isinstance(value, dict):
+        return {k: _big_ints(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_ints(v) for v in value]
+    return value
+
+
 def dumps(content: Any) -> bytes:
-    return orjson.dumps(content, default=_default,
-                        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(content, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        # Postgres numeric keys and DuckDB HUGEINTs exceed 64 bits; JSON numbers do not
+        # have to. Rare, so only then walk the content.
+        if "64-bit" not in str(exc):
+            raise
+        return orjson.dumps(_big_ints(content), default=_default, option=_OPTIONS)
 
 
 class JSONBody(JSONResponse):

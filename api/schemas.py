@@ -24,11 +24,13 @@ from pydantic import (
 
 __all__ = [
     "IsoDateTime", "TableName", "SnapshotId", "RunId", "ModelName", "CutIn", "SnapshotCreate",
-    "TrainRequest", "ConnectorApply", "ConnectorRestart", "PinRequest",
+    "TrainRequest", "RebuildOptions", "ConnectorApply", "ConnectorRestart",
+    "PinRequest",
     "KeyCreate", "ManifestOut", "SnapshotSummary", "SnapshotPage", "JobOut", "JobPage",
     "VerifyReport", "DiffReport", "PinOut", "DeleteOut", "RunOut", "ModelLineageOut",
     "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "LiveOut", "ReadyOut",
-    "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage",
+    "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage", "AuditHead",
+    "AuditVerifyReport",
 ]
 
 MAX_INT64 = 2**63 - 1
@@ -138,6 +140,25 @@ class TrainRequest(_In):
             raise ValueError("give snapshot_id (train on an existing snapshot) or at "
                              "(create one), not both")
         return self
+
+
+class RebuildOptions(_In):
+    """The optional body of `POST /runs/{run_id}/rebuild`."""
+
+    experiment: Experiment = "tidelog"
+
+
+class AuditHead(_Out):
+    seq: int
+    hash: str
+
+
+class AuditVerifyReport(_Out):
+    ok: bool
+    entries: int
+    first_broken_seq: int | None
+    reason: str | None
+    head: AuditHead | None
 
 
 class ConnectorApply(_In):
@@ -371,6 +392,7 @@ class AuditEntryOut(_Out):
     job_id: str | None
     request_id: str | None
     client: str | None
+    hash: str | None = None
 
 
 class AuditPage(_Out):

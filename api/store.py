@@ -18,7 +18,7 @@ from typing import Any
 
 from api.errors import HttpError
 
-__all__ = ["Database", "now"]
+__all__ = ["Database", "now", "AUDIT_TRIGGERS"]
 
 SCHEMA_VERSION = 1
 
@@ -31,6 +31,7 @@ create table if not exists api_keys (
     role text not null check (role in ('reader', 'writer', 'admin')),
     salt blob not null,
     hash blob not null,
+    check_bits blob,
     created_at text not null,
     created_by text not null,
     revoked_at text,
@@ -86,15 +87,30 @@ create table if not exists audit (
     error_code text,
     job_id text,
     request_id text,
-    client text
+    client text,
+    hash text
 );
 create index if not exists audit_by_actor on audit (actor, seq);
+"""
 
+# Kept apart from SCHEMA: a migration drops and re-creates them (`api.audit`). The insert
+# trigger is what stops `INSERT OR REPLACE` on an existing seq: REPLACE deletes the old
+# row without firing delete triggers (unless `recursive_triggers` is on), but a BEFORE
+# INSERT trigger runs first and still sees it. None of this binds someone who can edit
+# the file: the hash chain is what makes that visible.
+AUDIT_TRIGGERS = """
 create trigger if not exists audit_no_update before update on audit
 begin select raise(abort, 'the audit log is append-only'); end;
 create trigger if not exists audit_no_delete before delete on audit
 begin select raise(abort, 'the audit log is append-only'); end;
+create trigger if not exists audit_no_replace before insert on audit
+when exists (select 1 from audit where seq = new.seq)
+begin select raise(abort, 'the audit log is append-only: seq exists'); end;
 """
+
+# Columns added after the first release: (table, column, declaration).
+_ADDED_COLUMNS = (("api_keys", "check_bits", "blob"), ("audit", "hash", "text"))
+
 
 
 def now() -> str:
@@ -112,6 +128,11 @@ class Database:
             conn = self.connection()
             conn.execute("pragma journal_mode=wal")
             conn.executescript(SCHEMA)
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {r[1] for r in conn.execute(f"pragma table_info({table})")}
+                if column not in present:
+                    conn.execute(f"alter table {table} add column {column} {declaration}")
+            conn.executescript(AUDIT_TRIGGERS)
             conn.execute("insert or ignore into meta values ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
         except (OSError, sqlite3.Error) as exc:

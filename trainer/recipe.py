@@ -28,6 +28,8 @@ __all__ = [
     "RecipeVersion",
     "Recipe",
     "recipe",
+    "is_recipe",
+    "find_callable",
     "load_recipe",
     "run_recipe",
     "code_version",
@@ -37,6 +39,7 @@ __all__ = [
 Params = dict[str, str | int | float]
 F = TypeVar("F", bound=Callable[..., Any])
 _TABLES_ATTR = "__tidelog_tables__"
+_MARK_ATTR = "__tidelog_recipe__"
 
 
 @dataclass
@@ -82,14 +85,22 @@ class Recipe:
     tables: tuple[str, ...] | None  # declared with @recipe(tables=...)
 
 
-def recipe(*, tables: Sequence[str]) -> Callable[[F], F]:
-    """Declare the tables a recipe reads, so `tidelog train` needs no --tables."""
+def recipe(*, tables: Sequence[str] | None = None) -> Callable[[F], F]:
+    """Mark a function as a recipe, optionally with the tables it reads (so `tidelog train`
+    needs no --tables). The API runs only marked functions (see `is_recipe`)."""
 
     def mark(fn: F) -> F:
-        setattr(fn, _TABLES_ATTR, tuple(tables))
+        setattr(fn, _MARK_ATTR, True)
+        if tables is not None:
+            setattr(fn, _TABLES_ATTR, tuple(tables))
         return fn
 
     return mark
+
+
+def is_recipe(fn: Any) -> bool:
+    """Whether `fn` was marked with `@recipe(...)` (not merely callable)."""
+    return getattr(fn, _MARK_ATTR, False) is True
 
 
 def _split(reference: str) -> tuple[str, str]:
@@ -120,7 +131,8 @@ def _import(module_name: str, reference: str) -> Any:
             f"{_where(exc)}; fix the module and retry", recipe=reference) from exc
 
 
-def load_recipe(reference: str) -> Recipe:
+def find_callable(reference: str) -> tuple[Any, Any]:
+    """(the module, the object `reference` names in it); imports the module."""
     module_name, attr = _split(reference)
     module = _import(module_name, reference)
     fn = module
@@ -137,6 +149,11 @@ def load_recipe(reference: str) -> Recipe:
         raise TrainingError(
             f"recipe {reference} is a {type(fn).__name__}, not a function; point at a "
             "callable taking (tables, params, seed)", recipe=reference)
+    return module, fn
+
+
+def load_recipe(reference: str) -> Recipe:
+    module, fn = find_callable(reference)
     declared = getattr(fn, _TABLES_ATTR, None)
     return Recipe(reference, fn, code_version(reference, fn, module),
                   tuple(declared) if declared else None)

@@ -10,7 +10,15 @@ from api.auth import admin
 from api.keys import Principal
 from api.listing import decode_cursor, encode_cursor, utc_text
 from api.responses import JSONBody
-from api.schemas import AuditPage, IsoDateTime, KeyCreate, KeyCreated, KeyList, KeyOut
+from api.schemas import (
+    AuditPage,
+    AuditVerifyReport,
+    IsoDateTime,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyOut,
+)
 from api.state import ApiState, get_state
 
 __all__ = ["router"]
@@ -57,3 +65,10 @@ def audit_log(
                                     since=utc_text(since), until=utc_text(until),
                                     after=after, limit=limit)
     return {"items": items, "next_cursor": encode_cursor(last) if last is not None else None}
+
+
+@router.get("/audit/verify", response_model=AuditVerifyReport, name="audit.verify")
+def verify_audit(state: State, principal: Principal = admin) -> dict[str, Any]:
+    """Check the audit log's hash chain (admin): the first entry changed, replaced or
+    missing."""
+    return state.audit.verify()

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from api.auth import reader, writer
+from api.bodies import NO_NULL_BODY
 from api.keys import Principal
 from api.responses import JSONBody
 from api.routes.jobs import IdempotencyKey, accept
@@ -43,7 +44,7 @@ def connector_apply(state: State, body: ConnectorApply, idempotency_key: Idempot
 
 
 @router.post("/connector/restart", status_code=202, response_model=JobOut,
-             name="cdc.connector_restart")
+             name="cdc.connector_restart", dependencies=NO_NULL_BODY)
 def connector_restart(state: State,
                       body: Annotated[ConnectorRestart | None, Body()] = None,
                       idempotency_key: IdempotencyKey = None,

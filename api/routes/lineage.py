@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -20,19 +21,30 @@ State = Annotated[ApiState, Depends(get_state)]
 ExperimentQuery = Annotated[str, Query(pattern=r"^[A-Za-z0-9_.\- /]{1,200}$")]
 
 
+def _invalid_key(message: str) -> HttpError:
+    return HttpError(422, "validation_error", "invalid input: query.key",
+                     errors=[{"field": "query.key", "loc": ["query", "key"],
+                              "message": message, "type": "row_key"}])
+
+
 def parse_row_key(text: str) -> dict[str, Any]:
-    """`{"id": 5}` -> {"id": 5}: a JSON object of column -> scalar."""
+    """`{"id": 5}` -> {"id": 5}: a JSON object of column -> scalar.
+
+    Integers are kept exactly, however long (a Postgres numeric key can exceed 64 bits);
+    NaN and infinities, which match nothing and have no JSON form, are refused."""
     try:
         key = json.loads(text)
     except ValueError:
         key = None
     if (not isinstance(key, dict) or not key
             or not all(isinstance(v, str | int | float | bool) for v in key.values())):
-        raise HttpError(422, "validation_error", "invalid input: query.key",
-                        errors=[{"field": "query.key", "loc": ["query", "key"],
-                                 "message": 'the key must be a JSON object of column to '
-                                            'scalar value, e.g. {"id": 5}',
-                                 "type": "row_key"}])
+        raise _invalid_key('the key must be a JSON object of column to scalar value, '
+                           'e.g. {"id": 5}')
+    infinite = sorted(c for c, v in key.items() if isinstance(v, float) and not math.isfinite(v))
+    if infinite:
+        raise _invalid_key(f"key values must be finite numbers; {', '.join(infinite)} is "
+                           "NaN or out of the float range (give a big value as an integer "
+                           "or as a string)")
     return key
 
 

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.auth import reader, writer
+from api.bodies import NO_NULL_BODY
 from api.keys import Principal
 from api.operations import check_recipe
 from api.responses import JSONBody
 from api.routes.jobs import IdempotencyKey, accept
-from api.schemas import JobOut, RunOut, TrainRequest
+from api.schemas import JobOut, RebuildOptions, RunOut, TrainRequest
 from api.state import ApiState, get_state
 
 __all__ = ["router"]
@@ -31,13 +32,13 @@ def train(state: State, body: TrainRequest, idempotency_key: IdempotencyKey = No
 
 
 @router.post("/{run_id}/rebuild", status_code=202, response_model=JobOut,
-             name="runs.rebuild")
+             name="runs.rebuild", dependencies=NO_NULL_BODY)
 def rebuild(state: State, run_id: RunPath,
-            experiment: Annotated[str, Body(embed=True,
-                                            pattern=r"^[A-Za-z0-9_.\- /]{1,200}$")] = "tidelog",
+            body: Annotated[RebuildOptions | None, Body()] = None,
             idempotency_key: IdempotencyKey = None,
             principal: Principal = writer) -> JSONBody:
     """Rebuild a run's dataset from the archive, check digests, retrain (a job)."""
+    experiment = (body or RebuildOptions()).experiment
     return accept(state, "rebuild", {"run_id": run_id, "experiment": experiment}, principal,
                   idempotency_key)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from api.auth import reader, writer
+from api.bodies import NO_NULL_BODY
 from api.errors import HttpError
 from api.keys import Principal
 from api.listing import SnapshotFilter, page_snapshots
@@ -81,6 +82,9 @@ def diff_other_methods(request: Request) -> None:
                     {"Allow": "GET"})
 
 
+diff_other_methods.refuses = True  # type: ignore[attr-defined]  # not in any Allow header
+
+
 @router.get("/{snapshot_id}", response_model=ManifestOut, name="snapshots.get")
 async def get_snapshot(state: State, snapshot_id: SnapshotPath,
                  principal: Principal = reader) -> dict[str, Any]:
@@ -101,7 +105,8 @@ def verify_snapshot(state: State, snapshot_id: SnapshotPath,
     return state.core.verify_snapshot(snapshot_id, against_source)
 
 
-@router.post("/{snapshot_id}/pin", response_model=PinOut, name="snapshots.pin")
+@router.post("/{snapshot_id}/pin", response_model=PinOut, name="snapshots.pin",
+             dependencies=NO_NULL_BODY)
 def pin_snapshot(state: State, snapshot_id: SnapshotPath,
                  body: Annotated[PinRequest | None, Body()] = None,
                  principal: Principal = writer) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.audit_page import lineage_graph, render
-from api.auth import UI_COOKIE, api_key_header, bearer, require
+from api.auth import UI_COOKIE, api_key_header, authenticate, bearer, check_role
 from api.errors import HttpError
 from api.keys import Principal
 from api.routes.lineage import parse_row_key
@@ -25,7 +25,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/ui", tags=["audit pages"], include_in_schema=False)
 State = Annotated[ApiState, Depends(get_state)]
-_reader = require("reader")
 _LOGIN = "/ui/login"
 _MAX_LOGIN_BODY = 4096
 
@@ -35,13 +34,22 @@ async def _principal(request: Request,
                                             Security(bearer)],
                      header_key: Annotated[str | None, Security(api_key_header)]
                      ) -> Principal | None:
-    """The caller, or None when it has no valid key (the page then asks for one)."""
+    """The caller, or None when it has no valid key (the page then asks for one).
+
+    Besides the usual headers, a GET may carry the key in the sign-in cookie."""
+    authorization = request.headers.get("authorization")
+    key = request.headers.get("x-api-key")
+    if not authorization and not key and request.method == "GET":
+        key = request.cookies.get(UI_COOKIE)
+    client = request.client.host if request.client else ""
     try:
-        return await _reader(request, credentials, header_key)
+        principal = await authenticate(request.app.state.tidelog, authorization, key, client)
     except HttpError as exc:
         if exc.status == 401:
             return None
         raise
+    check_role(principal, "reader", request.method, request.url.path)
+    return principal
 
 
 Caller = Annotated[Principal | None, Depends(_principal)]
@@ -127,7 +135,8 @@ async def login(request: Request, state: State) -> Response:
     token = (parse_qs(body.decode("utf-8", "replace")).get("key") or [""])[0].strip()
     found = None
     if token:
-        found, _ = await run_in_threadpool(state.keys.authenticate, token)
+        client = request.client.host if request.client else ""
+        found, _ = await run_in_threadpool(state.keys.authenticate, token, client=client)
     if found is None or not found.allows("reader"):
         html = render("login.html", principal="nobody", title="Sign in",
                       error="unknown or revoked API key")

@@ -7,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
+import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +337,130 @@ def test_train_rebuild_lineage_and_delete_guard(live: Client, env: Settings) -> 
     assert rebuilt["result"]["verified"] and rebuilt["result"]["dataset_match"]
     run = live.get(f"/runs/{run_id}").json()
     assert [r["verified"] for r in run["rebuilds"]] == [True]
+
+
+# -- hostile input (issue 12) ------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _post_raw(url: str, headers: dict[str, str], total: int, chunked: bool
+              ) -> tuple[int, int]:
+    """(status, body bytes sent) of a POST /snapshots whose body is sent only for as long
+    as no answer has come (an answer within a second of the headers means the server
+    decided without the body)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    block = b"x" * (64 * 1024)
+    frame = f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block
+    framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(total)}
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **framing, **headers}.items())
+    sent = 0
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST /snapshots HTTP/1.1\r\n{head}\r\n".encode())
+        select.select([sock], [], [], 1.0)
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(frame)
+            except OSError:
+                break
+            sent += len(block)
+        try:
+            while b"\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    return status, sent
+
+
+def test_big_bodies_are_refused_before_they_are_read(live: Client) -> None:
+    assert live.server.proc is not None
+    pid = live.server.proc.pid
+    before = _rss(pid)
+    writer = {"Authorization": f"Bearer {live.keys['writer']}",
+              "Content-Type": "application/json"}
+    for chunked in (False, True):
+        status, sent = _post_raw(live.server.url, {"Content-Type": "application/json"},
+                                 64 * MIB, chunked)
+        assert (status, sent) == (401, 0), (chunked, status, sent)
+    status, sent = _post_raw(live.server.url, writer, 64 * MIB, chunked=False)
+    assert (status, sent) == (413, 0)
+    grown = _rss(pid) - before
+    print(f"\nAPI RSS {before / MIB:.0f} MiB, grew {grown / MIB:.1f} MiB over three "
+          "refused 64 MiB POSTs")
+    assert grown < 16 * MIB
+    # the server still serves ordinary bodies
+    assert live.post(f"/snapshots/{'0' * 16}/pin", {"reason": "x"},
+                     role="writer").status_code == 404
+
+
+def test_wrong_secrets_stay_cheap_on_the_real_server(live: Client) -> None:
+    """200 wrong secrets for a real key id, 8 at a time (the issue saw the API grow by
+    800 MB and a legitimate request slow from 0.13 to 2.4 s)."""
+    made = live.post("/admin/keys", {"role": "reader", "name": "target"}).json()
+    assert live.server.proc is not None
+    pid = live.server.proc.pid
+    # warm: the first served listing imports the snapshot stack (~100 MiB, ~1 s)
+    assert live.get("/snapshots", role="reader").status_code == 200
+    time.sleep(2)
+    before = _rss(pid)
+    http = httpx.Client(base_url=live.server.url, timeout=60)
+
+    def guess(_: int) -> int:
+        wrong = f"tlk_{made['id']}_{secrets.token_urlsafe(32)}"
+        return http.get("/snapshots", headers={"X-API-Key": wrong}).status_code
+
+    started = time.perf_counter()
+    with http, ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(guess, range(200)))
+    attack = time.perf_counter() - started
+    grown = _rss(pid) - before
+    statuses = {code: codes.count(code) for code in set(codes)}
+    started = time.perf_counter()
+    ok = live.get("/snapshots", role="", headers={"X-API-Key": made["key"]})
+    legit = time.perf_counter() - started
+    print(f"\n200 wrong secrets: {statuses} in {attack:.2f} s, RSS +{grown / MIB:.1f} MiB; "
+          f"the real key then answered in {legit * 1000:.0f} ms")
+    assert set(statuses) == {401, 429} and 10 <= statuses[401] <= 13, statuses
+    # scrypt at 8 at a time would hold 128 MiB; what remains is threads and their
+    # SQLite connections writing the 401s to the audit log
+    assert grown < 64 * MIB
+    assert attack < 20
+    assert ok.status_code == 200 and legit < 1.0
+
+
+def test_row_keys_beyond_64_bits_and_strict_bodies(live: Client) -> None:
+    big = 99999999999999999999999999
+    live.snapshot({"tables": [CUSTOMERS]})
+    resp = live.get("/lineage/rows", role="reader",
+                    params={"table": CUSTOMERS, "key": json.dumps({"id": big})})
+    assert resp.status_code == 200, resp.text
+    assert json.loads(resp.text)["key"] == {"id": big}
+    assert resp.json()["snapshots"] and not any(s["present"] for s in resp.json()["snapshots"])
+    err = assert_error(live.post("/runs/nope/rebuild", {"experiment": "x", "bogus": 1},
+                                 role="writer"), 422, "validation_error")
+    assert err["details"]["errors"][0]["field"] == "body.bogus"
+    assert_error(live.request("POST", "/runs/nope/rebuild", role="writer", content=b"null",
+                              headers={"Content-Type": "application/json"}), 422)
+    options = live.request("OPTIONS", "/snapshots/diff")
+    assert_error(options, 405, "method_not_allowed")
+    assert options.headers["allow"] == "GET"
+    assert_error(live.post("/runs", {"recipe": f"{RECIPE_MODULE}:pl.read_csv"},
+                           role="writer"), 403, "recipe_not_allowed")
+    report = live.get("/audit/verify").json()
+    assert report["ok"] is True and report["entries"] > 10, report
+    assert_error(live.get("/audit/verify", role="writer"), 403, "forbidden")
 
 
 def _broker_end(env: Settings, topic: str) -> int:

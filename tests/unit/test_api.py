@@ -85,6 +85,7 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("GET", "/admin/keys"): "admin",
     ("DELETE", "/admin/keys/{key_id}"): "admin",
     ("GET", "/audit"): "admin",
+    ("GET", "/audit/verify"): "admin",
 }
 
 # A request of the right shape for each operation (the answer may be a 404 or a job).
