@@ -15,7 +15,7 @@ from cdc import connector
 from cdc.connector import ConnectorSpec
 from tests.conftest import stack_dir
 from tests.integration.cdc_helpers import execute, unique_name
-from tidelog.errors import ConnectorError, SourceError
+from tidelog.errors import ConnectorError, ConnectorRejected, SourceError
 from tidelog.settings import Settings
 from tidelog.stack.postgres import pg_bin, postgres_dsn, start_postgres
 from tidelog.stack.process import free_port, stop
@@ -94,5 +94,7 @@ def test_rejected_config_reports_connects_message(settings: Settings, tmp_path: 
     original = connector.render_config
     monkeypatch.setattr(connector, "render_config",
                         lambda s, spec, template=template: original(s, spec, template))
-    with pytest.raises(ConnectorError, match="rejected the config: snapshot.mode"):
+    with pytest.raises(ConnectorRejected, match="rejected the config: snapshot.mode") as caught:
         connector.apply(settings, ConnectorSpec("badcfg", ("public.badcfg",), "badcfg"))
+    # Connect answered "no": a client error, not an unavailable service.
+    assert caught.value.status == 400 and not caught.value.transient
