@@ -101,6 +101,13 @@ class FakeConnect:
         if name not in self.configs:
             return httpx.Response(404, json={"error_code": 404,
                                              "message": f"Connector {name} not found"})
+        if method == "GET" and parts[2:] == ["config"]:
+            return httpx.Response(200, json=self.configs[name])
+        if method == "GET" and parts[2:] == ["tasks"]:
+            return httpx.Response(200, json=[{"id": {"connector": name, "task": 0},
+                                              "config": self.configs[name]}])
+        if method == "GET" and parts[2:] == ["offsets"]:
+            return httpx.Response(200, json={"offsets": [{"offset": {"lsn": 1 << 40}}]})
         if method == "GET" and parts[2:] == ["status"]:
             task = {"id": 0, "state": self.task_state,
                     "trace": "org.x.Boom\nCaused by: wal_level is replica"}
@@ -122,6 +129,14 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeConnect, KafkaCon
     # Postgres is another adapter; here it always has what the connector needs.
     monkeypatch.setattr(connector, "preflight", lambda dsn, spec: None)
     monkeypatch.setattr(connector, "check_source_types", lambda dsn, tables, excluded: None)
+    monkeypatch.setattr(connector, "ensure_publication", lambda dsn, spec: None)
+    monkeypatch.setattr(connector, "install_ddl_refresh", lambda dsn, spec: True)
+    monkeypatch.setattr(connector, "signal_snapshot", lambda dsn, spec, tables: "sig")
+    monkeypatch.setattr(connector, "wait_snapshot_done", lambda *a, **k: None)
+    monkeypatch.setattr(connector, "remember_connector", lambda home, config: None)
+    monkeypatch.setattr(connector, "forget_connector", lambda home, name: None)
+    pids = iter(range(100, 10_000))  # each look at the slot finds a new replication pid
+    monkeypatch.setattr(connector, "_slot_pid", lambda dsn, slot: next(pids))
     monkeypatch.setattr(connector, "_slot_streaming", lambda dsn, slot: True)
     return fake, KafkaConnect.for_settings(settings, transport=httpx.MockTransport(fake)), \
         settings
