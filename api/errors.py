@@ -32,6 +32,7 @@ from api.responses import JSONBody
 from tidelog.errors import TidelogError
 
 __all__ = [
+    "leaf_routes",
     "ApiError",
     "HttpError",
     "ErrorDetail",
@@ -189,7 +190,7 @@ def _allowed_methods(request: Request) -> list[str]:
     """The methods whose request to this path reaches a route that serves it: the first
     route matching path and method decides, as in the router, and a route that only
     answers 405 (`endpoint.refuses`) serves nothing."""
-    routes = list(_leaf_routes(request.app.routes))
+    routes = list(leaf_routes(request.app.routes))
     methods = sorted({m for route in routes for m in getattr(route, "methods", None) or ()})
     allowed = []
     for method in methods:
@@ -202,13 +203,14 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
-def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+def leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route that serves requests, inside included routers too."""
     # FastAPI >= 0.16x keeps an included router as one route object (`original_router`)
     # instead of copying its routes into the app; tidelog's routers have no include prefix.
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _leaf_routes(inner.routes)
+            yield from leaf_routes(inner.routes)
         else:
             yield route
 

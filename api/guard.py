@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import ROLE_ATTR, authenticate, check_role
-from api.errors import HttpError, error_response
+from api.errors import HttpError, error_response, leaf_routes
 
 __all__ = ["Guard", "role_of"]
 
@@ -44,7 +44,7 @@ class Guard:
         self._roles: dict[int, str | None] = {}
 
     def _route(self, scope: Scope) -> tuple[BaseRoute | None, Scope]:
-        for route in self.router.routes:
+        for route in leaf_routes(self.router.routes):
             match, child = route.matches(scope)
             if match == Match.FULL:
                 return route, child
