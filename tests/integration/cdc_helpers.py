@@ -69,3 +69,21 @@ def wait_for_events(settings: Settings, topic: str, predicate: Any, timeout: flo
             return events
         time.sleep(0.5)
     raise AssertionError(f"condition not met on {topic} after {timeout}s; {len(events)} events")
+
+
+def wait_for_messages(settings: Settings, topic: str, count: int, timeout: float = 120
+                      ) -> int:
+    """Wait until `topic` holds `count` raw messages, decodable or not (a poison event
+    cannot be decoded, which is the point of the tests that wait for one)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        try:
+            start = {tp: 0 for tp in list_partitions(settings, [topic])}
+            seen = sum(len(batch) for batch in read_range(settings, start))
+        except Exception:  # noqa: BLE001 - topic may not exist yet
+            seen = 0
+        if seen >= count:
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"{topic} has {seen} messages after {timeout}s, not {count}")
