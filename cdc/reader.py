@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from tidelog.adapters import kafka
 from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import BrokerUnreachable, CutError
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = ["LogIdentity", "RawMessage", "log_identity", "list_partitions", "read_range",
            "TopicPartitionKey"]
@@ -80,25 +80,24 @@ def read_range(
     }
     if not pending:
         return
-    consumer = kafka.consumer(
-        settings.kafka_config(**{
-            "group.id": "tidelog-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            # A small local queue refilled promptly: with ~10 KB messages a large one
-            # (256 MB) ran slower, the memory touched costs more than it buys.
-            "queued.max.messages.kbytes": 16384,
-            # When the local queue is full librdkafka waits this long before fetching
-            # again (default 1 s): with large messages that stalled every read.
-            "fetch.queue.backoff.ms": 10,
-            # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
-            # which they hold this long.
-            "fetch.wait.max.ms": 50,
-        }),
-    )
+    overrides: dict[str, KafkaValue] = {
+        "group.id": "tidelog-reader",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "error",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        # A small local queue refilled promptly: with ~10 KB messages a large one
+        # (256 MB) ran slower, the memory touched costs more than it buys.
+        "queued.max.messages.kbytes": 16384,
+        # When the local queue is full librdkafka waits this long before fetching
+        # again (default 1 s): with large messages that stalled every read.
+        "fetch.queue.backoff.ms": 10,
+        # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
+        # which they hold this long.
+        "fetch.wait.max.ms": 50,
+    }
+    consumer = kafka.consumer(settings.kafka_config(**overrides))
     servers = settings.bootstrap_servers
     try:
         with kafka.kafka_errors(f"read {sorted(pending)}", servers):

@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any
 
 from tidelog.errors import BrokerError, ConfigError
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = [
     "SPEC_VERSION",
@@ -214,8 +214,9 @@ class Publisher:
         from confluent_kafka import Producer
 
         self.settings = settings
-        self._producer = Producer(settings.kafka_config(**{
-            "acks": "all", "enable.idempotence": True, "linger.ms": 0}))
+        overrides: dict[str, KafkaValue] = {
+            "acks": "all", "enable.idempotence": True, "linger.ms": 0}
+        self._producer = Producer(settings.kafka_config(**overrides))
         self._ready: set[str] = set()
 
     def _ensure_topic(self, topic: str) -> None:
