@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -128,7 +129,8 @@ def read_range(
             for msg in messages:
                 err = msg.error()
                 if err is not None:
-                    tp = (msg.topic(), msg.partition())
+                    # confluent-kafka types these as optional; a partition error names both.
+                    tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
                     if err.code() == KafkaError._PARTITION_EOF:
                         if tp in pending and pending[tp] is None:
                             del pending[tp]
@@ -140,8 +142,10 @@ def read_range(
                         )
                     raise kafka.broker_error(KafkaException(err), f"read {tp[0]}[{tp[1]}]",
                                              servers)
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                tp = (topic, partition)
+                # A message without an error always has its topic, partition and offset.
+                tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
+                topic, partition = tp
+                offset = cast(int, msg.offset())
                 if tp not in pending:
                     continue
                 stop = pending[tp]

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from tidelog.errors import BrokerError, ConfigError
 from tidelog.settings import KafkaValue, Settings
@@ -237,7 +237,9 @@ class Publisher:
         from confluent_kafka import KafkaException
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers,
+            # The list is only read; confluent-kafka types it with wider values (invariant).
+            self._producer.produce(topic, value=value, key=key,
+                                   headers=cast("list[tuple[str, str | bytes | None]]", headers),
                                    on_delivery=delivered)
         except (BufferError, KafkaException) as exc:
             raise BrokerError(f"cannot send event {event.id} ({event.type}) to {topic}: "
