@@ -53,14 +53,14 @@ class LineageCache:
         found = self._values.get(key)
         if found is not None and found[0] > time.monotonic():
             self.hits += 1
-            return found[1]  # type: ignore[no-any-return]
+            return found[1]
         with self._lock:
             key_lock = self._locks.setdefault(key, threading.Lock())
         with key_lock:  # one computation per key; the others wait for its answer
             found = self._values.get(key)
             if found is not None and found[0] > time.monotonic():
                 self.hits += 1
-                return found[1]  # type: ignore[no-any-return]
+                return found[1]
             self.misses += 1
             generation = self._last
             value = compute()

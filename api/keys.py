@@ -72,7 +72,7 @@ class KeyInfo:
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
+    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
 
 
 def _check_bits(secret: str, salt: bytes) -> bytes:

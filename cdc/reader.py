@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from tidelog.adapters import kafka
 from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import BrokerUnreachable, CutError
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = ["LogIdentity", "RawMessage", "log_identity", "list_partitions", "read_range",
            "TopicPartitionKey"]
@@ -80,25 +81,24 @@ def read_range(
     }
     if not pending:
         return
-    consumer = kafka.consumer(
-        settings.kafka_config(**{
-            "group.id": "tidelog-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-            # A small local queue refilled promptly: with ~10 KB messages a large one
-            # (256 MB) ran slower, the memory touched costs more than it buys.
-            "queued.max.messages.kbytes": 16384,
-            # When the local queue is full librdkafka waits this long before fetching
-            # again (default 1 s): with large messages that stalled every read.
-            "fetch.queue.backoff.ms": 10,
-            # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
-            # which they hold this long.
-            "fetch.wait.max.ms": 50,
-        }),
-    )
+    overrides: dict[str, KafkaValue] = {
+        "group.id": "tidelog-reader",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "error",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        # A small local queue refilled promptly: with ~10 KB messages a large one
+        # (256 MB) ran slower, the memory touched costs more than it buys.
+        "queued.max.messages.kbytes": 16384,
+        # When the local queue is full librdkafka waits this long before fetching
+        # again (default 1 s): with large messages that stalled every read.
+        "fetch.queue.backoff.ms": 10,
+        # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
+        # which they hold this long.
+        "fetch.wait.max.ms": 50,
+    }
+    consumer = kafka.consumer(settings.kafka_config(**overrides))
     servers = settings.bootstrap_servers
     try:
         with kafka.kafka_errors(f"read {sorted(pending)}", servers):
@@ -129,7 +129,8 @@ def read_range(
             for msg in messages:
                 err = msg.error()
                 if err is not None:
-                    tp = (msg.topic(), msg.partition())
+                    # confluent-kafka types these as optional; a partition error names both.
+                    tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
                     if err.code() == KafkaError._PARTITION_EOF:
                         if tp in pending and pending[tp] is None:
                             del pending[tp]
@@ -141,8 +142,10 @@ def read_range(
                         )
                     raise kafka.broker_error(KafkaException(err), f"read {tp[0]}[{tp[1]}]",
                                              servers)
-                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-                tp = (topic, partition)
+                # A message without an error always has its topic, partition and offset.
+                tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
+                topic, partition = tp
+                offset = cast(int, msg.offset())
                 if tp not in pending:
                     continue
                 stop = pending[tp]

@@ -86,10 +86,10 @@ def features(tables: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, pl.Series]:
 
 
 def _model(params: dict[str, Any], seed: int) -> Any:
-    from sklearn.ensemble import RandomForestClassifier  # type: ignore[import-untyped]
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
-    from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
-    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     kind = str(params.get("model", "logreg"))
     if kind == "forest":
@@ -105,7 +105,7 @@ def _model(params: dict[str, Any], seed: int) -> Any:
 
 
 def _split(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int) -> Any:
-    from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
+    from sklearn.model_selection import train_test_split
 
     frame, label = features(tables)
     x = frame.to_pandas()
@@ -118,7 +118,7 @@ def _split(tables: dict[str, pl.DataFrame], params: dict[str, Any], seed: int) -
 
 
 def _score(model: Any, x_test: Any, y_test: Any) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, roc_auc_score  # type: ignore[import-untyped]
+    from sklearn.metrics import accuracy_score, roc_auc_score
 
     metrics = {"accuracy": float(accuracy_score(y_test, model.predict(x_test)))}
     if len(set(y_test.tolist())) == 2:

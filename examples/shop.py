@@ -151,7 +151,7 @@ class Shop:
     def _run(self, conn: psycopg.Connection[Any], text: str, params: Any = None, *,
              table: str | None = None, kind: str | None = None) -> int:
         # Always pass parameters, so `%%` means `%` in every statement.
-        cur = conn.execute(self._sql(text), params or {})  # type: ignore[arg-type]
+        cur = conn.execute(self._sql(text), params or {})
         count = max(cur.rowcount, 0)
         if table is not None and kind is not None:
             name = f"{self.schema}.{table}"

@@ -140,11 +140,12 @@ def _trigger(raw: Any, where: str) -> Trigger:
     kind = _take(data, "kind", str, where)
     if kind == "changed_rows":
         known = ["kind", "min_rows", "table"]
-        trigger: Trigger = ChangedRowsTrigger(
+        changed = ChangedRowsTrigger(
             min_rows=_take(data, "min_rows", int, where), table=_take(data, "table", str, where,
                                                                       None))
-        if trigger.min_rows < 1:
+        if changed.min_rows < 1:
             raise ConfigError(f"{where}: min_rows must be at least 1")
+        trigger: Trigger = changed
     elif kind == "schedule":
         known = ["kind", "cron"]
         trigger = ScheduleTrigger(CronSchedule.parse(_take(data, "cron", str, where)))

@@ -19,8 +19,10 @@ __all__ = ["CronSchedule"]
 _MONTHS = {n: i + 1 for i, n in enumerate(
     "jan feb mar apr may jun jul aug sep oct nov dec".split())}
 _DAYS = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
-_FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
-           ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS))
+# (name, lowest, highest, names allowed for values)
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS))
 _SEARCH_DAYS = 366 * 8  # every valid expression fires within 8 years (Feb 29 + weekday)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tidelog.errors import BrokerError
 from tidelog.events import CloudEvent, ensure_topics, event_topic
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = ["read_events", "Feed"]
 
@@ -38,9 +38,10 @@ def read_events(settings: Settings, categories: Sequence[str], timeout: float = 
     )
 
     topics = [event_topic(settings, c) for c in categories]
-    consumer = Consumer(settings.kafka_config(**{
+    overrides: dict[str, KafkaValue] = {
         "group.id": "tidelog-event-reader", "enable.auto.commit": False,
-        "enable.partition.eof": True, "fetch.wait.max.ms": 50}), logger=_LOG)
+        "enable.partition.eof": True, "fetch.wait.max.ms": 50}
+    consumer = Consumer(settings.kafka_config(**overrides), logger=_LOG)
     try:
         metadata = consumer.list_topics(timeout=15)
         parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
@@ -82,12 +83,13 @@ class Feed:
 
         self.topics = [event_topic(settings, c) for c in categories]
         ensure_topics(settings, self.topics)  # subscribing to a missing topic only errors
-        self._consumer = Consumer(settings.kafka_config(**{
+        overrides: dict[str, KafkaValue] = {
             "group.id": group, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 100,
             # a cycle (snapshot, training, gate) runs between two polls
-            "max.poll.interval.ms": 6 * 3600 * 1000}), logger=_LOG)
+            "max.poll.interval.ms": 6 * 3600 * 1000}
+        self._consumer = Consumer(settings.kafka_config(**overrides), logger=_LOG)
         self._consumer.subscribe(self.topics)
         self._uncommitted = False
         self._early: list[Any] = []

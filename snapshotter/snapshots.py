@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from cdc.reader import LogIdentity
 from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows, txid_of
-from snapshotter.archive import Archive, archive_topics
+from snapshotter.archive import Archive, Generation, archive_topics
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.digest import (
     ContentSum,
@@ -166,7 +166,7 @@ def snapshot_id(cut: Cut, tables: Sequence[str]) -> str:
 
 # -- cuts ------------------------------------------------------------------------------
 
-def _current_generation(archive: Archive, topic: str, partition: int):  # type: ignore[no-untyped-def]
+def _current_generation(archive: Archive, topic: str, partition: int) -> Generation:
     gens = archive.generations(topic, partition)
     if not gens:
         raise CutError(f"nothing of {topic}[{partition}] is archived; is the table captured? "
@@ -278,7 +278,7 @@ def _watermarks(archive: Archive, partitions: Sequence[PartitionCut]
     return lsn, commit
 
 
-def _generation_of(archive: Archive, p: PartitionCut):  # type: ignore[no-untyped-def]
+def _generation_of(archive: Archive, p: PartitionCut) -> Generation:
     identity = LogIdentity(p.cluster_id, p.topic_id)
     gen = archive.generation_for(p.topic, p.partition, identity)
     if gen is None:

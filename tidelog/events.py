@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from tidelog.errors import BrokerError, ConfigError
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = [
     "SPEC_VERSION",
@@ -214,8 +214,9 @@ class Publisher:
         from confluent_kafka import Producer
 
         self.settings = settings
-        self._producer = Producer(settings.kafka_config(**{
-            "acks": "all", "enable.idempotence": True, "linger.ms": 0}))
+        overrides: dict[str, KafkaValue] = {
+            "acks": "all", "enable.idempotence": True, "linger.ms": 0}
+        self._producer = Producer(settings.kafka_config(**overrides))
         self._ready: set[str] = set()
 
     def _ensure_topic(self, topic: str) -> None:
@@ -236,7 +237,9 @@ class Publisher:
         from confluent_kafka import KafkaException
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers,
+            # The list is only read; confluent-kafka types it with wider values (invariant).
+            self._producer.produce(topic, value=value, key=key,
+                                   headers=cast("list[tuple[str, str | bytes | None]]", headers),
                                    on_delivery=delivered)
         except (BufferError, KafkaException) as exc:
             raise BrokerError(f"cannot send event {event.id} ({event.type}) to {topic}: "

@@ -17,7 +17,7 @@ SCHEMA_BASE = "https://raw.githubusercontent.com/tidelog/tidelog/main/docs/openl
 
 
 @attr.define
-class OffsetsInputFacet(InputDatasetFacet):  # type: ignore[misc]
+class OffsetsInputFacet(InputDatasetFacet):
     """The offset range read from each partition of a topic, with the log it belongs to."""
 
     partitions: list[dict[str, Any]] = attr.field(factory=list)
@@ -28,7 +28,7 @@ class OffsetsInputFacet(InputDatasetFacet):  # type: ignore[misc]
 
 
 @attr.define
-class DigestDatasetFacet(DatasetFacet):  # type: ignore[misc]
+class DigestDatasetFacet(DatasetFacet):
     """tidelog's full-content digest of a table (docs/digest.md)."""
 
     digest: str = ""
@@ -42,7 +42,7 @@ class DigestDatasetFacet(DatasetFacet):  # type: ignore[misc]
 
 
 @attr.define
-class CutRunFacet(RunFacet):  # type: ignore[misc]
+class CutRunFacet(RunFacet):
     """The cut a run read at: its fingerprint, source LSN and transaction alignment."""
 
     fingerprint: str = ""
@@ -56,7 +56,7 @@ class CutRunFacet(RunFacet):  # type: ignore[misc]
 
 
 @attr.define
-class MlflowRunFacet(RunFacet):  # type: ignore[misc]
+class MlflowRunFacet(RunFacet):
     """The MLflow run a tidelog job logged, and where to find it."""
 
     runId: str = ""  # noqa: N815

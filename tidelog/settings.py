@@ -18,7 +18,10 @@ from pathlib import Path
 
 from tidelog.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "home_dir"]
+__all__ = ["Settings", "KafkaValue", "load_settings", "home_dir"]
+
+# What confluent-kafka accepts as a client config value (AdminClient is typed with it).
+KafkaValue = str | int | float | bool
 
 ENV_FIELDS = {
     "TIDELOG_POSTGRES_DSN": "postgres_dsn",
@@ -49,14 +52,14 @@ class Settings:
     events: str = ""  # "on": publish CloudEvents to <prefix>.tidelog.events.* (docs/events.md)
     kafka: dict[str, str] = field(default_factory=dict)
 
-    def kafka_config(self, **extra: str | int | bool) -> dict[str, object]:
+    def kafka_config(self, **extra: KafkaValue) -> dict[str, KafkaValue]:
         """confluent-kafka client config: bootstrap servers + pass-through + extras."""
         if not self.bootstrap_servers:
             raise ConfigError(
                 "no Kafka bootstrap servers configured: start the local stack with "
                 "`tidelog stack up` or set TIDELOG_BOOTSTRAP_SERVERS"
             )
-        config: dict[str, object] = {"bootstrap.servers": self.bootstrap_servers}
+        config: dict[str, KafkaValue] = {"bootstrap.servers": self.bootstrap_servers}
         config.update(self.kafka)
         config.update(extra)
         return config

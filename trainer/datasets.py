@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import parse_qs, urlparse
 
 import duckdb
@@ -50,7 +50,7 @@ MLFLOW_DIGEST_CHARS = 36  # the width of MLflow's dataset digest column
 Frame = Literal["polars", "pandas", "arrow"]
 
 
-class TidelogDatasetSource(DatasetSource):  # type: ignore[misc]  # mlflow is untyped
+class TidelogDatasetSource(DatasetSource):
     """One table of one snapshot: enough to find it, or to build it again from the archive."""
 
     def __init__(self, snapshot_id: str, table: str, *, tables: Sequence[str] = (),
@@ -102,13 +102,18 @@ class TidelogDatasetSource(DatasetSource):  # type: ignore[misc]  # mlflow is un
         return _frame(_read(manifest, path, self.table), as_)
 
 
-class TidelogDataset(Dataset):  # type: ignore[misc]
+class TidelogDataset(Dataset):
     """An MLflow dataset whose digest and profile come from a tidelog manifest."""
 
     def __init__(self, source: TidelogDatasetSource, manifest: Manifest,
                  name: str | None = None, digest: str | None = None) -> None:
         self._manifest = manifest
         super().__init__(source=source, name=name or source.table, digest=digest)
+
+    @property
+    def source(self) -> TidelogDatasetSource:
+        # MLflow types its source as the base class; __init__ only takes ours.
+        return cast(TidelogDatasetSource, super().source)
 
     def _compute_digest(self) -> str:
         return str(self._manifest.tables[self.source.table].digest[:MLFLOW_DIGEST_CHARS])

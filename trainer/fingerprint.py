@@ -64,7 +64,7 @@ def array_sha256(values: Any) -> str:
 
 
 def model_sha256(model: Any) -> str:
-    import cloudpickle  # type: ignore[import-untyped]
+    import cloudpickle
 
     try:
         data = cloudpickle.dumps(model, protocol=pickle.DEFAULT_PROTOCOL)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import (  # type: ignore[import-untyped]
+from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
@@ -21,10 +21,10 @@ from confluent_kafka import (  # type: ignore[import-untyped]
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[import-untyped]
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tidelog.errors import BrokerError, BrokerUnreachable, CutError
-from tidelog.settings import Settings
+from tidelog.settings import KafkaValue, Settings
 
 __all__ = [
     "TIMEOUT",
@@ -52,16 +52,16 @@ _UNREACHABLE = frozenset({
 })
 
 
-def admin_client(config: Mapping[str, object]) -> AdminClient:
-    return AdminClient(dict(config), logger=_LOG)  # type: ignore[arg-type]
+def admin_client(config: Mapping[str, KafkaValue]) -> AdminClient:
+    return AdminClient(dict(config), logger=_LOG)
 
 
-def consumer(config: Mapping[str, object]) -> Consumer:
-    return Consumer(dict(config), logger=_LOG)  # type: ignore[arg-type]
+def consumer(config: Mapping[str, KafkaValue]) -> Consumer:
+    return Consumer(dict(config), logger=_LOG)
 
 
-def producer(config: Mapping[str, object]) -> Producer:
-    return Producer(dict(config), logger=_LOG)  # type: ignore[arg-type]
+def producer(config: Mapping[str, KafkaValue]) -> Producer:
+    return Producer(dict(config), logger=_LOG)
 
 
 def _kafka_error(exc: BaseException) -> KafkaError | None:
@@ -96,7 +96,7 @@ def kafka_errors(what: str, servers: str) -> Iterator[None]:
 class KafkaAdmin:
     """A broker's metadata, through one AdminClient (thread-safe, so it may be shared)."""
 
-    def __init__(self, config: Mapping[str, object], *, timeout: float | None = None,
+    def __init__(self, config: Mapping[str, KafkaValue], *, timeout: float | None = None,
                  client: Any = None) -> None:
         self.servers = str(config.get("bootstrap.servers", ""))
         self.timeout = TIMEOUT if timeout is None else timeout

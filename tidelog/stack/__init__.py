@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 from tidelog.stack.broker import start_broker
 from tidelog.stack.connect import start_connect
@@ -44,18 +45,26 @@ class StackStatus:
                 "components": self.components, "endpoints": self.endpoints}
 
 
+class _StackState(TypedDict, total=False):
+    """stack.json: what `up` started, on which ports, and the settings it leads to."""
+
+    components: dict[str, dict[str, Any]]  # ProcessRecord.to_json() by component
+    ports: dict[str, int]
+    endpoints: dict[str, str]
+
+
 def _state_path(home: Path) -> Path:
     return home / "stack.json"
 
 
-def _load(home: Path) -> dict[str, object]:
+def _load(home: Path) -> _StackState:
     path = _state_path(home)
     if not path.exists():
         return {"components": {}, "ports": {}, "endpoints": {}}
     return json.loads(path.read_text())
 
 
-def _save(home: Path, state: dict[str, object]) -> None:
+def _save(home: Path, state: _StackState) -> None:
     path = _state_path(home)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
@@ -73,12 +82,12 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _record(state: dict[str, object], name: str) -> ProcessRecord | None:
-    raw = state["components"].get(name)  # type: ignore[union-attr]
+def _record(state: _StackState, name: str) -> ProcessRecord | None:
+    raw = state["components"].get(name)
     return ProcessRecord(**raw) if raw else None
 
 
-def _running(state: dict[str, object], name: str) -> bool:
+def _running(state: _StackState, name: str) -> bool:
     record = _record(state, name)
     if record is not None and not alive(record):
         stop_leftovers(record)  # a dead leader's children must not hold its port
@@ -86,8 +95,8 @@ def _running(state: dict[str, object], name: str) -> bool:
     return record is not None
 
 
-def _port(state: dict[str, object], name: str) -> int:
-    ports: dict[str, int] = state.setdefault("ports", {})  # type: ignore[assignment]
+def _port(state: _StackState, name: str) -> int:
+    ports = state.setdefault("ports", {})
     if name not in ports:
         ports[name] = free_port()
     return ports[name]
@@ -103,8 +112,8 @@ def up(home: Path) -> StackStatus:
     """
     with _locked(home):
         state = _load(home)
-        components: dict[str, object] = state.setdefault("components", {})  # type: ignore[assignment]
-        endpoints: dict[str, str] = state.setdefault("endpoints", {})  # type: ignore[assignment]
+        components = state.setdefault("components", {})
+        endpoints = state.setdefault("endpoints", {})
         started: list[str] = []
 
         def keep(name: str, record: ProcessRecord) -> None:
@@ -150,7 +159,7 @@ def down(home: Path) -> StackStatus:
             if record is not None:
                 # Postgres's postmaster shuts its own children down; others get the group.
                 stop(record, STOP_SIGNALS.get(name, signal.SIGTERM), group=name != "postgres")
-                state["components"].pop(name)  # type: ignore[union-attr]
+                state["components"].pop(name)
                 _save(home, state)
         state["endpoints"] = {}
         _save(home, state)
@@ -169,7 +178,7 @@ def status(home: Path) -> StackStatus:
                 "state": "running" if alive(record) else "dead",
                 "pid": record.pid,
                 "log": record.log,
-                "port": state.get("ports", {}).get(name),  # type: ignore[union-attr]
+                "port": state.get("ports", {}).get(name),
             }
-    endpoints = dict(state.get("endpoints", {}))  # type: ignore[arg-type]
+    endpoints = dict(state.get("endpoints", {}))
     return StackStatus(home=home, components=components, endpoints=endpoints)
