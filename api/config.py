@@ -13,6 +13,9 @@ All come from `TIDELOG_API_*` environment variables, so `docker-compose.yml` and
                                 (default 60; 0 = never); see `api.cache`
     TIDELOG_API_DB              the SQLite file holding jobs, keys, pins and the audit log
                                 (default: $TIDELOG_HOME/api.db)
+    TIDELOG_API_PIPELINES       a directory of pipeline files (*.toml) that `/pipelines`
+                                lists, evaluates and triggers; unset = no pipelines over
+                                HTTP (docs/pipelines.md)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ApiConfig:
     workers: int = 2
     recipe_modules: tuple[str, ...] = ()
     lineage_ttl: float = 60.0
+    pipelines_dir: Path | None = None
 
     def recipe_allowed(self, reference: str) -> bool:
         module = reference.partition(":")[0]
@@ -65,8 +69,10 @@ def load_api_config(settings: Settings, env: Mapping[str, str] | None = None) ->
     db = env.get("TIDELOG_API_DB") or str(Path(settings.home) / "api.db")
     recipes = tuple(p.strip() for p in env.get("TIDELOG_API_RECIPES", "").split(",")
                     if p.strip())
+    pipelines = env.get("TIDELOG_API_PIPELINES", "").strip()
     return ApiConfig(
         db_path=Path(db),
+        pipelines_dir=Path(pipelines) if pipelines else None,
         auth=_bool("TIDELOG_API_AUTH", env.get("TIDELOG_API_AUTH", "on")),
         workers=int(_number("TIDELOG_API_WORKERS", env.get("TIDELOG_API_WORKERS", "2"), int, 1)),
         recipe_modules=recipes,
