@@ -267,3 +267,20 @@ def test_history_says_which_events_fired_which_runs(api: Api, settings: Settings
                              "signals": ["ev-1", "ev-2"]}
     assert row["metrics"] == {"accuracy": 0.75} and row["version"] is None
     assert_error(api.get("/pipelines/nope/history"), 404, "pipeline_not_found")
+
+
+def test_the_cli_trigger_calls_what_the_api_calls(
+        published: list[CloudEvent], pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import json
+
+    from tidelog.cli import main
+
+    monkeypatch.setenv("TIDELOG_HOME", str(tmp_path))
+    assert main(["pipeline", "trigger", str(pipeline_dir / "churn.toml"), "--reason", "cli",
+                 "--requested-by", "ops", "--json"]) == 0
+    [event] = published
+    assert json.loads(capsys.readouterr().out) == event.to_json()
+    assert (event.subject, event.data["reason"], event.data["requested_by"]) == (
+        "churn", "cli", "ops")
+    assert event.source.endswith(":cli")
