@@ -17,6 +17,9 @@ All come from `TIDELOG_API_*` environment variables, so `docker-compose.yml` and
                                 larger ones are 413, checked after authentication
     TIDELOG_API_AUTH_FAILURES   failed key checks allowed per key id and client address per
                                 minute (default 10); beyond it 429 with Retry-After
+    TIDELOG_API_PIPELINES       a directory of pipeline files (*.toml) that `/pipelines`
+                                lists, evaluates and triggers; unset = no pipelines over
+                                HTTP (docs/pipelines.md)
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class ApiConfig:
     lineage_ttl: float = 60.0
     max_body_bytes: int = 1024 * 1024
     auth_failures_per_minute: int = 10
+    pipelines_dir: Path | None = None
 
     def recipe_allowed(self, reference: str) -> bool:
         module = reference.partition(":")[0]
@@ -71,8 +75,10 @@ def load_api_config(settings: Settings, env: Mapping[str, str] | None = None) ->
     db = env.get("TIDELOG_API_DB") or str(Path(settings.home) / "api.db")
     recipes = tuple(p.strip() for p in env.get("TIDELOG_API_RECIPES", "").split(",")
                     if p.strip())
+    pipelines = env.get("TIDELOG_API_PIPELINES", "").strip()
     return ApiConfig(
         db_path=Path(db),
+        pipelines_dir=Path(pipelines) if pipelines else None,
         auth=_bool("TIDELOG_API_AUTH", env.get("TIDELOG_API_AUTH", "on")),
         workers=int(_number("TIDELOG_API_WORKERS", env.get("TIDELOG_API_WORKERS", "2"), int, 1)),
         recipe_modules=recipes,

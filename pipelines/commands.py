@@ -1,5 +1,5 @@
 """`tidelog pipeline ...`, `tidelog gate`, `tidelog verify run`: parsing and printing only;
-the work is in pipelines.worker, pipelines.gate and pipelines.ci."""
+the work is in pipelines.service, pipelines.worker, pipelines.gate and pipelines.ci."""
 
 from __future__ import annotations
 
@@ -30,22 +30,11 @@ def _print_plan(decided: Any) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pipelines.config import load_pipeline
-    from pipelines.observe import read_signals
-    from pipelines.registry import Registry
-    from pipelines.worker import evaluate_once
-    from tidelog.events import Publisher
+    from pipelines.service import evaluate_pipeline
 
     _app_dir(args)
     pipeline = load_pipeline(args.file)
-    settings = load_settings()
-    if not args.dry_run:
-        import dataclasses
-
-        settings = dataclasses.replace(settings, events="on")
-    registry = Registry(settings, pipeline.experiment)
-    decided, cycle = evaluate_once(
-        settings, pipeline, read_signals(settings, pipeline), registry=registry,
-        publisher=None if args.dry_run else Publisher(settings), act=not args.dry_run)
+    decided, cycle = evaluate_pipeline(load_settings(), pipeline, dry_run=args.dry_run)
     if args.json:
         _print_json({"pipeline": pipeline.name, "plan": decided.to_json(),
                      "cycle": cycle.to_json() if cycle else None})
@@ -86,17 +75,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _trigger(args: argparse.Namespace) -> int:
     from pipelines.config import load_pipeline
-    from tidelog.events import Publisher, new_event
+    from pipelines.service import request_retrain
 
     name = load_pipeline(args.pipeline).name if args.pipeline.endswith(".toml") \
         else args.pipeline
-    settings = load_settings()
-    at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    data = {"pipeline": name, "requested_at": at, "reason": args.reason,
-            "requested_by": args.requested_by}
-    event = new_event(settings, "retrain.requested", name, data,
-                      (name, at, args.reason, args.requested_by), "cli", time=at)
-    Publisher(settings).publish(event)
+    event = request_retrain(load_settings(), name, args.reason, args.requested_by)
     _print_json(event.to_json()) if args.json else print(
         f"retrain of pipeline {name} requested (event {event.id})")
     return 0

@@ -2,6 +2,7 @@
 
     TidelogError                    tidelog_error          500
     ├── ConfigError                 not_configured         503
+    │   └── PipelineNotFound        pipeline_not_found     404
     ├── StackError                  stack_unavailable      503
     ├── SourceError                 source_not_ready       400
     │   └── SourceUnreachable       source_unavailable     503  transient
@@ -43,6 +44,7 @@ from tidelog.redact import redact_text
 __all__ = [
     "TidelogError",
     "ConfigError",
+    "PipelineNotFound",
     "StackError",
     "SourceError",
     "SourceUnreachable",
@@ -92,6 +94,13 @@ class TidelogError(Exception):
 class ConfigError(TidelogError):
     code = "not_configured"
     status = 503
+
+
+class PipelineNotFound(ConfigError):
+    """No pipeline file of that name where the caller looks for pipelines."""
+
+    code = "pipeline_not_found"
+    status = 404
 
 
 class StackError(TidelogError):

@@ -86,6 +86,11 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("DELETE", "/admin/keys/{key_id}"): "admin",
     ("GET", "/audit"): "admin",
     ("GET", "/audit/verify"): "admin",
+    ("GET", "/pipelines"): "reader",
+    ("GET", "/pipelines/{name}"): "reader",
+    ("POST", "/pipelines/{name}/evaluate"): "reader",
+    ("POST", "/pipelines/{name}/trigger"): "writer",
+    ("GET", "/pipelines/{name}/history"): "reader",
 }
 
 # A request of the right shape for each operation (the answer may be a 404 or a job).
@@ -108,6 +113,10 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/jobs/{job_id}"): ("/jobs/job_" + "0" * 32, None),
     ("POST", "/admin/keys"): ("/admin/keys", {"role": "reader", "name": "x"}),
     ("DELETE", "/admin/keys/{key_id}"): ("/admin/keys/" + "0" * 12, None),
+    ("GET", "/pipelines/{name}"): ("/pipelines/nope", None),
+    ("POST", "/pipelines/{name}/evaluate"): ("/pipelines/nope/evaluate", None),
+    ("POST", "/pipelines/{name}/trigger"): ("/pipelines/nope/trigger", {"reason": "x"}),
+    ("GET", "/pipelines/{name}/history"): ("/pipelines/nope/history", None),
 }
 
 
