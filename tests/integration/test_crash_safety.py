@@ -36,6 +36,7 @@ def _cli(env: Settings, *args: str) -> subprocess.Popen[bytes]:
         "TIDELOG_CONNECT_URL": env.connect_url,
         "TIDELOG_MLFLOW_URI": env.mlflow_uri,
         "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
+        "TIDELOG_CONNECTOR_NAME": env.connector_name,
         "TIDELOG_ARCHIVE_ROOT": env.archive_root,
         "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root,
     }
