@@ -87,3 +87,16 @@ def wait_for_messages(settings: Settings, topic: str, count: int, timeout: float
             return seen
         time.sleep(0.5)
     raise AssertionError(f"{topic} has {seen} messages after {timeout}s, not {count}")
+
+
+BPCHAR_OID = 1042
+
+
+def source_rows(conn: Any, table: str, order_by_first: bool = False) -> list[dict[str, Any]]:
+    """Every row of `table` as Postgres compares it: char(n) values without their blank
+    padding, which Postgres ignores in comparisons and tidelog drops (docs/types.md)."""
+    cur = conn.execute(f"select * from {table}" + (" order by 1" if order_by_first else ""))
+    columns = [(d.name, d.type_code == BPCHAR_OID) for d in cur.description or []]
+    return [{name: (value.rstrip(" ") if padded and isinstance(value, str) else value)
+             for (name, padded), value in zip(columns, row, strict=True)}
+            for row in cur.fetchall()]

@@ -15,7 +15,13 @@ import pytest
 
 from cdc.connector import ConnectorSpec, wait_streaming
 from cdc.events import ChangeEvent
-from tests.integration.cdc_helpers import connect_tables, execute, read_events, wait_for_events
+from tests.integration.cdc_helpers import (
+    connect_tables,
+    execute,
+    read_events,
+    source_rows,
+    wait_for_events,
+)
 from tidelog import stack
 from tidelog.settings import Settings
 from tidelog.stack.postgres import pg_bin
@@ -81,10 +87,8 @@ def test_pgbench_replay_equals_postgres(settings: Settings, tmp_path: Path) -> N
     assert any(e.op == "d" for e in events) and any(e.op == "u" for e in events)
     with psycopg.connect(settings.postgres_dsn) as conn:
         for table in KEYED_TABLES:
-            cur = conn.execute(f"select * from {table}")
-            names = [d.name for d in cur.description or []]
-            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-            key_col = names[0]
+            rows = source_rows(conn, table)
+            key_col = next(iter(rows[0]))
             expected = {((key_col, r[key_col]),): r for r in rows}
             got = state[table]
             assert len(got) == len(expected), table

@@ -9,11 +9,10 @@ from urllib.parse import urlparse, urlunparse
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from cdc.connector import ConnectorSpec, apply
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot
-from tests.integration.cdc_helpers import unique_name, wait_for_events
+from tests.integration.cdc_helpers import source_rows, unique_name, wait_for_events
 from tests.integration.test_pgbench_and_crash import CUSTOM_SCRIPT, KEYED_TABLES
 from tidelog.settings import Settings
 from tidelog.stack.postgres import pg_bin
@@ -29,8 +28,8 @@ def _pgbench(dsn: str, *args: str) -> None:
 
 
 def _state(dsn: str, table: str) -> list[dict[str, object]]:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return list(conn.execute(f"select * from {table} order by 1"))
+    with psycopg.connect(dsn) as conn:
+        return source_rows(conn, table, order_by_first=True)
 
 
 def test_snapshots_at_marked_moments(settings: Settings, tmp_path: Path) -> None:
