@@ -27,7 +27,10 @@ from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import ConnectorError
 from tidelog.settings import Settings
 
-__all__ = ["capture_problems"]
+__all__ = ["capture_problems", "OFFSET_FLUSH_SECONDS"]
+
+# A little over the Connect worker's offset.flush.interval.ms (tidelog/stack/connect.py).
+OFFSET_FLUSH_SECONDS = 1.2
 
 
 def _lsn_now(conn: psycopg.Connection[Any]) -> int:
@@ -120,6 +123,11 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
     if behind:
         return [behind]
     snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
+    if not snapshotting:
+        # A signal the slot just confirmed may start its snapshot only in the next offset
+        # commit (offset.flush.interval.ms, 1 s in tidelog's worker): look once more after it.
+        time.sleep(OFFSET_FLUSH_SECONDS)
+        snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
     if snapshotting:
         return [f"connector {spec.name} is still running {snapshotting}; tables are "
                 "incomplete until it ends"]
