@@ -62,6 +62,8 @@ class Server:
                  **extra_env: str) -> None:
         self.home = home
         self.app_dir = app_dir
+        # No pipelines, but a directory for them: /pipelines answers, and unknown names 404.
+        (home / "pipelines").mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
             "TIDELOG_HOME": str(home),
@@ -73,6 +75,7 @@ class Server:
             "TIDELOG_CONNECTOR_NAME": settings.connector_name,
             "TIDELOG_ARCHIVE_ROOT": settings.archive_root,
             "TIDELOG_SNAPSHOT_ROOT": settings.snapshot_root,
+            "TIDELOG_API_PIPELINES": str(home / "pipelines"),
             **{f"TIDELOG_KAFKA__{k.upper().replace('.', '__')}": v
                for k, v in settings.kafka.items()},
             **extra_env,
