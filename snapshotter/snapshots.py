@@ -789,7 +789,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
         manifest = Manifest(
             id=sid, cut=cut, tables=table_manifests,
             digest=overall_digest({k: v.digest for k, v in table_manifests.items()}),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
             tidelog_version=__version__,
             built_from=base.manifest.id if base else "full",
             source={"topic_prefix": settings.topic_prefix,
