@@ -34,6 +34,7 @@ from pathlib import Path
 
 import duckdb
 
+from snapshotter.layout import fsync as _fsync
 from snapshotter.layout import sql_text, visible_sql
 from snapshotter.manifest import Manifest
 from tidelog.crashpoints import crash_point
@@ -170,14 +171,6 @@ def _writer_lock(files: CatalogFiles) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:

@@ -16,6 +16,7 @@ partitions is only defined by a full build's sort.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +24,7 @@ import polars as pl
 from snapshotter.manifest import TableManifest
 
 __all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
-           "sql_text", "sql_paths", "file_sha256", "file_stat", "changed_files"]
+           "sql_text", "sql_paths", "file_sha256", "file_stat", "changed_files", "fsync"]
 
 KEY = "__key"
 
@@ -131,3 +132,12 @@ def changed_files(directory: Path, table: TableManifest) -> list[str]:
               and file_sha256(path) != table.checksums.get(name)):
             changed.append(name)
     return changed
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents to disk (directories: their entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

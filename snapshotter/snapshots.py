@@ -51,6 +51,7 @@ from snapshotter.layout import (
     sql_text,
     visible_sql,
 )
+from snapshotter.layout import fsync as _fsync
 from snapshotter.manifest import MANIFEST_NAME, Manifest, TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey, unavailable_columns
 from snapshotter.openlineage import describe_snapshot
@@ -711,14 +712,6 @@ def _build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Ar
             return layered
         shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
     return _write_full(con, table, topic, tmp, frames, base, memory_budget(settings))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(directory: Path) -> None:
