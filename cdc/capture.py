@@ -48,37 +48,58 @@ def _slot_behind(settings: Settings, spec: ConnectorSpec, wait: float) -> str | 
     """Why the slot has not confirmed the WAL written before this call, or None.
 
     pg_current_wal_lsn() keeps moving (checkpoints, other databases, other tables), and
-    Debezium confirms only what it processes, so equality is never the test. The test:
-    the slot confirms an LSN at or past the one observed at the start, within `wait`
-    seconds. A 'log' signal written to the connector's own signalling table gives an
-    idle connector something to process and confirm.
+    Debezium confirms only what it processes, so equality is never the test. The test: a
+    'log' signal written now to the connector's own signalling table (a probe) is
+    confirmed within `wait` seconds. Debezium processes the WAL in order, so it confirms
+    the probe only after every change committed before it.
+
+    The slot's position alone is not enough: Debezium confirms a transaction's commit LSN
+    when it reads the transaction's BEGIN, before converting its rows. A row it then
+    cannot convert (an interval beyond its parser) leaves the slot confirmed past that
+    row while the row never reaches Kafka; only the probe, which comes after it, stays
+    unconfirmed. Without a signalling table (an older connector) the check falls back to
+    the WAL position at the start and the heartbeat.
     """
     dsn = settings.require("postgres_dsn")
     deadline = time.monotonic() + wait
     with postgres.connect(dsn) as conn:
-        target = _lsn_now(conn)
         confirmed = _confirmed(conn, spec.slot_name)
         if confirmed is None:
             return (f"replication slot {spec.slot_name} does not exist: the connector is not "
                     "capturing; `tidelog connector apply` it again")
-        if confirmed >= target:
-            return None
-        try:
-            with conn.transaction():
-                conn.execute(f"delete from {quoted(spec.signal_table)} where id like 'probe-%%'")
-                conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
-                             "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
-                                                 '{"message": "tidelog capture probe"}'))
-        except psycopg.Error:
-            pass  # an older connector without a signalling table: wait for its heartbeat
-        while time.monotonic() < deadline:
+        target = _write_probe(conn, spec)
+        what = "the capture probe written when the check began"
+        if target is None:
+            target = _lsn_now(conn)
+            what = "the WAL position when the check began"
+        while True:
             confirmed = _confirmed(conn, spec.slot_name) or 0
             if confirmed >= target:
                 return None
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.25)
     return (f"replication slot {spec.slot_name} confirmed LSN {_lsn_text(confirmed)}, still "
-            f"behind {_lsn_text(target)} (the WAL position when the check began) after "
-            f"{wait:.0f}s: Debezium is stuck or lagging; see the Connect worker's log")
+            f"behind {_lsn_text(target)} ({what}) after {wait:.0f}s: Debezium is stuck or "
+            "lagging; see the Connect worker's log")
+
+
+def _write_probe(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> int | None:
+    """Write a 'log' signal; the WAL position just past its row (before its commit).
+
+    None when the connector has no signalling table. Any LSN the slot confirms at or past
+    the returned position covers the probe's commit, so everything committed before it.
+    """
+    try:
+        with conn.transaction():
+            conn.execute(f"delete from {quoted(spec.signal_table)} where id like 'probe-%%'")
+            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
+                         "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
+                                             '{"message": "tidelog capture probe"}'))
+            row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else None
 
 
 def _lsn_text(lsn: int) -> str:
