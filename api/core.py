@@ -16,7 +16,7 @@ from typing import Any
 from anyio import to_thread
 
 from api.cache import LineageCache
-from snapshotter.cut import Cut
+from snapshotter.cut import Cut, parse_at
 from snapshotter.manifest import Manifest
 from tidelog.errors import CutError, TidelogError
 from tidelog.redact import redact_url
@@ -299,13 +299,8 @@ def _row_cache_key(table: str, key: Mapping[str, Any], experiment: str) -> Hasha
 
 
 def cut_or_latest(at: Any) -> str | Cut:
-    if at is None or at == "latest":
-        return "latest"
-    if isinstance(at, Cut):
-        return at
-    try:
-        return Cut.from_json(at)
-    except CutError:
-        raise
-    except (TypeError, ValueError) as exc:  # pragma: no cover - validated before
-        raise CutError(f"malformed cut: {exc}") from exc
+    """"latest" or a Cut; the API takes a cut as a JSON object (never @FILE)."""
+    if isinstance(at, str) and at.startswith("@"):
+        raise CutError("a cut over HTTP is \"latest\" or a JSON object, not @FILE")
+    found = parse_at(at)
+    return found if isinstance(found, Cut) or found == "latest" else Cut.from_json(found)

@@ -170,7 +170,7 @@ def _run(settings: Any, scratch: Path, args: argparse.Namespace,
 
     stamp = f"{os.getpid() % 10000}x{int(time.time()) % 100000}"
     name = f"benchloop{stamp}"
-    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name, events="on")
+    local = dataclasses.replace(settings, topic_prefix=name, connector_name=name, events=True)
     shop = Shop(settings.require("postgres_dsn"), f"bench_loop_{stamp}")
     spec = ConnectorSpec(name, shop.tables, name)
     worker: subprocess.Popen[bytes] | None = None

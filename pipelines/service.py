@@ -83,7 +83,7 @@ def evaluate_pipeline(settings: Settings, pipeline: Pipeline, *, dry_run: bool =
     """Each trigger's decision and why; without `dry_run` also act on it once (snapshot,
     train, gate, promote, with events)."""
     if not dry_run:
-        settings = dataclasses.replace(settings, events="on")
+        settings = dataclasses.replace(settings, events=True)
     registry = Registry(settings, pipeline.experiment)
     return evaluate_once(settings, pipeline, read_signals(settings, pipeline),
                          registry=registry, publisher=None if dry_run else Publisher(settings),

@@ -173,7 +173,7 @@ class Worker:
         from pipelines.feed import Feed
 
         # The worker always publishes: its events are how the loop is observed.
-        self.settings = dataclasses.replace(settings, events="on")
+        self.settings = dataclasses.replace(settings, events=True)
         self.pipeline = pipeline
         self.interval = interval
         self.now = now

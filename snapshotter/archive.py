@@ -58,6 +58,7 @@ from snapshotter.poison import (
 )
 from snapshotter.storage import Storage
 from tidelog.adapters.kafka import KafkaAdmin
+from tidelog.crashpoints import crash_point
 from tidelog.errors import ArchiveError, LogIdentityError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
@@ -160,7 +161,9 @@ class Archive:
         body = {"topic": topic, "partition": partition,
                 "generations": [g.to_json() for g in [*gens, new]]}
         self.storage.write_bytes(f"{self._partition_dir(topic, partition)}/log.json",
-                                 json.dumps(body, indent=2).encode())
+                                 json.dumps(body, indent=2).encode(),
+                                 step="archive.log_before_rename")
+        crash_point("archive.after_generation")
         return new
 
     @contextmanager
@@ -203,7 +206,8 @@ class Archive:
         data = buf.getvalue()
         checksum = hashlib.sha256(data).hexdigest()[:16]
         path = f"{directory}/{start:020d}-{end:020d}-{checksum}.parquet"
-        self.storage.write_bytes(path, data)
+        self.storage.write_bytes(path, data, step="archive.segment_before_rename")
+        crash_point("archive.after_segment")
         return Segment(topic, partition, generation, start, end, path, checksum)
 
     def damaged(self, segments: Iterable[Segment]) -> list[Segment]:
@@ -549,6 +553,8 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
                     " the topic was recreated or the broker restarted. Rerun with "
                     "--on-new-log new-generation to archive it as a new generation."
                 )
+        # Temporaries a killed archiver left: of log.json (partition) and of segments.
+        archive.storage.remove_temporaries(archive._partition_dir(topic, partition))
         gen = archive.open_generation(topic, partition, identity)
         archive.storage.remove_temporaries(
             archive._generation_dir(topic, partition, gen.number))

@@ -95,11 +95,13 @@ def _archive_verify(args: argparse.Namespace) -> int:
 
 
 def _snapshot_create(args: argparse.Namespace) -> int:
-    from snapshotter.cut import Cut
+    from snapshotter.cut import Cut, parse_at
     from snapshotter.snapshots import create_snapshot
 
     settings = load_settings()
-    at: str | Cut = "latest" if args.at == "latest" else Cut.from_json(args.at)
+    at = parse_at(args.at)
+    if not isinstance(at, Cut) and at != "latest":
+        at = Cut.from_json(at)  # refused with what a cut looks like
     manifest = create_snapshot(settings, _tables(args.tables), at,
                                incremental=not args.full, allow_stale=args.allow_stale)
     if args.json:
@@ -192,7 +194,7 @@ def register(sub: Any) -> None:
     snap_sub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = snap_sub.add_parser("create", help="materialise tables at a cut")
     p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
-    p.add_argument("--at", default="latest", help="'latest' or a cut as JSON")
+    p.add_argument("--at", default="latest", help="'latest', a cut as JSON, or @FILE holding one")
     p.add_argument("--full", action="store_true",
                    help="build from the archive alone, replacing a snapshot of the same id")
     p.add_argument("--allow-stale", action="store_true",

@@ -10,11 +10,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tidelog.errors import CutError
 
-__all__ = ["PartitionCut", "Cut"]
+__all__ = ["PartitionCut", "Cut", "parse_at"]
 
 
 @dataclass(frozen=True, order=True)
@@ -116,3 +117,24 @@ class Cut:
             transaction_aligned=bool(data.get("transaction_aligned", False)),
             stale_allowed=tuple(str(r) for r in data.get("stale_allowed") or ()),
         )
+
+
+def parse_at(value: str | Mapping[str, Any] | Cut | None) -> str | Cut:
+    """A cut argument, read the same way by the CLI and the API: None or "latest", a Cut,
+    a cut as JSON (text or object), or `@FILE` holding one. Any other word is returned
+    as is (`--since` also takes a run id)."""
+    if value is None:
+        return "latest"
+    if isinstance(value, Cut):
+        return value
+    if isinstance(value, Mapping):
+        return Cut.from_json(value)
+    text = value
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise CutError(f"cannot read the cut file {text[1:]}: {exc.strerror or exc}; "
+                           "give a file holding a cut as JSON (e.g. the `cut` of "
+                           "`tidelog snapshot show ID --json`)") from exc
+    return Cut.from_json(text) if text.lstrip().startswith("{") else text.strip()

@@ -506,15 +506,11 @@ def _table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp:
 
 def memory_budget(settings: Settings) -> int:
     """Bytes a full build aims to stay within (`TIDELOG_SNAPSHOT_MEMORY_MB`)."""
-    text = settings.snapshot_memory_mb or str(DEFAULT_MEMORY_MB)
+    megabytes = settings.snapshot_memory_mb or DEFAULT_MEMORY_MB
     minimum = (BUILD_FLOOR_BYTES >> 20) + 512
-    try:
-        megabytes = int(text)
-    except ValueError:
-        megabytes = -1
     if megabytes < minimum:
         raise ConfigError(
-            f"snapshot_memory_mb is {text!r}: give a whole number of MiB of at least "
+            f"snapshot_memory_mb is {megabytes}: give a whole number of MiB of at least "
             f"{minimum} (a full build needs about {BUILD_FLOOR_BYTES >> 20} MiB beyond "
             f"its buckets); the default is {DEFAULT_MEMORY_MB}")
     return megabytes << 20
@@ -792,17 +788,20 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
         # The files reach the disk first, the manifest last; the rename makes the whole
         # snapshot appear at once, and syncing the parent makes the rename durable.
         _fsync_tree(tmp)
+        crash_point("snapshot.before_manifest")
         manifest_tmp = tmp / f".{MANIFEST_NAME}.tmp"
         manifest_tmp.write_text(manifest.dumps())
         _fsync(manifest_tmp)
         os.replace(manifest_tmp, tmp / MANIFEST_NAME)
         _fsync(tmp)
+        crash_point("snapshot.manifest_in_build_dir")
         if replace and target.exists():
             # Two renames: a crash between them leaves `.old-<id>`, which the next
             # create_snapshot of this id renames back (_restore_replaced).
             old = target.parent / f".old-{sid}"
             os.replace(target, old)
             _fsync(target.parent)
+            crash_point("snapshot.old_set_aside")
             os.replace(tmp, target)
             _fsync(target.parent)
             shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from tidelog.crashpoints import crash_point
 from tidelog.errors import ArchiveError, ArchiveWriteError
 
 __all__ = ["Storage"]
@@ -55,17 +56,20 @@ class Storage:
     def makedirs(self, path: str) -> None:
         self.fs.create_dir(path, recursive=True)
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write `path` whole or not at all; ArchiveWriteError when the storage refuses."""
+    def write_bytes(self, path: str, data: bytes, *, step: str | None = None) -> None:
+        """Write `path` whole or not at all; ArchiveWriteError when the storage refuses.
+
+        `step` names the crash point (tidelog/crashpoints.py) between the synced temporary
+        file and its rename."""
         try:
-            self._write_bytes(path, data)
+            self._write_bytes(path, data, step)
         except OSError as exc:
             raise ArchiveWriteError(
                 f"writing {path} ({len(data)} bytes) failed: {exc.strerror or exc}; free "
                 f"space (or fix permissions) under {self.base}, then rerun `tidelog archive "
                 "run`: it resumes after the last complete segment", path=path) from exc
 
-    def _write_bytes(self, path: str, data: bytes) -> None:
+    def _write_bytes(self, path: str, data: bytes, step: str | None) -> None:
         parent = path.rsplit("/", 1)[0]
         self.makedirs(parent)
         if not self.local:
@@ -78,6 +82,8 @@ class Storage:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if step:
+                crash_point(step)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -18,6 +18,20 @@ CRASH_ENV = "TIDELOG_CRASH_AT"
 KILLED_STATUS = 137
 
 POINTS = {
+    # archive run: Storage.write_bytes, Archive.write_segment, Archive.open_generation
+    "archive.segment_before_rename": "a segment's bytes are synced in a `.tmp-` file, not "
+                                     "renamed into place",
+    "archive.after_segment": "a segment is in place; the rest of the batch is not written",
+    "archive.log_before_rename": "a partition's new log.json (generations) is synced in a "
+                                 "`.tmp-` file, not renamed into place",
+    "archive.after_generation": "a new generation is recorded; no segment of it is written",
+    # snapshot create: snapshotter.snapshots._build / create_snapshot
+    "snapshot.before_manifest": "the data files are synced in the build directory; no "
+                                "manifest yet",
+    "snapshot.manifest_in_build_dir": "the build directory is complete with its manifest, "
+                                      "not yet renamed into place",
+    "snapshot.old_set_aside": "a `--full` rebuild of an existing id moved the old snapshot "
+                              "to `.old-<id>`; the new one is not in place",
     "snapshot.after_publish": "the snapshot directory is in place, the catalog not updated",
     "catalog.before_publish": "the new catalog file is written, not yet renamed into place",
     "catalog.after_public": "catalog.duckdb is replaced, tidelog's own copy not yet",

@@ -170,18 +170,8 @@ def load_schema(kind: str) -> dict[str, Any]:
     return dict(json.loads(text))
 
 
-_TRUE = {"1", "true", "on", "yes"}
-_FALSE = {"", "0", "false", "off", "no"}
-
-
 def events_enabled(settings: Settings) -> bool:
-    value = settings.events.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"setting events={settings.events!r} is neither on nor off; set "
-                      "TIDELOG_EVENTS to on or off")
+    return settings.events  # TIDELOG_EVENTS, parsed and checked by tidelog.settings.CoreEnv
 
 
 def ensure_topics(settings: Settings, topics: Sequence[str]) -> None:

@@ -28,17 +28,10 @@ def parse_param(text: str) -> tuple[str, str | int | float]:
 
 
 def parse_at(text: str | None) -> Any:
-    """"latest", a cut as JSON, or @FILE holding one."""
-    from snapshotter.cut import Cut
+    """"latest", a cut as JSON, or @FILE holding one (snapshotter.cut.parse_at)."""
+    from snapshotter.cut import parse_at as parse
 
-    if text is None:
-        return "latest"
-    if text.startswith("@"):
-        try:
-            text = Path(text[1:]).read_text()
-        except OSError as exc:
-            raise TrainingError(f"cannot read the cut file {text[1:]}: {exc}") from exc
-    return Cut.from_json(text) if text.lstrip().startswith("{") else text
+    return parse(text)
 
 
 def _app_dir(args: argparse.Namespace) -> None:

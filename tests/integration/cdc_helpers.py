@@ -31,6 +31,14 @@ def private_settings(settings: Settings, root: Path, name: str) -> Settings:
                                snapshot_root=str(root / "snapshots"))
 
 
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `tidelog` child process that loads exactly `settings`: the
+    test process's own TIDELOG_ variables are dropped, `extra` (e.g. TIDELOG_CRASH_AT)
+    added last."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
+    return {**base, **settings.to_environ(), **extra}
+
+
 def connect_tables(settings: Settings, tables: list[str], stem: str) -> ConnectorSpec:
     name = unique_name(stem)
     spec = ConnectorSpec(name=name, tables=tuple(tables), topic_prefix=name)

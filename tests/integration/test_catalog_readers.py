@@ -7,7 +7,6 @@ open `catalog.duckdb` with the DuckDB CLI while tidelog keeps creating snapshots
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,13 @@ import pytest
 from cdc.connector import ConnectorSpec, apply
 from snapshotter.catalog import catalog_path, run_sql
 from snapshotter.snapshots import list_snapshots
-from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
+from tests.integration.cdc_helpers import (
+    cli_env,
+    execute,
+    private_settings,
+    unique_name,
+    wait_for_events,
+)
 from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -31,19 +36,7 @@ TABLE = "public.catalog_readers"
 
 
 def _environ(env: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "TIDELOG_HOME": str(env.home),
-        "TIDELOG_POSTGRES_DSN": env.postgres_dsn,
-        "TIDELOG_BOOTSTRAP_SERVERS": env.bootstrap_servers,
-        "TIDELOG_CONNECT_URL": env.connect_url,
-        "TIDELOG_MLFLOW_URI": env.mlflow_uri,
-        "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
-        "TIDELOG_CONNECTOR_NAME": env.connector_name,
-        "TIDELOG_ARCHIVE_ROOT": env.archive_root,
-        "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root,
-        **extra,
-    }
+    return cli_env(env, **extra)
 
 
 def _cli(env: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

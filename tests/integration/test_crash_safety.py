@@ -3,7 +3,6 @@ snapshot, never a duplicated or skipped offset; reruns give the same digests."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -18,7 +17,13 @@ from cdc.connector import ConnectorSpec, apply
 from snapshotter.archive import Archive
 from snapshotter.manifest import MANIFEST_NAME
 from snapshotter.snapshots import list_snapshots
-from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
+from tests.integration.cdc_helpers import (
+    cli_env,
+    execute,
+    private_settings,
+    unique_name,
+    wait_for_events,
+)
 from tidelog.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -27,20 +32,9 @@ TABLE = "public.crash_snap"
 ROWS = 40_000
 
 
-def _cli(env: Settings, *args: str) -> subprocess.Popen[bytes]:
-    environ = {
-        **os.environ,
-        "TIDELOG_HOME": str(env.home),
-        "TIDELOG_POSTGRES_DSN": env.postgres_dsn,
-        "TIDELOG_BOOTSTRAP_SERVERS": env.bootstrap_servers,
-        "TIDELOG_CONNECT_URL": env.connect_url,
-        "TIDELOG_MLFLOW_URI": env.mlflow_uri,
-        "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
-        "TIDELOG_CONNECTOR_NAME": env.connector_name,
-        "TIDELOG_ARCHIVE_ROOT": env.archive_root,
-        "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root,
-    }
-    return subprocess.Popen([sys.executable, "-m", "tidelog.cli", *args], env=environ,
+def _cli(env: Settings, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tidelog.cli", *args],
+                            env=cli_env(env, **extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -173,3 +167,122 @@ def test_incremental_snapshot_killed_at_random_moments(env: Settings,
     rebuilt = rebuild_snapshot(env, cut, [TABLE], tmp_path / "rebuilt")
     assert rebuilt.digest == final["digest"]
     assert verify_snapshot(env, final["id"])["ok"]
+
+
+# -- crashes at named steps (tidelog/crashpoints.py) -------------------------------------
+
+ARCHIVE_POINTS = ("archive.log_before_rename", "archive.after_generation",
+                  "archive.segment_before_rename", "archive.after_segment")
+SNAPSHOT_POINTS = ("snapshot.before_manifest", "snapshot.manifest_in_build_dir",
+                   "snapshot.after_publish", "catalog.before_publish", "catalog.after_public")
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _archived_offsets(env: Settings) -> list[int]:
+    archive = Archive(env.archive_root)
+    topic = f"{env.topic_prefix}.{TABLE}"
+    gens = archive.generations(topic, 0)
+    if not gens:
+        return []
+    segments = archive.segments(topic, 0, gens[-1].number)
+    assert not archive.damaged(segments), "a crash left a segment that fails its checksum"
+    for before, after in zip(segments, segments[1:], strict=False):
+        assert before.end == after.start, "segments overlap or leave a gap"
+    if not segments:
+        return []
+    frame = pl.concat([pl.read_parquet(s.path, columns=["__offset"]) for s in segments])
+    return list(frame["__offset"])
+
+
+@pytest.mark.parametrize("point", ARCHIVE_POINTS)
+def test_archive_run_crashed_at_a_named_step_resumes_exactly_once(
+        env: Settings, tmp_path: Path, point: str) -> None:
+    from dataclasses import replace
+
+    local = replace(env, archive_root=str(tmp_path / "archive"))
+    code, _, err = _finish(_cli(local, "archive", "run", "--batch-size", "2000",
+                                TIDELOG_CRASH_AT=point))
+    assert code == 137, f"the archiver never reached {point}: {err}"
+    # Old state or new: whatever is visible is whole, checksummed and gap-free.
+    partial = _archived_offsets(local)
+    assert partial == list(range(len(partial)))
+    if point != "archive.after_segment":
+        assert partial == [], f"a crash at {point} published a segment"
+    code, _, err = _finish(_cli(local, "archive", "run", "--batch-size", "2000"))
+    assert code == 0, err
+    offsets = _archived_offsets(local)
+    assert offsets and offsets == list(range(len(offsets))), "an offset is lost or doubled"
+    assert offsets == _archived_offsets(env)[:len(offsets)]
+    assert len(offsets) >= len(partial)
+    assert not list(Path(local.archive_root).rglob(".tmp-*")), "a temporary file was left"
+
+
+def _catalog_ids(env: Settings) -> set[str]:
+    import duckdb
+
+    from snapshotter.catalog import catalog_path
+
+    with duckdb.connect(str(catalog_path(env)), read_only=True) as con:
+        return {row[0] for row in con.execute("select id from tidelog.snapshots").fetchall()}
+
+
+@pytest.mark.parametrize("point", SNAPSHOT_POINTS)
+def test_snapshot_create_crashed_at_a_named_step_leaves_old_or_new(
+        env: Settings, tmp_path: Path, point: str) -> None:
+    import json
+    from dataclasses import replace
+
+    assert _finish(_cli(env, "archive", "run"))[0] == 0
+    reference = json.loads(_finish(_cli(env, "snapshot", "create", "--tables", TABLE,
+                                        "--full", "--json"))[1])
+    local = replace(env, home=tmp_path / "home", snapshot_root=str(tmp_path / "snapshots"))
+    cut = json.dumps(reference["cut"])
+    code, _, err = _finish(_cli(local, "snapshot", "create", "--tables", TABLE, "--full",
+                                "--at", cut, TIDELOG_CRASH_AT=point))
+    assert code == 137, f"snapshot create never reached {point}: {err}"
+    root = Path(local.snapshot_root)
+    visible = [c for c in root.iterdir() if not c.name.startswith(".")]
+    for child in visible:
+        assert (child / MANIFEST_NAME).exists(), f"a crash at {point} left {child} partial"
+    published = point.startswith("catalog.") or point == "snapshot.after_publish"
+    assert [c.name for c in visible] == ([reference["id"]] if published else [])
+    listed = [m.id for m in list_snapshots(local)]
+    assert listed == [c.name for c in visible]
+    # The next command repairs the catalog from the manifests, and the build is resumed
+    # (or reused) to the same snapshot a run without a crash gives.
+    code, out, err = _finish(_cli(local, "snapshot", "create", "--tables", TABLE, "--full",
+                                  "--at", cut, "--json"))
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["id"], again["digest"]) == (reference["id"], reference["digest"])
+    assert [m.id for m in list_snapshots(local)] == [reference["id"]]
+    assert _catalog_ids(local) == {reference["id"]}
+    assert not [c for c in root.iterdir() if c.name.startswith((".tmp-", ".old-"))]
+    code, out, err = _finish(_cli(local, "snapshot", "verify", reference["id"], "--json"))
+    assert code == 0 and json.loads(out)["ok"], out + err
+
+
+def test_full_rebuild_crashed_between_its_two_renames_restores_the_old_snapshot(
+        env: Settings, tmp_path: Path) -> None:
+    import json
+    from dataclasses import replace
+
+    local = replace(env, home=tmp_path / "home", snapshot_root=str(tmp_path / "snapshots"))
+    first = json.loads(_finish(_cli(local, "snapshot", "create", "--tables", TABLE, "--full",
+                                    "--json"))[1])
+    cut = json.dumps(first["cut"])
+    code, _, err = _finish(_cli(local, "snapshot", "create", "--tables", TABLE, "--full",
+                                "--at", cut, TIDELOG_CRASH_AT="snapshot.old_set_aside"))
+    assert code == 137, err
+    root = Path(local.snapshot_root)
+    assert (root / f".old-{first['id']}" / MANIFEST_NAME).exists()  # the old one, whole
+    code, out, err = _finish(_cli(local, "snapshot", "create", "--tables", TABLE,
+                                  "--at", cut, "--json"))
+    assert code == 0, err
+    assert json.loads(out)["digest"] == first["digest"]
+    assert [m.id for m in list_snapshots(local)] == [first["id"]]
+    assert not (root / f".old-{first['id']}").exists()

@@ -4,6 +4,7 @@ secret from the settings reaches a reader, a file, MLflow or the API log (12.3).
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,14 +66,9 @@ def _settle(env: Settings, key: int, name: str) -> None:
 
 
 def _cli(env: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    for variable, value in {
-        "TIDELOG_HOME": str(env.home), "TIDELOG_POSTGRES_DSN": env.postgres_dsn,
-        "TIDELOG_BOOTSTRAP_SERVERS": env.bootstrap_servers,
-        "TIDELOG_CONNECT_URL": env.connect_url, "TIDELOG_MLFLOW_URI": env.mlflow_uri,
-        "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
-        "TIDELOG_CONNECTOR_NAME": env.connector_name,
-        "TIDELOG_ARCHIVE_ROOT": env.archive_root, "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root,
-    }.items():
+    for variable in [v for v in os.environ if v.startswith("TIDELOG_")]:
+        monkeypatch.delenv(variable)
+    for variable, value in env.to_environ().items():
         monkeypatch.setenv(variable, value)
     return cli.main(list(args))
 

@@ -8,7 +8,6 @@ stack; the shop lives in its own schema, captured under its own topic prefix.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pipelines.feed import read_events
 from pipelines.registry import Registry
 from pipelines.worker import Cycle, Worker
 from snapshotter.archive import cdc_topics
-from tests.integration.cdc_helpers import execute, private_settings, unique_name
+from tests.integration.cdc_helpers import cli_env, execute, private_settings, unique_name
 from tidelog.demo import wait_for_capture
 from tidelog.events import CloudEvent, Publisher, event_topics, load_schema, new_event
 from tidelog.settings import Settings
@@ -102,7 +101,7 @@ def shop_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[tuple[Settings, Shop, Path]]:
     name = unique_name("loop")
     root = tmp_path_factory.mktemp("loop")
-    env = dataclasses.replace(private_settings(settings, root, name), events="on")
+    env = dataclasses.replace(private_settings(settings, root, name), events=True)
     shop = Shop(env.postgres_dsn, name)
     spec = ConnectorSpec(name, shop.tables, name)
     shop.load(customers=300)
@@ -264,15 +263,7 @@ def test_events_are_on_the_broker_in_order_and_valid(loop: Loop) -> None:
 
 
 def _cli_env(env: Settings, **extra: str) -> dict[str, str]:
-    values = {"TIDELOG_HOME": str(env.home), "TIDELOG_POSTGRES_DSN": env.postgres_dsn,
-              "TIDELOG_BOOTSTRAP_SERVERS": env.bootstrap_servers,
-              "TIDELOG_CONNECT_URL": env.connect_url, "TIDELOG_MLFLOW_URI": env.mlflow_uri,
-              "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
-              "TIDELOG_CONNECTOR_NAME": env.connector_name,
-              "TIDELOG_ARCHIVE_ROOT": env.archive_root,
-              "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root, "TIDELOG_EVENTS": "on"}
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
-    return {**base, **values, **extra}
+    return cli_env(env, TIDELOG_EVENTS="on", **extra)
 
 
 def _worker(pipeline_file: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -306,11 +306,19 @@ def test_auth_can_be_switched_off_for_local_dev(make_app: AppFactory) -> None:
         assert api.client.get("/audit").status_code == 200
 
 
-def test_auth_is_on_unless_switched_off(settings: Settings) -> None:
-    assert load_api_config(settings, {}).auth is True
-    assert load_api_config(settings, {"TIDELOG_API_AUTH": "off"}).auth is False
-    with pytest.raises(ConfigError):
-        load_api_config(settings, {"TIDELOG_API_AUTH": "maybe"})
+def test_auth_is_on_unless_switched_off(settings: Settings,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDELOG_API_AUTH", raising=False)
+    assert load_api_config(settings).auth is True
+    monkeypatch.setenv("TIDELOG_API_AUTH", "off")
+    assert load_api_config(settings).auth is False
+    monkeypatch.setenv("TIDELOG_API_AUTH", "maybe")
+    with pytest.raises(ConfigError, match="TIDELOG_API_AUTH .*'maybe'"):
+        load_api_config(settings)
+    monkeypatch.setenv("TIDELOG_API_AUTH", "on")
+    monkeypatch.setenv("TIDELOG_API_WORKERS", "0")
+    with pytest.raises(ConfigError, match="TIDELOG_API_WORKERS .*greater than or equal to 1"):
+        load_api_config(settings)
 
 
 def test_keys_cli_creates_lists_and_revokes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -101,9 +101,12 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[CloudEvent]:
     return FakePublisher.sent
 
 
-def test_the_setting_names_the_directory(settings: Settings) -> None:
-    assert load_api_config(settings, {}).pipelines_dir is None
-    config = load_api_config(settings, {"TIDELOG_API_PIPELINES": "/etc/tidelog/pipelines"})
+def test_the_setting_names_the_directory(settings: Settings,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDELOG_API_PIPELINES", raising=False)
+    assert load_api_config(settings).pipelines_dir is None
+    monkeypatch.setenv("TIDELOG_API_PIPELINES", "/etc/tidelog/pipelines")
+    config = load_api_config(settings)
     assert config.pipelines_dir == Path("/etc/tidelog/pipelines")
 
 

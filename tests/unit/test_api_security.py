@@ -167,14 +167,19 @@ def test_bodies_over_the_limit_are_413_without_buffering(api: Api) -> None:
     assert_error(bad, 422, "validation_error")
 
 
-def test_the_body_limit_is_a_setting(make_app: AppFactory, settings: Any) -> None:
+def test_the_body_limit_is_a_setting(make_app: AppFactory, settings: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from api.config import load_api_config
     from tidelog.errors import ConfigError
 
-    assert load_api_config(settings, {}).max_body_bytes == MIB
-    assert load_api_config(settings, {"TIDELOG_API_MAX_BODY": "2048"}).max_body_bytes == 2048
-    with pytest.raises(ConfigError):
-        load_api_config(settings, {"TIDELOG_API_MAX_BODY": "0"})
+    monkeypatch.delenv("TIDELOG_API_MAX_BODY", raising=False)
+    assert load_api_config(settings).max_body_bytes == MIB
+    monkeypatch.setenv("TIDELOG_API_MAX_BODY", "2048")
+    assert load_api_config(settings).max_body_bytes == 2048
+    monkeypatch.setenv("TIDELOG_API_MAX_BODY", "0")
+    with pytest.raises(ConfigError, match="TIDELOG_API_MAX_BODY"):
+        load_api_config(settings)
+    monkeypatch.delenv("TIDELOG_API_MAX_BODY")
     for api_ in _open(make_app(max_body_bytes=64)):
         resp = api_.post("/snapshots", {"tables": ["public.customers"] * 10}, role="writer")
         err = assert_error(resp, 413, "payload_too_large")

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tidelog.settings import ENV_FIELDS, Settings
+from tidelog.docgen import SECTIONS
+from tidelog.settings import Settings, section_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -32,8 +33,9 @@ PUBLISHED = {
     "mlflow": {5000},
     "tidelog-api": {8000},
 }
-# Variables tidelog/settings.py reads besides ENV_FIELDS.
-EXTRA_TIDELOG_VARS = {"TIDELOG_HOME", "TIDELOG_CONFIG", "TIDELOG_API_RECIPES"}
+# Every variable of every typed settings section (docs/configuration.md).
+KNOWN_TIDELOG_VARS = {env for _t, _x, section in SECTIONS
+                      for env, *_ in section_variables(section)}
 PASSTHROUGH_PREFIX = "TIDELOG_KAFKA__"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 
@@ -191,7 +193,7 @@ def test_dockerfile_installs_the_locked_environment() -> None:
 
 
 def test_every_tidelog_variable_is_one_tidelog_reads(compose: dict[str, Any]) -> None:
-    known = set(ENV_FIELDS) | EXTRA_TIDELOG_VARS
+    known = KNOWN_TIDELOG_VARS
     used = {m for s in strings(compose) for m in re.findall(r"\bTIDELOG_[A-Z0-9_]+", s)}
     unknown = sorted(v for v in used - known if not v.startswith(PASSTHROUGH_PREFIX))
     assert not unknown, f"compose sets TIDELOG_ variables tidelog never reads: {unknown}"

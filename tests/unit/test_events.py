@@ -23,7 +23,7 @@ from tidelog.events import (
     load_schema,
     new_event,
 )
-from tidelog.settings import Settings
+from tidelog.settings import Settings, load_settings
 
 SETTINGS = Settings(home=Path("/nonexistent"), topic_prefix="shop")
 
@@ -112,12 +112,16 @@ def test_topics_live_under_the_prefix_and_are_not_cdc_topics() -> None:
     assert not is_event_topic("other.tidelog.events.model", "shop")
 
 
-def test_events_setting_is_on_or_off_or_refused() -> None:
+def test_events_setting_is_on_or_off_or_refused(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
     assert not events_enabled(SETTINGS)
-    assert events_enabled(dataclasses.replace(SETTINGS, events="on"))
-    assert not events_enabled(dataclasses.replace(SETTINGS, events="false"))
-    with pytest.raises(ConfigError, match="TIDELOG_EVENTS"):
-        events_enabled(dataclasses.replace(SETTINGS, events="sometimes"))
+    assert events_enabled(dataclasses.replace(SETTINGS, events=True))
+    for text, on in (("on", True), ("off", False), ("true", True), ("0", False)):
+        monkeypatch.setenv("TIDELOG_EVENTS", text)
+        assert events_enabled(load_settings(tmp_path)) is on
+    monkeypatch.setenv("TIDELOG_EVENTS", "sometimes")
+    with pytest.raises(ConfigError, match="TIDELOG_EVENTS .*'sometimes'"):
+        load_settings(tmp_path)
 
 
 def test_unknown_event_types_are_refused() -> None:

@@ -584,6 +584,25 @@ def test_cli_argument_parsing() -> None:
     assert parse_at(json.dumps(cut.to_json())) == cut
 
 
+def test_one_cut_parser_for_cli_and_api(tmp_path: Path) -> None:
+    from api.core import cut_or_latest
+    from snapshotter.cut import parse_at as parse
+
+    cut = Cut((PartitionCut("t", 0, end=3, cluster_id="c", topic_id="x"),))
+    saved = tmp_path / "cut.json"
+    saved.write_text(json.dumps(cut.to_json()))
+    assert parse(f"@{saved}") == cut == parse(cut.to_json()) == parse(cut)
+    assert parse("latest") == parse(None) == "latest"
+    assert parse("run-123") == "run-123"  # --since also takes a run id
+    with pytest.raises(CutError, match="cannot read the cut file"):
+        parse(f"@{tmp_path / 'missing.json'}")
+    assert cut_or_latest(cut.to_json()) == cut and cut_or_latest(None) == "latest"
+    with pytest.raises(CutError, match="not @FILE"):
+        cut_or_latest(f"@{saved}")
+    with pytest.raises(CutError, match="not valid JSON"):
+        cut_or_latest("lates")
+
+
 def test_fake_digest_ignores_row_order() -> None:
     frame = pl.DataFrame({"id": [1, 2, 3], "v": ["a", "b", None]})
     assert frame_digest(frame) == frame_digest(frame.reverse())

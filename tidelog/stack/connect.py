@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import StackError
+from tidelog.settings import StackEnv, read_section
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
 _QUIET = logging.getLogger("tidelog.stack.connect.admin")
@@ -215,7 +216,7 @@ def start_connect(root: Path, cache: Path, port: int, bootstrap: str) -> Process
     )
     log4j = root / "log4j2.properties"
     log4j.write_text(LOG4J2)
-    heap = os.environ.get("TIDELOG_CONNECT_HEAP", "768m")
+    heap = read_section(StackEnv).connect_heap
     argv = [
         _java_tool("java"), f"-Xmx{heap}", "-XX:+UseParallelGC",
         "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tidelog.adapters import postgres
 from tidelog.errors import StackError
+from tidelog.settings import StackEnv, read_section
 from tidelog.stack.process import ProcessRecord, spawn, wait_until
 
 __all__ = ["pg_bin", "start_postgres", "postgres_dsn"]
@@ -18,8 +19,8 @@ DATABASE = "tidelog"
 
 
 def pg_bin(tool: str) -> str:
-    override = os.environ.get("TIDELOG_PG_BIN")
-    for directory in ([override] if override else []) + list(PG_BIN_CANDIDATES):
+    override = read_section(StackEnv).pg_bin
+    for directory in ([str(override)] if override else []) + list(PG_BIN_CANDIDATES):
         candidate = Path(directory) / tool
         if candidate.exists():
             return str(candidate)
