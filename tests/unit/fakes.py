@@ -110,3 +110,88 @@ class FakeAdminClient:
         self._check()
         return {tp: _future(SimpleNamespace(offset=self.ends.get((tp.topic, tp.partition), 0)))
                 for tp in wanted}
+
+
+@dataclass
+class FakeMessage:
+    """What `Consumer.consume` returns: a record, or an error event of a partition."""
+
+    _topic: str
+    _partition: int
+    _offset: int = -1
+    _value: bytes | None = None
+    _error: KafkaError | None = None
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return None if self._error else f"k{self._offset}".encode()
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000 + self._offset)
+
+
+@dataclass
+class FakeConsumer:
+    """A consumer over in-memory partitions: `logs[(topic, p)]` holds the values from
+    offset `first[(topic, p)]` (retention trims the head) up to the end; `eof` switches
+    partition-EOF events, `chunk` is how many records one consume() hands out."""
+
+    logs: dict[tuple[str, int], list[bytes]]
+    first: dict[tuple[str, int], int] = field(default_factory=dict)
+    eof: bool = True
+    chunk: int = 3
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    closed: bool = False
+    sent_eof: set[tuple[str, int]] = field(default_factory=set)
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.positions = {(tp.topic, tp.partition): tp.offset for tp in partitions}
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = -1, cached: bool = False
+                              ) -> tuple[int, int]:
+        key = (tp.topic, tp.partition)
+        low = self.first.get(key, 0)
+        return low, low + len(self.logs[key])
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        out: list[FakeMessage] = []
+        for key, position in sorted(self.positions.items()):
+            low = self.first.get(key, 0)
+            if position < low:
+                out.append(FakeMessage(*key, _error=KafkaError(
+                    KafkaError._AUTO_OFFSET_RESET, "Local: No offset stored")))
+                continue
+            end = low + len(self.logs[key])
+            upto = min(end, position + self.chunk, position + num_messages - len(out))
+            for offset in range(position, upto):
+                out.append(FakeMessage(*key, _offset=offset,
+                                       _value=self.logs[key][offset - low]))
+            self.positions[key] = upto
+            if upto == end and self.eof and key not in self.sent_eof:
+                self.sent_eof.add(key)
+                out.append(FakeMessage(*key, _error=KafkaError(
+                    KafkaError._PARTITION_EOF, "Broker: No more messages")))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeConsumer:
+        from tidelog.adapters import kafka
+
+        monkeypatch.setattr(kafka, "consumer", lambda config: self)
+        return self
