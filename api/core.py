@@ -151,6 +151,21 @@ class Core:
         self.lineage_cache.clear()
         return report.to_json()
 
+    def erase(self, table: str, key: Mapping[str, Any], reason: str, actor: str,
+              dry_run: bool = False) -> dict[str, Any]:
+        from trainer.erasure import erase
+
+        # The training lock: no run reads a snapshot while its files are rewritten.
+        with self.training_lock, self.archive_lock:
+            report = erase(self.settings, table, key, reason, actor, dry_run=dry_run)
+        self.lineage_cache.clear()  # cached row lineage may quote the erased rows
+        return report.to_json()
+
+    def erasures(self) -> dict[str, Any]:
+        from trainer.erasure import list_erasures, verify_ledger
+
+        return {**list_erasures(self.settings), "chain": verify_ledger(self.settings)}
+
     def run_recipe_of(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
         from trainer.tracking import connect
 
