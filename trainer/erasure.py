@@ -37,6 +37,7 @@ from tidelog.errors import ErasureError, TidelogError
 from tidelog.redact import redact_dsn
 from tidelog.settings import Settings
 from tidelog.topics import table_topic
+from trainer.datasets import dataset_cache_dir
 from trainer.tracking import Tracking, connect
 
 __all__ = ["ErasureReport", "erase", "list_erasures", "verify_ledger", "erasures_of_run",
@@ -171,6 +172,11 @@ def _execute(settings: Settings, journal: Journal, files: ErasureFiles,
     if step("snapshots"):
         erase_snapshots(settings, journal.id, subject)
         mark("snapshots")
+    if step("caches"):
+        # Datasets rebuilt from the archive for MLflow's `load()`: derived, so removed
+        # whole rather than rewritten; the next load rebuilds from the erased archive.
+        shutil.rmtree(dataset_cache_dir(settings), ignore_errors=True)
+        mark("caches")
     crash_point("erasure.before_catalog")
     if step("catalog"):
         sync_catalog(settings, rebuild=True)  # its views name the rewritten files by path
