@@ -142,12 +142,13 @@ class Core:
         self.lineage_cache.clear()
         return result.to_json()
 
-    def rebuild(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    def rebuild(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT,
+                without_erased: bool = False) -> dict[str, Any]:
         from trainer.rebuild import rebuild
 
         with self.training_lock:
             report = rebuild(self.settings, run_id, provider=self.provider,
-                             experiment=experiment)
+                             experiment=experiment, without_erased=without_erased)
         self.lineage_cache.clear()
         return report.to_json()
 

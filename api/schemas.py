@@ -146,6 +146,9 @@ class RebuildOptions(_In):
     """The optional body of `POST /runs/{run_id}/rebuild`."""
 
     experiment: Experiment = "tidelog"
+    without_erased: Annotated[bool, Field(
+        description="a run an erasure changed: rebuild its cut minus the erased subjects "
+                    "as a new linked run (docs/erasure.md)")] = False
 
 
 class AuditHead(_Out):
