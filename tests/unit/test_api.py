@@ -287,6 +287,22 @@ def test_401_challenges_and_health_needs_no_key(api: Api) -> None:
     assert api.client.get("/metrics").status_code == 200
 
 
+def test_erasure_is_admin_only_and_answers_with_the_report(api: Api) -> None:
+    body = {"table": "public.customers", "key": {"id": 424242}, "reason": "ticket 7",
+            "dry_run": True}
+    resp = api.post("/erasures", body)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["dry_run"] is True and report["erasure_id"] is None
+    assert "no change event" in report["notes"][-1]
+    assert "kafka_topics" in report["cannot_erase"]
+    assert_error(api.post("/erasures", body, role="writer"), 403, "forbidden")
+    assert_error(api.post("/erasures", {**body, "reason": ""}), 422)
+    assert_error(api.post("/erasures", {**body, "table": "customers"}), 422)
+    listed = api.get("/erasures").json()
+    assert listed["items"] == [] and listed["pending"] == [] and listed["chain"]["ok"]
+
+
 def test_revoked_key_stops_working_at_once(api: Api) -> None:
     created = api.post("/admin/keys", {"role": "writer", "name": "ci"})
     assert created.status_code == 201
