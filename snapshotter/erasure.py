@@ -48,7 +48,7 @@ from tidelog.settings import Settings
 from tidelog.topics import table_topic
 
 __all__ = ["Subject", "ErasureFiles", "Journal", "SegmentHit", "SnapshotHit",
-           "find_segments", "find_snapshots", "subject_events", "subject_sum_at",
+           "find_segments", "find_snapshots", "subject_sum_at",
            "erase_segments", "erase_snapshots", "new_erasure_id", "write_atomically"]
 
 
@@ -216,18 +216,6 @@ def find_segments(settings: Settings, subject: Subject,
             if count:
                 hits.append(SegmentHit(seg, count))
     return hits
-
-
-def subject_events(settings: Settings, subject: Subject, hits: Sequence[SegmentHit]
-                   ) -> pl.DataFrame:
-    """(__partition, __offset, __op) of the subject's events, in offset order."""
-    frames = [pl.scan_parquet(h.segment.path).filter(pl.col(KEY) == subject.key_json)
-              .select("__partition", "__offset", "__op").with_columns(
-                  pl.lit(h.segment.generation).alias("__generation")) for h in hits]
-    if not frames:
-        return pl.DataFrame(schema={"__partition": pl.Int32, "__offset": pl.Int64,
-                                    "__op": pl.String, "__generation": pl.Int32})
-    return pl.concat(frames).collect().sort("__partition", "__offset")
 
 
 def subject_sum_at(settings: Settings, subject: Subject, hits: Sequence[SegmentHit],
