@@ -142,14 +142,30 @@ class Core:
         self.lineage_cache.clear()
         return result.to_json()
 
-    def rebuild(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    def rebuild(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT,
+                without_erased: bool = False) -> dict[str, Any]:
         from trainer.rebuild import rebuild
 
         with self.training_lock:
             report = rebuild(self.settings, run_id, provider=self.provider,
-                             experiment=experiment)
+                             experiment=experiment, without_erased=without_erased)
         self.lineage_cache.clear()
         return report.to_json()
+
+    def erase(self, table: str, key: Mapping[str, Any], reason: str, actor: str,
+              dry_run: bool = False) -> dict[str, Any]:
+        from trainer.erasure import erase
+
+        # The training lock: no run reads a snapshot while its files are rewritten.
+        with self.training_lock, self.archive_lock:
+            report = erase(self.settings, table, key, reason, actor, dry_run=dry_run)
+        self.lineage_cache.clear()  # cached row lineage may quote the erased rows
+        return report.to_json()
+
+    def erasures(self) -> dict[str, Any]:
+        from trainer.erasure import list_erasures, verify_ledger
+
+        return {**list_erasures(self.settings), "chain": verify_ledger(self.settings)}
 
     def run_recipe_of(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
         from trainer.tracking import connect

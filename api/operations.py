@@ -103,7 +103,8 @@ def job_kinds(core: Core, config: ApiConfig) -> dict[str, JobKind]:
         p = ctx.params
         experiment = p.get("experiment", "tidelog")
         check_recipe(config, core.run_recipe_of(p["run_id"], experiment))
-        return core.rebuild(p["run_id"], experiment)
+        return core.rebuild(p["run_id"], experiment,
+                            without_erased=bool(p.get("without_erased", False)))
 
     def connector_apply(ctx: JobContext) -> dict[str, Any]:
         p = ctx.params

@@ -146,6 +146,9 @@ class RebuildOptions(_In):
     """The optional body of `POST /runs/{run_id}/rebuild`."""
 
     experiment: Experiment = "tidelog"
+    without_erased: Annotated[bool, Field(
+        description="a run an erasure changed: rebuild its cut minus the erased subjects "
+                    "as a new linked run (docs/erasure.md)")] = False
 
 
 class AuditHead(_Out):
@@ -180,6 +183,15 @@ class PinRequest(_In):
 class KeyCreate(_In):
     role: Literal["reader", "writer", "admin"]
     name: Annotated[str, Field(max_length=100)] = ""
+
+
+class ErasureCreate(_In):
+    table: Annotated[str, Field(pattern=r"^[^.\s]+\.[^\s]+$", max_length=200,
+                                description="schema.table")]
+    key: Annotated[dict[str, Any], Field(min_length=1, max_length=32,
+                                         description='the primary key, e.g. {"id": 42}')]
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    dry_run: bool = False
 
 
 # -- responses -------------------------------------------------------------------------
@@ -398,3 +410,22 @@ class AuditEntryOut(_Out):
 class AuditPage(_Out):
     items: list[AuditEntryOut]
     next_cursor: str | None
+
+
+class ErasureOut(_Out):
+    erasure_id: str | None
+    table: str
+    dry_run: bool
+    segments: list[str]
+    snapshots: dict[str, Any]
+    runs: dict[str, Any]
+    model_versions: list[dict[str, str]]
+    cannot_erase: dict[str, Any]
+    resumed: list[str]
+    notes: list[str]
+
+
+class ErasureList(_Out):
+    items: list[dict[str, Any]]
+    pending: list[str]
+    chain: dict[str, Any]

@@ -88,6 +88,10 @@ VERIFIED_NAME = ".verified.json"
 # would keep the marked mtime ("racy git"): segments this young are hashed on every read
 # and never marked, so any later rewrite necessarily changes the mtime.
 RACY_SECONDS = 2.0
+# Per generation directory: old segment name -> the name of its rewrite, while an erasure
+# replaces the segment (docs/erasure.md). Written before the rewrite appears; a listed old
+# name is hidden once its rewrite exists, so a reader sees one file per range, old or new.
+SUPERSEDED_NAME = ".superseded.json"
 
 
 @dataclass(frozen=True)
@@ -186,9 +190,12 @@ class Archive:
     def segments(self, topic: str, partition: int, generation: int) -> list[Segment]:
         directory = self._generation_dir(topic, partition, generation)
         result = []
-        for name in self.storage.listdir(directory):
+        names = self.storage.listdir(directory)
+        superseded = self._superseded(directory) if SUPERSEDED_NAME in names else {}
+        present = set(names)
+        for name in names:
             match = SEGMENT_RE.match(name)
-            if match:
+            if match and superseded.get(name) not in present:
                 result.append(Segment(topic, partition, generation, int(match[1]),
                                       int(match[2]), f"{directory}/{name}", match[3]))
         result.sort(key=lambda s: s.start)
@@ -209,6 +216,69 @@ class Archive:
         self.storage.write_bytes(path, data, step="archive.segment_before_rename")
         crash_point("archive.after_segment")
         return Segment(topic, partition, generation, start, end, path, checksum)
+
+    def _superseded(self, directory: str) -> dict[str, str]:
+        path = f"{directory}/{SUPERSEDED_NAME}"
+        if not self.storage.exists(path):
+            return {}
+        found = json.loads(self.storage.read_bytes(path))
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def _save_superseded(self, directory: str, superseded: dict[str, str]) -> None:
+        path = f"{directory}/{SUPERSEDED_NAME}"
+        if superseded:
+            self.storage.write_bytes(path, json.dumps(superseded, sort_keys=True).encode())
+        elif self.storage.exists(path):
+            self.storage.fs.delete_file(path)
+
+    def replace_segment(self, seg: Segment, table: pa.Table) -> Segment:
+        """Rewrite `seg` as `table` (the same offset range) under a new content-addressed
+        name: record old -> new, write the new file, remove the old one, drop the record.
+        A crash leaves the old segment visible or the new one, never both
+        (`SUPERSEDED_NAME`); `finish_replacements` completes an interrupted one."""
+        directory = self._generation_dir(seg.topic, seg.partition, seg.generation)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        data = buf.getvalue()
+        checksum = hashlib.sha256(data).hexdigest()[:16]
+        old_name = seg.path.rsplit("/", 1)[1]
+        new_name = f"{seg.start:020d}-{seg.end:020d}-{checksum}.parquet"
+        new = Segment(seg.topic, seg.partition, seg.generation, seg.start, seg.end,
+                      f"{directory}/{new_name}", checksum)
+        if new_name == old_name:
+            return new
+        superseded = self._superseded(directory)
+        superseded[old_name] = new_name
+        self._save_superseded(directory, superseded)
+        self.storage.write_bytes(new.path, data)
+        crash_point("erasure.segment_written")
+        self.finish_replacements(seg.topic, seg.partition, seg.generation)
+        return new
+
+    def finish_replacements(self, topic: str, partition: int, generation: int) -> None:
+        """Remove segments whose rewrite is in place, and their superseded records and
+        verified marks (the old names carry the old content's checksum)."""
+        directory = self._generation_dir(topic, partition, generation)
+        superseded = self._superseded(directory)
+        if not superseded:
+            return
+        present = set(self.storage.listdir(directory))
+        for old_name, new_name in list(superseded.items()):
+            if new_name not in present:
+                if old_name in present:
+                    continue  # the rewrite never appeared: the old segment stays current
+            elif old_name in present:
+                self.storage.fs.delete_file(f"{directory}/{old_name}")
+            del superseded[old_name]
+        marks = self._marks(directory)
+        stale = [name for name in marks if name not in superseded and
+                 name not in set(self.storage.listdir(directory))]
+        if stale:
+            for name in stale:
+                del marks[name]
+            self.storage.write_bytes(f"{directory}/{VERIFIED_NAME}",
+                                     json.dumps(marks, sort_keys=True).encode())
+        self._save_superseded(directory, superseded)
 
     def damaged(self, segments: Iterable[Segment]) -> list[Segment]:
         """Segments whose bytes no longer match the checksum in their name (a full rehash,

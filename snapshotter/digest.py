@@ -24,6 +24,7 @@ __all__ = [
     "table_digest",
     "content_sum",
     "digest_from_parts",
+    "digest_with_erased",
     "schema_digest",
     "overall_digest",
     "digest_sql",
@@ -157,6 +158,16 @@ def digest_from_parts(schema_digest: str, content: ContentSum) -> TableDigest:
     """The table digest for a schema digest and a content sum."""
     return TableDigest(content.rows, schema_digest, content.hex,
                        _combine(schema_digest, content.hex, content.rows))
+
+
+def digest_with_erased(digest: TableDigest, erased: Sequence[ContentSum]) -> TableDigest:
+    """The digest of a table whose rows `erased` were removed, with their kept content
+    sums added back: equal to the recorded digest when nothing else changed
+    (docs/erasure.md)."""
+    total = ContentSum.parse(digest.content_digest, digest.rows)
+    for part in erased:
+        total = total + part
+    return digest_from_parts(digest.schema_digest, total)
 
 
 def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,

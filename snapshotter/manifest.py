@@ -10,10 +10,30 @@ from snapshotter.cut import Cut
 from tidelog.errors import SnapshotError
 from tidelog.redact import redact_dsn, redact_mapping
 
-__all__ = ["TableManifest", "Manifest", "MANIFEST_NAME", "FORMAT_VERSION", "redacted_source"]
+__all__ = ["ErasedRows", "TableManifest", "Manifest", "MANIFEST_NAME", "FORMAT_VERSION",
+           "redacted_source"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2  # 2: delete and delta files, content/schema digests, file checksums
+
+
+@dataclass(frozen=True)
+class ErasedRows:
+    """What an erasure removed from a table: the row count and the content sum of the
+    removed rows (docs/digest.md), kept so the recorded digest still verifies as
+    content(remaining rows) + content(erased rows). Never the rows themselves."""
+
+    erasure: str
+    rows: int
+    content_digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"erasure": self.erasure, "rows": self.rows,
+                "content_digest": self.content_digest}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErasedRows:
+        return cls(str(data["erasure"]), int(data["rows"]), str(data["content_digest"]))
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,13 @@ class TableManifest:
     # file -> (size, mtime_ns) when written: a file that still stats the same is taken as
     # unchanged when a later build reuses it (as git's index does); `verify` rehashes all
     file_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Rows removed by erasures since the build; `rows` and the digests stay as recorded
+    erased: tuple[ErasedRows, ...] = ()
+
+    @property
+    def visible_rows(self) -> int:
+        """Rows a reader sees: the recorded count minus the erased rows."""
+        return self.rows - sum(e.rows for e in self.erased)
 
     @property
     def all_files(self) -> tuple[str, ...]:
@@ -56,7 +83,8 @@ class TableManifest:
                 "delta_files": list(self.delta_files),
                 "content_digest": self.content_digest, "schema_digest": self.schema_digest,
                 "checksums": dict(sorted(self.checksums.items())),
-                "file_stats": {k: list(v) for k, v in sorted(self.file_stats.items())}}
+                "file_stats": {k: list(v) for k, v in sorted(self.file_stats.items())},
+                **({"erased": [e.to_json() for e in self.erased]} if self.erased else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableManifest:
@@ -70,7 +98,8 @@ class TableManifest:
                    schema_digest=str(data.get("schema_digest", "")),
                    checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()},
                    file_stats={str(k): (int(v[0]), int(v[1]))
-                               for k, v in data.get("file_stats", {}).items()})
+                               for k, v in data.get("file_stats", {}).items()},
+                   erased=tuple(ErasedRows.from_json(e) for e in data.get("erased", ())))
 
 
 def redacted_source(source: dict[str, Any]) -> dict[str, Any]:

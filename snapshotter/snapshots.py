@@ -616,8 +616,8 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
     The digest is derived, not recomputed: base content - rows replaced + rows written.
     """
     prev = base.manifest.tables[table]
-    if not (prev.content_digest and prev.schema_digest and prev.checksums):
-        return None
+    if not (prev.content_digest and prev.schema_digest and prev.checksums) or prev.erased:
+        return None  # an erased base's recorded sums include rows it no longer has
     if sum(int(f.select(pl.len()).collect().item()) for f in frames) > FOLD_EVENTS:
         return None  # a change this large is folded in bounded groups by a full build
     src = base.directory

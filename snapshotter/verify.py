@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from snapshotter.digest import overall_digest, table_digest
+from snapshotter.digest import ContentSum, digest_with_erased, overall_digest, table_digest
 from snapshotter.layout import file_sha256, visible_sql
 from snapshotter.manifest import TableManifest
 from snapshotter.snapshots import KEY_COLUMN, open_snapshot
@@ -36,6 +36,10 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
         except SnapshotError as exc:
             tables[name] = {"ok": False, "error": f"unreadable: {exc}"}
             continue
+        if table.erased:
+            # docs/erasure.md: the remaining rows plus the kept sums of the erased ones
+            got = digest_with_erased(got, [ContentSum.parse(e.content_digest, e.rows)
+                                           for e in table.erased])
         recomputed[name] = got.digest
         damaged = _damaged_files(snap.path, table)
         tables[name] = {"ok": got.digest == table.digest and got.rows == table.rows
@@ -43,6 +47,8 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
                         "recorded": table.digest, "recomputed": got.digest,
                         "rows_recorded": table.rows, "rows_recomputed": got.rows,
                         "files": len(table.all_files), "files_damaged": damaged}
+        if table.erased:
+            tables[name]["erased"] = [e.to_json() for e in table.erased]
     overall = overall_digest(recomputed) if len(recomputed) == len(tables) else None
     report: dict[str, Any] = {
         "id": snapshot_id,

@@ -35,6 +35,15 @@ POINTS = {
     "snapshot.after_publish": "the snapshot directory is in place, the catalog not updated",
     "catalog.before_publish": "the new catalog file is written, not yet renamed into place",
     "catalog.after_public": "catalog.duckdb is replaced, tidelog's own copy not yet",
+    "erasure.after_journal": "the erasure journal is written, nothing rewritten yet",
+    "erasure.segment_written": "a rewritten segment is in place, the old one not yet removed",
+    "erasure.snapshot_files_written": "a snapshot's rewritten files are written, its "
+                                      "manifest not yet replaced",
+    "erasure.snapshot_manifest_replaced": "a snapshot's manifest is replaced, its old files "
+                                          "not yet removed",
+    "erasure.before_catalog": "archive and snapshots are rewritten, the catalog not re-synced",
+    "erasure.before_ledger": "stores and catalog are done, MLflow flagged, no ledger entry yet",
+    "erasure.before_journal_removed": "the ledger entry is written, the journal not removed",
 }
 
 

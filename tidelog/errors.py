@@ -23,7 +23,9 @@
     ├── SnapshotError               snapshot_error         400
     │   ├── SnapshotNotFound        snapshot_not_found     404
     │   ├── SnapshotWriteError      snapshot_write_failed  507
-    │   └── DigestMismatch          digest_mismatch        409
+    │   ├── DigestMismatch          digest_mismatch        409
+    │   │   └── DatasetErased       dataset_erased         409
+    │   └── ErasureError            erasure_error          400
     └── TrainingError               training_error         400
         ├── RunNotFound             run_not_found          404
         ├── ModelNotFound           model_not_found        404
@@ -66,6 +68,8 @@ __all__ = [
     "SnapshotNotFound",
     "SnapshotWriteError",
     "DigestMismatch",
+    "DatasetErased",
+    "ErasureError",
     "TrainingError",
     "RunNotFound",
     "ModelNotFound",
@@ -233,6 +237,20 @@ class DigestMismatch(SnapshotError):
 
     code = "digest_mismatch"
     status = 409
+
+
+class DatasetErased(DigestMismatch):
+    """A run's data differs from its record because an erasure removed a subject."""
+
+    code = "dataset_erased"
+    status = 409
+
+
+class ErasureError(SnapshotError):
+    """An erasure request that cannot be carried out as given."""
+
+    code = "erasure_error"
+    status = 400
 
 
 class TrainingError(TidelogError):

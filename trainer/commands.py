@@ -1,5 +1,6 @@
-"""`tidelog train`, `tidelog rebuild`, `tidelog lineage`: argument parsing and printing
-only; the work is in trainer.train, trainer.rebuild and trainer.lineage."""
+"""`tidelog train`, `tidelog rebuild`, `tidelog lineage`, `tidelog erase`, `tidelog
+erasures`: argument parsing and printing only; the work is in trainer.train,
+trainer.rebuild, trainer.lineage and trainer.erasure."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def _rebuild(args: argparse.Namespace) -> int:
     from trainer.rebuild import rebuild
 
     _app_dir(args)
-    report = rebuild(load_settings(), args.run_id, experiment=args.experiment)
+    report = rebuild(load_settings(), args.run_id, experiment=args.experiment,
+                     without_erased=args.without_erased)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -125,6 +127,78 @@ def _lineage_row(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry for this uid (a container)
+        return "cli:unknown"
+
+
+def _erase(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.erasure import erase, key_from_text
+
+    report = erase(load_settings(), args.table, key_from_text(args.key), args.reason,
+                   _actor(), dry_run=args.dry_run, experiment=args.experiment)
+    if args.json:
+        _print_json(report.to_json())
+        return 0
+    for resumed in report.resumed:
+        print(f"completed the interrupted erasure {resumed}")
+    head = "would erase" if report.dry_run else f"erasure {report.erasure_id}"
+    print(f"{head}: {report.table}, {len(report.segments)} archive segment(s), "
+          f"{len(report.snapshots)} snapshot(s), {len(report.runs)} run(s), "
+          f"{len(report.model_versions)} model version(s)")
+    for seg in report.segments:
+        print(f"  segment  {seg}")
+    for sid, hit in sorted(report.snapshots.items()):
+        print(f"  snapshot {sid} ({hit['rows']} row(s))")
+    for run_id in sorted(report.runs):
+        print(f"  run      {run_id} (tagged tidelog.erasure.<id>=affected)")
+    for version in report.model_versions:
+        print(f"  model    {version['name']}/{version['version']}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print("tidelog cannot erase these; do it there:")
+    for what, item in report.cannot_erase.items():
+        where = item["where"] if isinstance(item["where"], str) else ", ".join(item["where"])
+        print(f"  {what}: {where}\n    {item['how']}")
+    return 0
+
+
+def _erasures_list(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.erasure import list_erasures
+
+    found = list_erasures(load_settings())
+    if args.json:
+        _print_json(found)
+        return 0
+    for entry in found["items"]:
+        print(f"{entry['id']}  {entry['completed_at']}  {entry['table']}  by {entry['actor']}"
+              f"  segments {len(entry['segments'])}, snapshots {len(entry['snapshots'])}, "
+              f"runs {len(entry['runs'])}: {entry['reason']}")
+    for pending in found["pending"]:
+        print(f"{pending}  PENDING (interrupted; the next `tidelog erase` completes it)")
+    return 0
+
+
+def _erasures_verify(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.erasure import verify_ledger
+
+    report = verify_ledger(load_settings())
+    if args.json:
+        _print_json(report)
+    elif report["ok"]:
+        print(f"erasure ledger ok: {report['entries']} entries, head {report['head']}")
+    else:
+        print(f"erasure ledger BROKEN at entry {report['broken_at']}: {report['problem']}")
+    return 0 if report["ok"] else 1
+
+
 def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser, app_dir: bool = False) -> None:
         p.add_argument("--experiment", default="tidelog", help="MLflow experiment")
@@ -151,8 +225,35 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("rebuild", help="rebuild a run's dataset and model, and verify them")
     p.add_argument("run_id")
+    p.add_argument("--without-erased", action="store_true",
+                   help="a run an erasure changed: rebuild its cut minus the erased "
+                        "subjects as a new run linked to it and to the erasures")
     common(p, app_dir=True)
     p.set_defaults(handler=_rebuild)
+
+    p = sub.add_parser("erase", help="erase a subject (table + key) from the archive, every "
+                                     "snapshot and the catalog; flag the models that saw it",
+                       description="Removes every change event and row of the key from "
+                       "tidelog's stores by atomic rewrites (crash-safe: a re-run completes "
+                       "an interrupted one), keeps the recorded digests verifiable, tags "
+                       "affected MLflow runs and model versions, and appends to the erasure "
+                       "ledger. It cannot erase the source database or the Kafka topics: "
+                       "the output says how to. See docs/erasure.md.")
+    p.add_argument("--table", required=True, help="schema.table")
+    p.add_argument("--key", required=True, help='the primary key as JSON, e.g. \'{"id": 42}\'')
+    p.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    p.add_argument("--dry-run", action="store_true", help="list what would change; change nothing")
+    common(p)
+    p.set_defaults(handler=_erase)
+
+    p = sub.add_parser("erasures", help="the erasure ledger")
+    erasures_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = erasures_sub.add_parser("list", help="completed erasures (and any still pending)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=_erasures_list)
+    q = erasures_sub.add_parser("verify", help="check the ledger's hash chain")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=_erasures_verify)
 
     p = sub.add_parser("lineage", help="trace a model or a row back through tidelog")
     lineage_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")

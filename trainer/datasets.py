@@ -28,7 +28,7 @@ from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 
 from snapshotter.cut import Cut
-from snapshotter.digest import table_digest
+from snapshotter.digest import ContentSum, digest_with_erased, table_digest
 from snapshotter.layout import visible_sql
 from snapshotter.manifest import Manifest
 from tidelog.errors import DigestMismatch, SnapshotError
@@ -37,6 +37,7 @@ from tidelog.settings import Settings, load_settings
 __all__ = [
     "SOURCE_TYPE",
     "MLFLOW_DIGEST_CHARS",
+    "dataset_cache_dir",
     "TidelogDatasetSource",
     "TidelogDataset",
     "from_tidelog",
@@ -170,12 +171,22 @@ def from_tidelog(snapshot_id: str, table: str, name: str | None = None,
 from_tidelog.__annotations__["return"] = TidelogDataset
 
 
+def dataset_cache_dir(settings: Settings) -> Path:
+    """Where datasets rebuilt from the archive are kept (erasure empties it)."""
+    return Path(settings.home) / "cache" / "datasets"
+
+
 def _recomputed(path: Path, manifest: Manifest, table: str) -> str:
+    entry = manifest.tables[table]
     con = duckdb.connect()
     try:
-        return table_digest(con, visible_sql(path, manifest.tables[table])).digest
+        got = table_digest(con, visible_sql(path, entry))
     finally:
         con.close()
+    if entry.erased:  # docs/erasure.md: the kept sums of erased rows make up the record
+        got = digest_with_erased(got, [ContentSum.parse(e.content_digest, e.rows)
+                                       for e in entry.erased])
+    return got.digest
 
 
 def _verified_location(settings: Settings, source: TidelogDatasetSource
@@ -197,7 +208,7 @@ def _verified_location(settings: Settings, source: TidelogDatasetSource
             f"snapshot {source.snapshot_id} is not under {settings.snapshot_root} (or fails "
             "its digest), and this dataset source records no cut to rebuild it from: log "
             "the dataset with tidelog 0.1+ (`trainer.datasets.dataset_for`)")
-    cache = Path(settings.home) / "cache" / "datasets"
+    cache = dataset_cache_dir(settings)
     manifest = rebuild_snapshot(settings, Cut.from_json(source.cut), source.tables, cache)
     path = cache / manifest.id
     got = manifest.tables[source.table].digest if source.table in manifest.tables else ""

@@ -8,17 +8,24 @@ import dataclasses
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from snapshotter.digest import ContentSum, TableDigest, digest_with_erased
 from snapshotter.manifest import Manifest
-from tidelog.errors import DigestMismatch, TidelogError, TrainingError
+from tidelog.errors import DatasetErased, DigestMismatch, TidelogError, TrainingError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
+from trainer.erasure import (
+    REBUILT_WITHOUT,
+    erased_sums,
+    erasure_tag,
+    erasures_of_run,
+)
 from trainer.fingerprint import array_sha256, model_sha256, predict
 from trainer.openlineage import describe_rebuild
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
@@ -26,6 +33,8 @@ from trainer.recipe import Recipe, file_sha256, load_recipe, run_recipe
 from trainer.tags import REBUILD_OF, RunLineage, tidelog_version
 from trainer.tracking import DEFAULT_EXPERIMENT, connect
 from trainer.train import read_tables
+
+ERASURE_PREFIX = "tidelog.erasure."
 
 __all__ = ["TableCheck", "RebuildReport", "rebuild", "compare_digests", "check_recipe",
            "row_differences"]
@@ -138,21 +147,36 @@ def row_differences(recorded: pl.DataFrame, rebuilt: pl.DataFrame,
             + (f"; columns in one but not the other: {', '.join(extra)}" if extra else ""))
 
 
+def _with_erased(manifest: Manifest, name: str, erased: Mapping[str, Sequence[ContentSum]]
+                 ) -> tuple[str | None, int | None]:
+    """A rebuilt table's digest and rows with the erased rows' kept sums added back."""
+    table = manifest.tables.get(name)
+    if table is None:
+        return None, None
+    if not erased.get(name):
+        return table.digest, table.rows
+    got = digest_with_erased(
+        TableDigest(table.rows, table.schema_digest, table.content_digest, table.digest),
+        erased[name])
+    return got.digest, got.rows
+
+
 def compare_digests(lineage: RunLineage, manifest: Manifest,
                     rebuilt: SnapshotLike | None = None,
-                    recorded: Callable[[], SnapshotLike | None] | None = None
+                    recorded: Callable[[], SnapshotLike | None] | None = None,
+                    erased: Mapping[str, Sequence[ContentSum]] | None = None
                     ) -> dict[str, TableCheck]:
     """Per-table comparison; raises DigestMismatch naming every table that differs.
 
     With both snapshots at hand (the recorded one may since have been deleted), the
-    message also shows which rows differ.
+    message also shows which rows differ. `erased`: per table, the kept content sums of
+    rows erasures removed (docs/erasure.md), added back before comparing.
     """
     checks = {}
     for name in lineage.tables:
-        table = manifest.tables.get(name)
-        checks[name] = TableCheck(
-            name, lineage.table_digests[name], table.digest if table else None,
-            lineage.table_rows.get(name, -1), table.rows if table else None)
+        digest, rows = _with_erased(manifest, name, erased or {})
+        checks[name] = TableCheck(name, lineage.table_digests[name], digest,
+                                  lineage.table_rows.get(name, -1), rows)
     bad = [c for c in checks.values() if not c.match]
     if not bad:
         return checks
@@ -205,10 +229,45 @@ def check_recipe(lineage: RunLineage) -> Recipe:
     return recipe
 
 
+def _own_digest_tags(manifest: Manifest) -> dict[str, str]:
+    tags = {"tidelog.digest": manifest.digest}
+    for name, table in manifest.tables.items():
+        tags[f"tidelog.digest.{name}"] = table.digest
+        tags[f"tidelog.rows.{name}"] = str(table.rows)
+    return tags
+
+
+def _changed_by_erasure(run_id: str, lineage: RunLineage, manifest: Manifest,
+                        erasures: list[dict[str, Any]],
+                        sums: Mapping[str, Sequence[ContentSum]]) -> DatasetErased:
+    """The refusal to rebuild a run whose data an erasure changed, saying whether the rest
+    of the data is still exactly what was recorded."""
+    ids = ", ".join(e["id"] for e in erasures)
+    named = "; ".join(f"{e['id']} ({e.get('table')}, {e.get('completed_at')}: "
+                      f"{e.get('reason')})" for e in erasures)
+    try:
+        compare_digests(lineage, manifest, erased=sums)
+        rest = ("every other row is exactly as recorded (the rebuilt digest plus the erased "
+                "rows' kept contributions equals the recorded digest)")
+        exact = True
+    except DigestMismatch as exc:
+        rest = f"and the remaining data differs from the record too: {exc.message}"
+        exact = False
+    return DatasetErased(
+        f"rebuild of run {run_id}: dataset changed by erasure {ids} — {named}; {rest}. "
+        f"Run `tidelog rebuild {run_id} --without-erased` to retrain on the recorded cut "
+        "minus the erased subjects, as a new run linked to this one and to the erasure",
+        run_id=run_id, erasures=[e["id"] for e in erasures], rest_exact=exact)
+
+
 @traced("rebuild", describe_rebuild)
 def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | None = None,
-            experiment: str = DEFAULT_EXPERIMENT, workdir: Path | None = None
-            ) -> RebuildReport:
+            experiment: str = DEFAULT_EXPERIMENT, workdir: Path | None = None,
+            without_erased: bool = False) -> RebuildReport:
+    """Rebuild a run. A run that an erasure changed is refused with DatasetErased unless
+    `without_erased`: then the cut minus the erased subjects is checked against the
+    recorded digests plus the erased rows' kept sums, and retrained as a new run linked
+    to the original and to the erasures."""
     started = time.perf_counter()
     provider = provider or default_provider()
     tracking = connect(settings, experiment)
@@ -230,9 +289,14 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
                 f"rebuild of run {run_id} refused: {exc.message}",
                 **{**exc.details, "run_id": run_id}) from exc
         rebuilt = provider.open_rebuilt(manifest, into)
+        erasures = erasures_of_run(settings, run_id)
+        sums = erased_sums(erasures, run_id)
+        if erasures and not without_erased:
+            raise _changed_by_erasure(run_id, lineage, manifest, erasures, sums)
         checks = compare_digests(
             lineage, manifest, rebuilt,
-            recorded=lambda: _recorded_snapshot(provider, settings, lineage.snapshot_id))
+            recorded=lambda: _recorded_snapshot(provider, settings, lineage.snapshot_id),
+            erased=sums if without_erased else None)
         frames = read_tables(rebuilt)
         snapshot_done = time.perf_counter()
         result = run_recipe(recipe, frames, lineage.params, lineage.seed)
@@ -240,7 +304,8 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
         trained = time.perf_counter()
         predictions_sha = array_sha256(predictions)
         model_sha = model_sha256(result.model)
-        tags = {**lineage.tidelog_tags(), REBUILD_OF: run_id,
+        tags = {**{k: v for k, v in lineage.tidelog_tags().items()
+                   if not k.startswith(ERASURE_PREFIX)}, REBUILD_OF: run_id,
                 "tidelog.predictions.sha256": predictions_sha, "tidelog.model.sha256": model_sha,
                 "tidelog.rebuild.snapshot_id": manifest.id,
                 "tidelog.rebuild.version": tidelog_version()}
@@ -252,6 +317,11 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
             "artifact_match": model_sha == lineage.tags.get("tidelog.model.sha256"),
         }
         tags.update({f"tidelog.rebuild.{k}": str(v).lower() for k, v in matches.items()})
+        if without_erased and erasures:
+            # The new run's data is the cut minus the erased subjects: its own digests.
+            tags.update(_own_digest_tags(manifest))
+            tags["tidelog.rebuild.without_erased"] = ",".join(e["id"] for e in erasures)
+            tags.update({erasure_tag(e["id"]): REBUILT_WITHOUT for e in erasures})
         logged = tracking.log_run(
             run_name=f"rebuild of {run_id}", params=lineage.params, seed=lineage.seed,
             result=result, predictions=predictions, tags=tags, manifest=manifest,

@@ -187,7 +187,32 @@ class Tracking:
                                                 f"tags.`{key}` = '{_quote(value)}'",
                                                 order_by=["attributes.start_time ASC"]))
 
+    def runs_with_table(self, table: str) -> list[Any]:
+        """Every tidelog run whose dataset includes `table` (any experiment)."""
+        with mlflow_errors(f"search runs of table {table}", self.uri):
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+            if not experiments:
+                return []
+            found = self.client.search_runs(
+                experiments, f"tags.`tidelog.tables` LIKE '%{_quote(table)}%'",
+                max_results=50_000, order_by=["attributes.start_time ASC"])
+        return [r for r in found
+                if table in r.data.tags.get("tidelog.tables", "").split(",")]
+
     # -- writing --------------------------------------------------------------------
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        with mlflow_errors(f"tag run {run_id} with {key}", self.uri):
+            self.client.set_tag(run_id, key, value)
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        with mlflow_errors(f"tag version {version} of model {name!r} with {key}", self.uri):
+            self.client.set_model_version_tag(name, version, key, value)
+
+    def versions_of_run(self, run_id: str) -> list[tuple[str, str]]:
+        """(model name, version) of every registered version made from the run."""
+        return [(str(v.name), str(v.version))
+                for v in self.model_versions(f"run_id = '{_quote(run_id)}'")]
 
     def log_run(self, *, run_name: str, params: Mapping[str, Any], seed: int,
                 result: RecipeResult, predictions: Any, tags: Mapping[str, str],

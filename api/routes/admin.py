@@ -1,4 +1,4 @@
-"""Admin: API keys and the audit log."""
+"""Admin: API keys, the audit log and erasures."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from api.responses import JSONBody
 from api.schemas import (
     AuditPage,
     AuditVerifyReport,
+    ErasureCreate,
+    ErasureList,
+    ErasureOut,
     IsoDateTime,
     KeyCreate,
     KeyCreated,
@@ -72,3 +75,18 @@ def verify_audit(state: State, principal: Principal = admin) -> dict[str, Any]:
     """Check the audit log's hash chain (admin): the first entry changed, replaced or
     missing."""
     return state.audit.verify()
+
+
+@router.post("/erasures", response_model=ErasureOut, name="erasures.create")
+def create_erasure(state: State, body: ErasureCreate, principal: Principal = admin
+                   ) -> dict[str, Any]:
+    """Erase a subject (table + key) from the archive, every snapshot and the catalog, and
+    flag the runs and model versions that saw it (admin; docs/erasure.md)."""
+    return state.core.erase(body.table, body.key, body.reason,
+                            f"api:{principal.name or principal.key_id}", dry_run=body.dry_run)
+
+
+@router.get("/erasures", response_model=ErasureList, name="erasures.list")
+def list_erasures(state: State, principal: Principal = admin) -> dict[str, Any]:
+    """The erasure ledger (admin), oldest first, with its hash-chain check."""
+    return state.core.erasures()

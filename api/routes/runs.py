@@ -38,9 +38,11 @@ def rebuild(state: State, run_id: RunPath,
             idempotency_key: IdempotencyKey = None,
             principal: Principal = writer) -> JSONBody:
     """Rebuild a run's dataset from the archive, check digests, retrain (a job)."""
-    experiment = (body or RebuildOptions()).experiment
-    return accept(state, "rebuild", {"run_id": run_id, "experiment": experiment}, principal,
-                  idempotency_key)
+    options = body or RebuildOptions()
+    params: dict[str, Any] = {"run_id": run_id, "experiment": options.experiment}
+    if options.without_erased:  # only when asked: other requests' params stay as they were
+        params["without_erased"] = True
+    return accept(state, "rebuild", params, principal, idempotency_key)
 
 
 @router.get("/{run_id}", response_model=RunOut, name="runs.get")

@@ -86,6 +86,8 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("DELETE", "/admin/keys/{key_id}"): "admin",
     ("GET", "/audit"): "admin",
     ("GET", "/audit/verify"): "admin",
+    ("POST", "/erasures"): "admin",
+    ("GET", "/erasures"): "admin",
     ("GET", "/pipelines"): "reader",
     ("GET", "/pipelines/{name}"): "reader",
     ("POST", "/pipelines/{name}/evaluate"): "reader",
@@ -113,6 +115,8 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/jobs/{job_id}"): ("/jobs/job_" + "0" * 32, None),
     ("POST", "/admin/keys"): ("/admin/keys", {"role": "reader", "name": "x"}),
     ("DELETE", "/admin/keys/{key_id}"): ("/admin/keys/" + "0" * 12, None),
+    ("POST", "/erasures"): ("/erasures", {"table": "public.customers", "key": {"id": 1},
+                                          "reason": "x", "dry_run": True}),
     ("GET", "/pipelines/{name}"): ("/pipelines/nope", None),
     ("POST", "/pipelines/{name}/evaluate"): ("/pipelines/nope/evaluate", None),
     ("POST", "/pipelines/{name}/trigger"): ("/pipelines/nope/trigger", {"reason": "x"}),
@@ -281,6 +285,22 @@ def test_401_challenges_and_health_needs_no_key(api: Api) -> None:
     assert resp.headers["www-authenticate"].startswith("Bearer")
     assert api.client.get("/healthz").json() == {"status": "ok"}
     assert api.client.get("/metrics").status_code == 200
+
+
+def test_erasure_is_admin_only_and_answers_with_the_report(api: Api) -> None:
+    body = {"table": "public.customers", "key": {"id": 424242}, "reason": "ticket 7",
+            "dry_run": True}
+    resp = api.post("/erasures", body)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["dry_run"] is True and report["erasure_id"] is None
+    assert "no change event" in report["notes"][-1]
+    assert "kafka_topics" in report["cannot_erase"]
+    assert_error(api.post("/erasures", body, role="writer"), 403, "forbidden")
+    assert_error(api.post("/erasures", {**body, "reason": ""}), 422)
+    assert_error(api.post("/erasures", {**body, "table": "customers"}), 422)
+    listed = api.get("/erasures").json()
+    assert listed["items"] == [] and listed["pending"] == [] and listed["chain"]["ok"]
 
 
 def test_revoked_key_stops_working_at_once(api: Api) -> None:
