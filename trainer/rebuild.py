@@ -5,6 +5,7 @@ data is the same by digest, retrain at the recorded code version, and compare th
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -19,6 +20,12 @@ from snapshotter.manifest import Manifest
 from tidelog.errors import DigestMismatch, TidelogError, TrainingError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
+from trainer.exclusions import (
+    EXCLUSIONS_ARTIFACT,
+    ExclusionStore,
+    apply_exclusions,
+    recorded_set,
+)
 from trainer.fingerprint import array_sha256, model_sha256, predict
 from trainer.openlineage import describe_rebuild
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
@@ -234,6 +241,15 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
             lineage, manifest, rebuilt,
             recorded=lambda: _recorded_snapshot(provider, settings, lineage.snapshot_id))
         frames = read_tables(rebuilt)
+        # Exactly the exclusion set the run recorded, not today's (added or removed since).
+        exclusions = recorded_set(
+            run_id, lineage.tags, lambda: tracking.read_text(run_id, EXCLUSIONS_ARTIFACT),
+            ExclusionStore.for_settings(settings))
+        texts: dict[str, str] = {}
+        if exclusions is not None:
+            frames, _ = apply_exclusions(frames, exclusions)
+            texts[EXCLUSIONS_ARTIFACT] = json.dumps(exclusions.to_json(), indent=2,
+                                                    sort_keys=True)
         snapshot_done = time.perf_counter()
         result = run_recipe(recipe, frames, lineage.params, lineage.seed)
         predictions = predict(result.model, result.features)
@@ -255,7 +271,7 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
         logged = tracking.log_run(
             run_name=f"rebuild of {run_id}", params=lineage.params, seed=lineage.seed,
             result=result, predictions=predictions, tags=tags, manifest=manifest,
-            tables=frames, timings=report_timings)
+            tables=frames, timings=report_timings, texts=texts)
     finally:
         shutil.rmtree(into, ignore_errors=True)
     report_timings["total"] = time.perf_counter() - started

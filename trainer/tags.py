@@ -139,6 +139,18 @@ class RunLineage:
     def tidelog_tags(self) -> dict[str, str]:
         return {k: v for k, v in self.tags.items() if k.startswith(PREFIX)}
 
+    @property
+    def exclusions(self) -> dict[str, Any] | None:
+        """The exclusion set the run trained without (trainer/exclusions.py), or None."""
+        if "tidelog.exclusions.id" not in self.tags:
+            return None
+        removed = "tidelog.exclusions.removed."
+        return {"id": self.tags["tidelog.exclusions.id"],
+                "digest": self.tags.get("tidelog.exclusions.digest", ""),
+                "count": int(self.tags.get("tidelog.exclusions.count", "0")),
+                "rows_removed": {k.removeprefix(removed): int(v) for k, v in self.tags.items()
+                                 if k.startswith(removed)}}
+
     @classmethod
     def from_tags(cls, run_id: str, tags: Mapping[str, str],
                   read_manifest: Callable[[], str] | None = None) -> RunLineage:
