@@ -34,6 +34,8 @@ ENV_FIELDS = {
     "TIDELOG_CONNECTOR_NAME": "connector_name",
     "TIDELOG_SNAPSHOT_MEMORY_MB": "snapshot_memory_mb",
     "TIDELOG_EVENTS": "events",
+    "TIDELOG_GC_KEEP_DAYS": "gc_keep_days",
+    "TIDELOG_GC_KEEP_SNAPSHOTS": "gc_keep_snapshots",
 }
 
 
@@ -50,6 +52,8 @@ class Settings:
     snapshot_root: str = ""
     snapshot_memory_mb: str = ""  # what a full snapshot build aims to stay within
     events: str = ""  # "on": publish CloudEvents to <prefix>.tidelog.events.* (docs/events.md)
+    gc_keep_days: str = ""  # `tidelog gc`: runs and snapshots this young are kept (30)
+    gc_keep_snapshots: str = ""  # `tidelog gc`: the newest N snapshots are kept (1)
     kafka: dict[str, str] = field(default_factory=dict)
 
     def kafka_config(self, **extra: KafkaValue) -> dict[str, KafkaValue]:

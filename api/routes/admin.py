@@ -1,10 +1,10 @@
-"""Admin: API keys and the audit log."""
+"""Admin: API keys, the audit log and garbage collection."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.auth import admin
 from api.keys import Principal
@@ -13,12 +13,15 @@ from api.responses import JSONBody
 from api.schemas import (
     AuditPage,
     AuditVerifyReport,
+    GcReport,
+    GcRequest,
     IsoDateTime,
     KeyCreate,
     KeyCreated,
     KeyList,
     KeyOut,
 )
+from api.bodies import NO_NULL_BODY
 from api.state import ApiState, get_state
 
 __all__ = ["router"]
@@ -72,3 +75,20 @@ def verify_audit(state: State, principal: Principal = admin) -> dict[str, Any]:
     """Check the audit log's hash chain (admin): the first entry changed, replaced or
     missing."""
     return state.audit.verify()
+
+
+@router.post("/gc", response_model=GcReport, name="gc.run", dependencies=NO_NULL_BODY)
+def run_gc(state: State, body: Annotated[GcRequest | None, Body()] = None,
+           principal: Principal = admin) -> dict[str, Any]:
+    """Retention by reachability (admin): delete snapshots and archive segments that no
+    registered model version, pin or recent run needs; a dry run unless `dry_run` is
+    false. The report says why each kept item is kept."""
+    from api.gc import collect_garbage
+
+    options = body or GcRequest()
+    with state.pins.lock:  # no pin slips in between the plan and the deletes
+        report = collect_garbage(state.settings, state.pins.all(), dry_run=options.dry_run,
+                                 keep_days=options.keep_days,
+                                 keep_snapshots=options.keep_snapshots, by=principal.key_id)
+    state.core.lineage_cache.clear()
+    return report
