@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.auth import admin
+from api.bodies import NO_NULL_BODY
 from api.keys import Principal
 from api.listing import decode_cursor, encode_cursor, utc_text
 from api.responses import JSONBody
@@ -21,7 +22,6 @@ from api.schemas import (
     KeyList,
     KeyOut,
 )
-from api.bodies import NO_NULL_BODY
 from api.state import ApiState, get_state
 
 __all__ = ["router"]
