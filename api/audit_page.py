@@ -137,7 +137,8 @@ def erasure_ledger(home: Path) -> tuple[list[dict[str, Any]], str | None]:
         if not isinstance(entry, dict):
             bad += 1
             continue
-        affected = entry.get("affected") if isinstance(entry.get("affected"), dict) else {}
+        raw = entry.get("affected")
+        affected: dict[str, Any] = raw if isinstance(raw, dict) else {}
         entry["affected_counts"] = {k: len(v) if isinstance(v, list | dict) else v
                                     for k, v in sorted(affected.items())}
         entries.append(entry)
