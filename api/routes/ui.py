@@ -1,7 +1,7 @@
 """The audit pages (read-only HTML for auditors): models → run → snapshot → cut → source,
 "which models saw row K of table T", and the erasure ledger, exclusions and retention.
-Same keys and roles as the JSON API (reader); a browser signs in once at /ui/login and the key rides in an HttpOnly cookie that only
-GET requests under /ui accept."""
+Same keys and roles as the JSON API (reader); a browser signs in once at /ui/login and
+the key rides in an HttpOnly cookie that only GET requests under /ui accept."""
 
 from __future__ import annotations
 
