@@ -199,3 +199,40 @@ def test_a_gc_killed_between_trim_and_delete_is_finished_by_the_next(tmp_path: P
     result = collect(settings, plan, archive)
     assert len(result["deleted_segments"]) == 2
     assert [(s.start, s.end) for s in archive.segments(TOPIC, 0, 0)] == [(100, 150)]
+
+
+def test_cli_gc_reads_the_api_pins_and_deletes_only_without_dry_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        quiet_mlflow: None) -> None:
+    from api.retention import Pins
+    from api.store import Database
+    from tidelog.cli import main
+
+    for name in ("TIDELOG_ARCHIVE_ROOT", "TIDELOG_SNAPSHOT_ROOT", "TIDELOG_API_DB",
+                 "TIDELOG_GC_KEEP_DAYS", "TIDELOG_GC_KEEP_SNAPSHOTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TIDELOG_HOME", str(tmp_path))
+    monkeypatch.setenv("TIDELOG_MLFLOW_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    settings = Settings(home=tmp_path, snapshot_root=str(tmp_path / "snapshots"))
+    pinned = _manifest("p" * 16, _cut(10), days_old=400)
+    loose = _manifest("l" * 16, _cut(20), days_old=400)
+    for m in (pinned, loose):
+        _publish(settings, m)
+    db = Database(tmp_path / "api.db")
+    Pins(db).pin(pinned.id, "k1", "legal hold")
+    db.close()
+
+    assert main(["gc", "--dry-run", "--keep-days", "0", "--keep-snapshots", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"keep snapshot {pinned.id}: pinned snapshot {pinned.id} (pinned by k1: legal " \
+           "hold)" in out
+    assert f"would delete snapshot {loose.id}" in out
+    assert (tmp_path / "snapshots" / loose.id).exists()
+    assert main(["gc", "--keep-days", "0", "--keep-snapshots", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["result"]["deleted_snapshots"] == [loose.id]
+    assert not (tmp_path / "snapshots" / loose.id).exists()
+    assert (tmp_path / "snapshots" / pinned.id).exists()
+    logged = (tmp_path / "gc" / "log.jsonl").read_text().splitlines()
+    assert len(logged) == 1 and json.loads(logged[0])["result"]["deleted_snapshots"] == [
+        loose.id]
