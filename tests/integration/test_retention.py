@@ -80,7 +80,7 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_for_capture(env, dict(shop.events))
         b = train(env, recipe, at="latest", tables=shop.tables, params=PARAMS, seed=SEED,
                   register=model)
-        shop.change(seed=0.3)
+        _refund_some(shop)
         wait_for_capture(env, dict(shop.events))
         customers = f"{shop.schema}.customers"
         excluded = [5, 6]
@@ -93,6 +93,15 @@ def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         sys.path.remove(str(root))
         delete(env, spec, drop_slot=True)
         shop.drop()
+
+
+def _refund_some(shop: Shop) -> None:
+    """A later business change (one transaction) for the third snapshot."""
+    import psycopg
+
+    with psycopg.connect(shop.dsn, autocommit=True) as conn, conn.transaction():
+        shop._run(conn, "update {s}.payments set status = 'refunded' where id %% 89 = 0",
+                  table="payments", kind="update")
 
 
 def _seen(env: Settings, run_id: str) -> list[int]:
