@@ -108,6 +108,11 @@ def _lineage_model(args: argparse.Namespace) -> int:
     print(f"  lsn {data['lsn']}, commit time {data['commit_time_ms']} ms, source "
           + ", ".join(f"{k}={v}" for k, v in sorted(data["source"].items())))
     print(f"  recipe {data['recipe']['reference']} @ {data['recipe']['git_commit']}")
+    if data.get("exclusions"):
+        ex = data["exclusions"]
+        removed = ", ".join(f"{t} {n}" for t, n in sorted(ex["rows_removed"].items()))
+        print(f"  trained without exclusion set {ex['id']} ({ex['count']} entries, digest "
+              f"{ex['digest'][:16]}; rows removed: {removed or 'none'})")
     return 0
 
 

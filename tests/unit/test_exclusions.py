@@ -205,3 +205,31 @@ def test_a_run_without_exclusions_records_none(settings: Settings,
                    params={"model": "logreg"}, provider=copy.deepcopy(source))
     assert not any(k.startswith("tidelog.exclusions") for k in result.tags)
     assert result.to_json()["exclusions"] is None
+
+
+def test_cli_exclude_list_remove_and_lineage(settings: Settings, source: FakeSnapshotProvider,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tidelog.cli import main
+
+    for name in ("TIDELOG_ARCHIVE_ROOT", "TIDELOG_SNAPSHOT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TIDELOG_HOME", str(settings.home))
+    monkeypatch.setenv("TIDELOG_MLFLOW_URI", settings.mlflow_uri)
+    assert main(["exclude", "--table", "public.customers", "--key", '{"id": 9}',
+                 "--reason", "chargeback fraud", "--json"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["key"] == {"id": 9} and added["reason"] == "chargeback fraud"
+    assert main(["exclude", "--table", "public.customers", "--key", '{"id": 9}']) == 2
+    assert "--reason" in capsys.readouterr().err
+    train(settings, "examples.churn:train", tables=list(source._log), seed=1,
+          params={"model": "logreg"}, register="cli-churn", provider=copy.deepcopy(source))
+    assert main(["lineage", "model", "cli-churn"]) == 0
+    assert "trained without exclusion set xs-1 (1 entries" in capsys.readouterr().out
+    assert main(["exclude", "--remove", added["id"], "--reason", "was fine"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert main(["exclusions", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] == []
+    assert main(["exclusions", "list", "--all"]) == 0
+    history = capsys.readouterr().out.splitlines()
+    assert len(history) == 2 and "remove" in history[1] and "was fine" in history[1]
