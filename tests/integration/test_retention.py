@@ -178,7 +178,7 @@ def test_gc_keeps_exactly_what_the_registered_model_needs(world: World) -> None:
     assert report.verified and report.artifact_match, report.to_json()
     assert report.digest_rebuilt == b.manifest.digest
     assert report.model_rebuilt == b.model_sha256
-    assert model_lineage(env, world.model).snapshot_id == b.snapshot_id
+    assert model_lineage(env, world.model).run.snapshot_id == b.snapshot_id
     # C's snapshot is gone but its cut is still archived: it rebuilds exactly too
     again = rebuild(env, c.run_id)
     assert again.verified and _seen(env, again.new_run_id) == _seen(env, c.run_id)
