@@ -111,6 +111,10 @@ class ExclusionSet:
         return {"id": self.id, "position": self.position, "digest": self.digest,
                 "entries": [e.to_json() for e in self.entries]}
 
+    def dumps(self) -> str:
+        """The run artefact `tidelog/exclusions.json`."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ExclusionSet:
         return cls(int(data["position"]),

@@ -5,7 +5,6 @@ data is the same by digest, retrain at the recorded code version, and compare th
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -248,8 +247,7 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
         texts: dict[str, str] = {}
         if exclusions is not None:
             frames, _ = apply_exclusions(frames, exclusions)
-            texts[EXCLUSIONS_ARTIFACT] = json.dumps(exclusions.to_json(), indent=2,
-                                                    sort_keys=True)
+            texts[EXCLUSIONS_ARTIFACT] = exclusions.dumps()
         snapshot_done = time.perf_counter()
         result = run_recipe(recipe, frames, lineage.params, lineage.seed)
         predictions = predict(result.model, result.features)

@@ -62,7 +62,8 @@ def _tp(topic: str, partition: int) -> str:
 
 
 # What a registered model version carries, so the registry alone names its data.
-VERSION_TAGS = (SNAPSHOT_ID, CUT, "tidelog.cut.fingerprint", "tidelog.digest", "tidelog.tables")
+VERSION_TAGS = (SNAPSHOT_ID, CUT, "tidelog.cut.fingerprint", "tidelog.digest", "tidelog.tables",
+                "tidelog.exclusions.id", "tidelog.exclusions.digest")
 
 
 def version_tags(run_tags: Mapping[str, str]) -> dict[str, str]:

@@ -188,7 +188,8 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
     logged = tracking.log_run(
         run_name=f"{recipe}@{manifest.id[:12]}", params=checked, seed=seed, result=result,
         predictions=predictions, tags=run_tags, manifest=manifest, tables=frames,
-        timings=timings, texts=_exclusion_texts(exclusions))
+        timings=timings,
+        texts={EXCLUSIONS_ARTIFACT: exclusions.dumps()} if exclusions.entries else {})
     version = (tracking.register(logged.model_uri, register, tags=version_tags(run_tags))
                if register else None)
     timings["total"] = time.perf_counter() - started
@@ -210,13 +211,6 @@ def _announce(settings: Settings, result: TrainResult, register: str | None) -> 
     from trainer.announce import model_trained
 
     publish(settings, model_trained(settings, result, register))
-
-
-def _exclusion_texts(exclusions: Any) -> dict[str, str]:
-    import json
-
-    return ({EXCLUSIONS_ARTIFACT: json.dumps(exclusions.to_json(), indent=2, sort_keys=True)}
-            if exclusions.entries else {})
 
 
 def _model_tags(deterministic: bool, predictions: str, model: str) -> dict[str, str]:
