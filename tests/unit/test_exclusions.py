@@ -155,6 +155,8 @@ def test_train_without_excluded_rows_and_rebuild_applies_the_recorded_set(
     recorded = json.loads(connect(settings).read_text(result.run_id, EXCLUSIONS_ARTIFACT))
     assert {e["key"]["id"] for e in recorded["entries"]} == {7, 11}
     assert recorded["digest"] == tags["tidelog.exclusions.digest"]
+    version = connect(settings).model_version("churn", result.registered_version)
+    assert version.tags["tidelog.exclusions.digest"] == tags["tidelog.exclusions.digest"]
     # the snapshot itself is untouched: still every row, with its recorded digest
     assert result.manifest.tables["public.customers"].rows == 120
 
