@@ -6,14 +6,19 @@ Pure rendering: the routes in api/routes/ui.py fetch the data and call these.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-__all__ = ["GraphNode", "lineage_graph", "render"]
+from tidelog.errors import TidelogError
+from tidelog.settings import Settings
+
+__all__ = ["GraphNode", "lineage_graph", "render", "retention_context", "erasure_ledger"]
 
 _ENV = Environment(loader=PackageLoader("api", "templates"),
                    autoescape=select_autoescape(("html",)), trim_blocks=True,
@@ -106,6 +111,59 @@ def _layout(nodes: Sequence[GraphNode]) -> dict[str, Any]:
                               "x2": x1, "y2": y1 + _BOX_H / 2})
     width = (max(columns) + 1) * (_BOX_W + _GAP_X) + 10
     return {"boxes": boxes, "edges": edges, "width": width, "height": height}
+
+
+def erasure_ledger(home: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The erasure ledger's entries, newest first, and a problem reading it (if any).
+
+    `tidelog erase` appends to `$TIDELOG_HOME/erasures/ledger.jsonl`; none yet is no
+    erasure yet. Lines that are not JSON objects are counted, not shown."""
+    path = home / "erasures" / "ledger.jsonl"
+    if not path.exists():
+        return [], None
+    entries, bad = [], 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        return [], f"cannot read {path}: {exc.strerror or exc}"
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(entry, dict):
+            bad += 1
+            continue
+        raw = entry.get("affected")
+        affected: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        entry["affected_counts"] = {k: len(v) if isinstance(v, list | dict) else v
+                                    for k, v in sorted(affected.items())}
+        entries.append(entry)
+    problem = f"{bad} line(s) of {path} are not ledger entries" if bad else None
+    return list(reversed(entries)), problem
+
+
+def retention_context(settings: Settings, pins: Mapping[str, Mapping[str, Any]]
+                      ) -> dict[str, Any]:
+    """What the retention page shows: erasures, exclusions, a gc dry run, past gc runs.
+    A part that cannot be read (MLflow down, say) shows its error; the rest still shows."""
+    from api.gc import gc_history, plan_garbage
+    from trainer.exclusions import ExclusionStore
+
+    ledger, ledger_problem = erasure_ledger(Path(settings.home))
+    store = ExclusionStore.for_settings(settings)
+    plan: dict[str, Any] | None = None
+    plan_error = None
+    try:
+        plan = plan_garbage(settings, pins).to_json()
+    except TidelogError as exc:
+        plan_error = exc.message
+    return {"erasures": ledger, "ledger_problem": ledger_problem,
+            "exclusions": store.active(), "exclusion_history": list(reversed(store.history())),
+            "plan": plan, "plan_error": plan_error, "gc_runs": gc_history(settings, 10)}
 
 
 def render(template: str, **context: Any) -> str:

@@ -88,7 +88,49 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(args: argparse.Namespace) -> int:
+    from api.gc import collect_garbage, pins_of
+    from tidelog.settings import load_settings
+
+    settings = load_settings()
+    report = collect_garbage(settings, pins_of(settings), dry_run=args.dry_run,
+                             keep_days=args.keep_days, keep_snapshots=args.keep_snapshots)
+    if args.json:
+        _print_json(report)
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    policy = report["policy"]
+    print(f"gc ({'dry run' if args.dry_run else 'done'}): window {policy['keep_days']:g} "
+          f"days, newest {policy['keep_snapshots']} snapshot(s) kept")
+    for item in report["keep"]["snapshots"]:
+        print(f"  keep snapshot {item['snapshot_id']}: {'; '.join(item['why'])}")
+    for item in report["keep"]["segments"]:
+        print(f"  keep {item['topic']}[{item['partition']}] g{item['generation']} offsets "
+              f"{item['offsets'][0]}..{item['offsets'][1]} ({item['segments']} segments): "
+              f"{'; '.join(item['why']) or 'within a kept range'}")
+    for item in report["delete"]["snapshots"]:
+        print(f"  {verb} snapshot {item['snapshot_id']}: {item['why']}")
+    for item in report["delete"]["segments"]:
+        print(f"  {verb} segment {item['path']}: {item['why']}")
+    if not report["delete"]["snapshots"] and not report["delete"]["segments"]:
+        print("  nothing to delete")
+    return 0
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser("gc", help="delete snapshots and archive segments no model, pin or "
+                                  "recent run needs (retention by reachability)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would go and why each kept item is kept; delete nothing")
+    p.add_argument("--keep-days", type=float, metavar="N",
+                   help="keep runs and snapshots younger than N days (default "
+                        "TIDELOG_GC_KEEP_DAYS, else 30)")
+    p.add_argument("--keep-snapshots", type=int, metavar="N",
+                   help="keep the newest N snapshots (default TIDELOG_GC_KEEP_SNAPSHOTS, "
+                        "else 1)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_gc)
+
     api = sub.add_parser("api", help="serve the REST API and manage its keys")
     api_sub = api.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -48,6 +48,7 @@ def run_to_json(lineage: Any, rebuilds: list[Any]) -> dict[str, Any]:
                    "package_version": lineage.recipe_package_version},
         "params": lineage.params,
         "seed": lineage.seed,
+        "exclusions": lineage.exclusions,
         "source": lineage.source,
         "rebuild_of": tags.get("tidelog.rebuild_of"),
         "verification": own or None,

@@ -12,19 +12,15 @@ then the DuckDB catalog forgets it, then the files go.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import shutil
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
 from api.errors import HttpError
 from api.store import Database, now
-from snapshotter.manifest import MANIFEST_NAME
-from tidelog.errors import SnapshotError, SnapshotNotFound
+from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
 
 __all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
@@ -99,18 +95,9 @@ def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict
 
 
 def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
-    root = Path(settings.snapshot_root)
-    target = root / snapshot_id
-    if not (target / MANIFEST_NAME).exists():
-        raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
-                               snapshot_id=snapshot_id)
-    trash = root / f".deleted-{snapshot_id}-{uuid.uuid4().hex[:8]}"
-    with open(root / f".lock-{snapshot_id}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock a builder of this id holds
-        if not (target / MANIFEST_NAME).exists():
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
-                               snapshot_id=snapshot_id)
-        os.replace(target, trash)
+    from snapshotter.retention import delete_snapshot_dir
+
+    trash = delete_snapshot_dir(Path(settings.snapshot_root), snapshot_id)
     _forget_in_catalog(settings, snapshot_id)
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -176,6 +176,14 @@ class ConnectorRestart(_In):
     timeout: Annotated[float, Field(gt=0, le=600)] = 120.0
 
 
+class GcRequest(_In):
+    """The body of `POST /gc`; a dry run unless `dry_run` is false."""
+
+    dry_run: bool = True
+    keep_days: Annotated[float | None, Field(ge=0, le=36_500)] = None
+    keep_snapshots: Annotated[int | None, Field(ge=0, le=100_000)] = None
+
+
 class PinRequest(_In):
     reason: Annotated[str, Field(max_length=500)] = ""
 
@@ -292,6 +300,13 @@ class DiffReport(_Out):
     a: str
     b: str
     tables: dict[str, DiffTable]
+
+
+class GcReport(_Out):
+    dry_run: bool
+    policy: dict[str, Any]
+    keep: dict[str, Any]
+    delete: dict[str, Any]
 
 
 class DeleteOut(_Out):

@@ -30,6 +30,7 @@
         ├── RunNotFound             run_not_found          404
         ├── ModelNotFound           model_not_found        404
         ├── TableNotFound           table_not_found        404
+        ├── ExclusionNotFound       exclusion_not_found    404
         └── TrackingUnavailable     mlflow_unavailable     503  transient
 
 The API adds `api.errors.ApiError` (HTTP-level errors that carry their own status) below
@@ -74,6 +75,7 @@ __all__ = [
     "RunNotFound",
     "ModelNotFound",
     "TableNotFound",
+    "ExclusionNotFound",
     "TrackingUnavailable",
 ]
 
@@ -276,6 +278,13 @@ class TableNotFound(TrainingError):
     """No snapshot holds the table a lineage question names."""
 
     code = "table_not_found"
+    status = 404
+
+
+class ExclusionNotFound(TrainingError):
+    """No active exclusion has the id given (`tidelog exclude --remove`)."""
+
+    code = "exclusion_not_found"
     status = 404
 
 

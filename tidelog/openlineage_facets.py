@@ -11,7 +11,7 @@ import attr
 from openlineage.client.generated.base import DatasetFacet, InputDatasetFacet, RunFacet
 
 __all__ = ["SCHEMA_BASE", "OffsetsInputFacet", "DigestDatasetFacet", "CutRunFacet",
-           "MlflowRunFacet"]
+           "MlflowRunFacet", "ExclusionsRunFacet"]
 
 SCHEMA_BASE = "https://raw.githubusercontent.com/tidelog/tidelog/main/docs/openlineage"
 
@@ -68,3 +68,17 @@ class MlflowRunFacet(RunFacet):
     @staticmethod
     def _get_schema() -> str:
         return f"{SCHEMA_BASE}/MlflowRunFacet.json#/$defs/MlflowRunFacet"
+
+
+@attr.define
+class ExclusionsRunFacet(RunFacet):
+    """The exclusion set a training run left out of its snapshot (docs/retention.md)."""
+
+    setId: str = ""  # noqa: N815
+    digest: str = ""
+    count: int = 0
+    rowsRemoved: dict[str, int] = attr.field(factory=dict)  # noqa: N815
+
+    @staticmethod
+    def _get_schema() -> str:
+        return f"{SCHEMA_BASE}/ExclusionsRunFacet.json#/$defs/ExclusionsRunFacet"

@@ -71,6 +71,11 @@ class CoreEnv(BaseSettings):
     events: bool = Field(False, description=(
         "`on` publishes CloudEvents (dataset ready, model trained, ...) to "
         "`<prefix>.tidelog.events.*` (docs/events.md)"))
+    gc_keep_days: float = Field(30.0, ge=0, description=(
+        "`tidelog gc` keeps runs and snapshots younger than this many days "
+        "(docs/retention.md)"))
+    gc_keep_snapshots: int = Field(1, ge=0, description=(
+        "`tidelog gc` keeps the newest N snapshots"))
 
     @classmethod
     def settings_customise_sources(
@@ -157,6 +162,8 @@ class Settings:
     snapshot_root: str = ""
     snapshot_memory_mb: int | None = None  # what a full snapshot build aims to stay within
     events: bool = False  # publish CloudEvents to <prefix>.tidelog.events.* (docs/events.md)
+    gc_keep_days: float = 30.0  # `tidelog gc`: runs and snapshots this young are kept
+    gc_keep_snapshots: int = 1  # `tidelog gc`: the newest N snapshots are kept
     kafka: dict[str, str] = field(default_factory=dict)
 
     def kafka_config(self, **extra: KafkaValue) -> dict[str, KafkaValue]:

@@ -103,6 +103,11 @@ def _lineage_model(args: argparse.Namespace) -> int:
     print(f"  lsn {data['lsn']}, commit time {data['commit_time_ms']} ms, source "
           + ", ".join(f"{k}={v}" for k, v in sorted(data["source"].items())))
     print(f"  recipe {data['recipe']['reference']} @ {data['recipe']['git_commit']}")
+    if data.get("exclusions"):
+        ex = data["exclusions"]
+        removed = ", ".join(f"{t} {n}" for t, n in sorted(ex["rows_removed"].items()))
+        print(f"  trained without exclusion set {ex['id']} ({ex['count']} entries, digest "
+              f"{ex['digest'][:16]}; rows removed: {removed or 'none'})")
     return 0
 
 
@@ -199,6 +204,53 @@ def _erasures_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _exclude(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.exclusions import ExclusionStore, parse_key
+
+    store = ExclusionStore.for_settings(load_settings())
+    if args.remove:
+        if args.table or args.key:
+            raise TrainingError("--remove ID takes no --table or --key")
+        removed = store.remove(args.remove, args.reason or "")
+        _print_json(removed.to_json()) if args.json else print(
+            f"exclusion {removed.id} removed: later runs train on {removed.table} "
+            f"{json.dumps(removed.key)} again (earlier runs keep their recorded set)")
+        return 0
+    if not args.table or not args.key or not args.reason:
+        raise TrainingError("give --table, --key and --reason (or --remove ID)")
+    added = store.add(args.table, parse_key(args.key), args.reason)
+    _print_json(added.to_json()) if args.json else print(
+        f"exclusion {added.id}: {added.table} {json.dumps(added.key)} is left out of "
+        "training from now on (the snapshots keep it)")
+    return 0
+
+
+def _exclusions_list(args: argparse.Namespace) -> int:
+    from tidelog.settings import load_settings
+    from trainer.exclusions import ExclusionStore
+
+    store = ExclusionStore.for_settings(load_settings())
+    if args.all:
+        history = store.history()
+        if args.json:
+            _print_json(history)
+        for r in [] if args.json else history:
+            print(f"{r['seq']:>5} {r['op']:6} {r['id']}  {r.get('table', ''):24} "
+                  f"{json.dumps(r.get('key')) if 'key' in r else '':16} {r['at']} "
+                  f"{r['by']}: {r.get('reason', '')}")
+        return 0
+    active = store.active()
+    if args.json:
+        _print_json(active.to_json())
+        return 0
+    print(f"exclusion set {active.id} (digest {active.digest[:16]}): "
+          f"{len(active.entries)} active")
+    for e in active.entries:
+        print(f"  {e.id}  {e.table:24} {json.dumps(e.key):16} {e.at} {e.by}: {e.reason}")
+    return 0
+
+
 def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser, app_dir: bool = False) -> None:
         p.add_argument("--experiment", default="tidelog", help="MLflow experiment")
@@ -254,6 +306,20 @@ def register(sub: Any) -> None:
     q = erasures_sub.add_parser("verify", help="check the ledger's hash chain")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(handler=_erasures_verify)
+    p = sub.add_parser("exclude", help="leave a row out of training from now on (not erased)")
+    p.add_argument("--table", help="schema.table")
+    p.add_argument("--key", help='primary key as JSON, e.g. \'{"id": 42}\'')
+    p.add_argument("--reason", help="why (kept for auditors; required to add)")
+    p.add_argument("--remove", metavar="ID", help="end an exclusion (later runs see the row)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_exclude)
+
+    p = sub.add_parser("exclusions", help="list the exclusions training applies")
+    ex_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = ex_sub.add_parser("list", help="the active exclusion set (--all: every add/remove)")
+    q.add_argument("--all", action="store_true", help="the whole append-only log")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=_exclusions_list)
 
     p = sub.add_parser("lineage", help="trace a model or a row back through tidelog")
     lineage_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")

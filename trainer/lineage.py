@@ -64,6 +64,7 @@ class ModelLineage:
                        "git_commit": run.recipe_git_commit},
             "params": run.params,
             "seed": run.seed,
+            "exclusions": run.exclusions,
             "rebuilds": self.rebuilds,
         }
 

@@ -39,13 +39,20 @@ def describe_train(result: TrainResult, _: Any, settings: Settings, *__: Any,
                    register: str | None = None, **___: Any) -> Lineage:
     manifest = result.manifest
     inputs = tuple(snapshot_table(settings, manifest, t) for t in sorted(manifest.tables))
+    facets = {"tidelog_cut": cut_facet(manifest.cut),
+              "mlflow": _mlflow_facet(settings, result.run_id, result.experiment_id,
+                                      result.model_uri, result.registered_version)}
+    if result.exclusions:
+        from tidelog.openlineage_facets import ExclusionsRunFacet
+
+        facets["tidelog_exclusions"] = ExclusionsRunFacet(
+            setId=result.exclusions["id"], digest=result.exclusions["digest"],
+            count=len(result.exclusions["entries"]),
+            rowsRemoved=dict(result.exclusions["rows_removed"]))
     return Lineage(
         inputs=inputs,
         outputs=(_model(settings, result.run_id, register, result.registered_version),),
-        run_facets={"tidelog_cut": cut_facet(manifest.cut),
-                    "mlflow": _mlflow_facet(settings, result.run_id, result.experiment_id,
-                                            result.model_uri, result.registered_version)},
-        run_id=run_id_for(result.run_id))
+        run_facets=facets, run_id=run_id_for(result.run_id))
 
 
 def describe_rebuild(report: RebuildReport, _: Any, settings: Settings, *__: Any, **___: Any

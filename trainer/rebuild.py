@@ -26,6 +26,12 @@ from trainer.erasure import (
     erasure_tag,
     erasures_of_run,
 )
+from trainer.exclusions import (
+    EXCLUSIONS_ARTIFACT,
+    ExclusionStore,
+    apply_exclusions,
+    recorded_set,
+)
 from trainer.fingerprint import array_sha256, model_sha256, predict
 from trainer.openlineage import describe_rebuild
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
@@ -298,6 +304,14 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
             recorded=lambda: _recorded_snapshot(provider, settings, lineage.snapshot_id),
             erased=sums if without_erased else None)
         frames = read_tables(rebuilt)
+        # Exactly the exclusion set the run recorded, not today's (added or removed since).
+        exclusions = recorded_set(
+            run_id, lineage.tags, lambda: tracking.read_text(run_id, EXCLUSIONS_ARTIFACT),
+            ExclusionStore.for_settings(settings))
+        texts: dict[str, str] = {}
+        if exclusions is not None:
+            frames, _ = apply_exclusions(frames, exclusions)
+            texts[EXCLUSIONS_ARTIFACT] = exclusions.dumps()
         snapshot_done = time.perf_counter()
         result = run_recipe(recipe, frames, lineage.params, lineage.seed)
         predictions = predict(result.model, result.features)
@@ -325,7 +339,7 @@ def rebuild(settings: Settings, run_id: str, *, provider: SnapshotProvider | Non
         logged = tracking.log_run(
             run_name=f"rebuild of {run_id}", params=lineage.params, seed=lineage.seed,
             result=result, predictions=predictions, tags=tags, manifest=manifest,
-            tables=frames, timings=report_timings)
+            tables=frames, timings=report_timings, texts=texts)
     finally:
         shutil.rmtree(into, ignore_errors=True)
     report_timings["total"] = time.perf_counter() - started

@@ -62,7 +62,8 @@ def _tp(topic: str, partition: int) -> str:
 
 
 # What a registered model version carries, so the registry alone names its data.
-VERSION_TAGS = (SNAPSHOT_ID, CUT, "tidelog.cut.fingerprint", "tidelog.digest", "tidelog.tables")
+VERSION_TAGS = (SNAPSHOT_ID, CUT, "tidelog.cut.fingerprint", "tidelog.digest", "tidelog.tables",
+                "tidelog.exclusions.id", "tidelog.exclusions.digest")
 
 
 def version_tags(run_tags: Mapping[str, str]) -> dict[str, str]:
@@ -138,6 +139,18 @@ class RunLineage:
 
     def tidelog_tags(self) -> dict[str, str]:
         return {k: v for k, v in self.tags.items() if k.startswith(PREFIX)}
+
+    @property
+    def exclusions(self) -> dict[str, Any] | None:
+        """The exclusion set the run trained without (trainer/exclusions.py), or None."""
+        if "tidelog.exclusions.id" not in self.tags:
+            return None
+        removed = "tidelog.exclusions.removed."
+        return {"id": self.tags["tidelog.exclusions.id"],
+                "digest": self.tags.get("tidelog.exclusions.digest", ""),
+                "count": int(self.tags.get("tidelog.exclusions.count", "0")),
+                "rows_removed": {k.removeprefix(removed): int(v) for k, v in self.tags.items()
+                                 if k.startswith(removed)}}
 
     @classmethod
     def from_tags(cls, run_id: str, tags: Mapping[str, str],

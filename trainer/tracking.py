@@ -130,11 +130,15 @@ class Tracking:
         return RunLineage.from_tags(run_id, run.data.tags,
                                     read_manifest=lambda: self._read_text(run_id))
 
-    def _read_text(self, run_id: str) -> str:
+    def _read_text(self, run_id: str, path: str = MANIFEST_ARTIFACT) -> str:
         import mlflow
 
-        with mlflow_errors(f"read {MANIFEST_ARTIFACT} of run {run_id}", self.uri):
-            return str(mlflow.artifacts.load_text(f"runs:/{run_id}/{MANIFEST_ARTIFACT}"))
+        with mlflow_errors(f"read {path} of run {run_id}", self.uri):
+            return str(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+
+    def read_text(self, run_id: str, path: str) -> str:
+        """A text artefact of a run (TrackingUnavailable when it cannot be read)."""
+        return self._read_text(run_id, path)
 
     def model_versions(self, filter_string: str) -> list[Any]:
         with mlflow_errors(f"search model versions where {filter_string}", self.uri):
@@ -217,7 +221,9 @@ class Tracking:
     def log_run(self, *, run_name: str, params: Mapping[str, Any], seed: int,
                 result: RecipeResult, predictions: Any, tags: Mapping[str, str],
                 manifest: Manifest, tables: Mapping[str, pl.DataFrame],
-                timings: Mapping[str, float]) -> LoggedRun:
+                timings: Mapping[str, float],
+                texts: Mapping[str, str] | None = None) -> LoggedRun:
+        """`texts`: more text artefacts of the run (path -> content), logged inside it."""
         import mlflow
         import mlflow.sklearn
         from mlflow.models import infer_signature
@@ -233,6 +239,8 @@ class Tracking:
                 mlflow.log_metrics({f"tidelog.{k}_seconds": v for k, v in timings.items()})
                 mlflow.set_tags({**result.tags, **tags})
                 mlflow.log_text(manifest.dumps(), MANIFEST_ARTIFACT)
+                for path, text in sorted((texts or {}).items()):
+                    mlflow.log_text(text, path)
                 datasets = [dataset_for(manifest, name) for name in sorted(tables)]
                 for dataset in datasets:
                     mlflow.log_input(dataset, context="training")

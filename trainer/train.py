@@ -14,6 +14,12 @@ from snapshotter.manifest import Manifest
 from tidelog.errors import CutError, LogIdentityError, TrainingError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
+from trainer.exclusions import (
+    EXCLUSIONS_ARTIFACT,
+    ExclusionStore,
+    apply_exclusions,
+    exclusion_tags,
+)
 from trainer.fingerprint import array_sha256, canonical_order, model_sha256, predict
 from trainer.openlineage import describe_train
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
@@ -41,6 +47,7 @@ class TrainResult:
     model_sha256: str
     tags: dict[str, str]
     timings: dict[str, float]
+    exclusions: dict[str, Any] | None = None  # the set trained without (id, digest, rows)
 
     @property
     def snapshot_id(self) -> str:
@@ -64,6 +71,7 @@ class TrainResult:
             "predictions_sha256": self.predictions_sha256,
             "model_sha256": self.model_sha256,
             "timings": self.timings,
+            "exclusions": self.exclusions,
         }
 
 
@@ -160,7 +168,10 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
             target = window_cut(provider.resolve_cut(settings, only, target), since_cut)
         manifest = provider.create_snapshot(settings, only, target)
         snapshot = provider.open_snapshot(settings, manifest.id)
-    frames = read_tables(snapshot)
+    # Exclusions apply here, at read time: the snapshot stays an exact copy of the cut.
+    exclusions = ExclusionStore.for_settings(settings).active().for_tables(
+        snapshot.manifest.tables)
+    frames, removed = apply_exclusions(read_tables(snapshot), exclusions)
     snapshot_done = time.perf_counter()
 
     result = run_recipe(loaded, frames, checked, seed)
@@ -172,11 +183,13 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
                                                 since_ref)}
     run_tags.update(_model_tags(result.deterministic, array_sha256(predictions),
                                 model_sha256(result.model)))
+    run_tags.update(exclusion_tags(exclusions, removed))
     timings = {"snapshot": snapshot_done - snapshot_started, "train": trained - snapshot_done}
     logged = tracking.log_run(
         run_name=f"{recipe}@{manifest.id[:12]}", params=checked, seed=seed, result=result,
         predictions=predictions, tags=run_tags, manifest=manifest, tables=frames,
-        timings=timings)
+        timings=timings,
+        texts={EXCLUSIONS_ARTIFACT: exclusions.dumps()} if exclusions.entries else {})
     version = (tracking.register(logged.model_uri, register, tags=version_tags(run_tags))
                if register else None)
     timings["total"] = time.perf_counter() - started
@@ -186,7 +199,9 @@ def train(settings: Settings, recipe: str, *, snapshot_id: str | None = None,
         registered_version=version, manifest=manifest, recipe=loaded.version, params=checked,
         seed=seed, metrics=result.metrics,
         predictions_sha256=run_tags["tidelog.predictions.sha256"],
-        model_sha256=run_tags["tidelog.model.sha256"], tags=run_tags, timings=timings)
+        model_sha256=run_tags["tidelog.model.sha256"], tags=run_tags, timings=timings,
+        exclusions={**exclusions.to_json(), "rows_removed": removed}
+        if exclusions.entries else None)
     _announce(settings, trained_result, register)
     return trained_result
 

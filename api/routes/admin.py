@@ -1,12 +1,13 @@
-"""Admin: API keys, the audit log and erasures."""
+"""Admin: API keys, the audit log, erasures and garbage collection."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.auth import admin
+from api.bodies import NO_NULL_BODY
 from api.keys import Principal
 from api.listing import decode_cursor, encode_cursor, utc_text
 from api.responses import JSONBody
@@ -16,6 +17,8 @@ from api.schemas import (
     ErasureCreate,
     ErasureList,
     ErasureOut,
+    GcReport,
+    GcRequest,
     IsoDateTime,
     KeyCreate,
     KeyCreated,
@@ -90,3 +93,18 @@ def create_erasure(state: State, body: ErasureCreate, principal: Principal = adm
 def list_erasures(state: State, principal: Principal = admin) -> dict[str, Any]:
     """The erasure ledger (admin), oldest first, with its hash-chain check."""
     return state.core.erasures()
+@router.post("/gc", response_model=GcReport, name="gc.run", dependencies=NO_NULL_BODY)
+def run_gc(state: State, body: Annotated[GcRequest | None, Body()] = None,
+           principal: Principal = admin) -> dict[str, Any]:
+    """Retention by reachability (admin): delete snapshots and archive segments that no
+    registered model version, pin or recent run needs; a dry run unless `dry_run` is
+    false. The report says why each kept item is kept."""
+    from api.gc import collect_garbage
+
+    options = body or GcRequest()
+    with state.pins.lock:  # no pin slips in between the plan and the deletes
+        report = collect_garbage(state.settings, state.pins.all(), dry_run=options.dry_run,
+                                 keep_days=options.keep_days,
+                                 keep_snapshots=options.keep_snapshots, by=principal.key_id)
+    state.core.lineage_cache.clear()
+    return report

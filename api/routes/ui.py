@@ -1,7 +1,7 @@
 """The audit pages (read-only HTML for auditors): models → run → snapshot → cut → source,
-and "which models saw row K of table T". Same keys and roles as the JSON API (reader);
-a browser signs in once at /ui/login and the key rides in an HttpOnly cookie that only
-GET requests under /ui accept."""
+"which models saw row K of table T", and the erasure ledger, exclusions and retention.
+Same keys and roles as the JSON API (reader); a browser signs in once at /ui/login and
+the key rides in an HttpOnly cookie that only GET requests under /ui accept."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ async def rows(state: State, principal: Caller,
     saw = sorted({v.ref for s in result["snapshots"] if s["present"]
                   for r in s["runs"] for v in versions.get(r["run_id"], [])})
     return _page("rows.html", principal, result=result, versions=versions, saw=saw,
+                 **context)
+
+
+@router.get("/retention", name="ui.retention")
+async def retention(state: State, principal: Caller) -> Response:
+    if principal is None:
+        return RedirectResponse(_LOGIN, status_code=303)
+    from api.audit_page import retention_context
+
+    context = await run_in_threadpool(retention_context, state.settings, state.pins.all())
+    return _page("retention.html", principal, title="Erasures, exclusions and retention",
                  **context)
 
 

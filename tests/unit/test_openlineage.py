@@ -185,3 +185,27 @@ def test_custom_facets_match_their_published_schemas(tmp_path: Path, receiver: R
             jsonschema.validate(facet, own)
             checked.add(name)
     assert checked == {"OffsetsInputFacet", "DigestDatasetFacet", "CutRunFacet"}
+
+
+def test_a_run_trained_with_exclusions_names_its_set(tmp_path: Path, receiver: Receiver
+                                                     ) -> None:
+    import jsonschema
+
+    from trainer.exclusions import ExclusionStore
+
+    settings = Settings(home=tmp_path, mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                        archive_root=str(tmp_path / "archive"),
+                        snapshot_root=str(tmp_path / "snapshots"))
+    fake = FakeSnapshotProvider()
+    for name, frame in demo_tables(customers=80).items():
+        fake.put(name, frame)
+    ExclusionStore.for_settings(settings).add("public.customers", {"id": 4}, "bot")
+    trained = train(settings, RECIPE, params={"model": "logreg"}, seed=3, provider=fake)
+    (_, complete) = receiver.of("train")
+    facet = complete["run"]["facets"]["tidelog_exclusions"]
+    assert facet["setId"] == trained.tags["tidelog.exclusions.id"] == "xs-1"
+    assert facet["digest"] == trained.tags["tidelog.exclusions.digest"]
+    assert facet["rowsRemoved"] == {"public.customers": 1} and facet["count"] == 1
+    docs = Path(__file__).resolve().parents[2] / "docs" / "openlineage"
+    own = json.loads((docs / "ExclusionsRunFacet.json").read_text())
+    jsonschema.validate(facet, own["$defs"]["ExclusionsRunFacet"]["allOf"][1])
