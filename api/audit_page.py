@@ -137,8 +137,15 @@ def erasure_ledger(home: Path) -> tuple[list[dict[str, Any]], str | None]:
         if not isinstance(entry, dict):
             bad += 1
             continue
+        # The ledger `tidelog erase` writes (trainer/erasure.py): subject, completed_at,
+        # actor and the affected segments, snapshots, runs and model versions at top level.
+        entry.setdefault("subject_hash", entry.get("subject"))
+        entry.setdefault("at", entry.get("completed_at") or entry.get("requested_at"))
+        entry.setdefault("by", entry.get("actor"))
         raw = entry.get("affected")
-        affected: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        affected: dict[str, Any] = raw if isinstance(raw, dict) else {
+            k: entry[k] for k in ("segments", "snapshots", "runs", "model_versions")
+            if k in entry}
         entry["affected_counts"] = {k: len(v) if isinstance(v, list | dict) else v
                                     for k, v in sorted(affected.items())}
         entries.append(entry)

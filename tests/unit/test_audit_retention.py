@@ -26,11 +26,15 @@ from trainer.rebuild import rebuild
 from trainer.testing import FakeSnapshotProvider
 from trainer.train import train
 
-LEDGER_ENTRY = {"id": "era_0001", "at": "2026-11-30T09:00:00+00:00", "by": "dpo",
-                "reason": "GDPR art. 17 request #881", "table": "public.customers",
-                "subject_hash": "hmac-sha256:5f0c2d9e",
-                "affected": {"snapshots": ["s1", "s2"], "runs": ["r1"],
-                             "model_versions": ["churn/1"]}}
+# The shape trainer/erasure.py appends to the ledger.
+LEDGER_ENTRY = {"id": "era_0001", "table": "public.customers",
+                "subject": "hmac-sha256:5f0c2d9e",
+                "requested_at": "2026-11-30T08:59:58+00:00",
+                "completed_at": "2026-11-30T09:00:00+00:00", "actor": "api:dpo",
+                "reason": "GDPR art. 17 request #881", "segments": [],
+                "snapshots": {"s1": {"rows": 1}, "s2": {"rows": 1}},
+                "runs": {"r1": {"tables": {}}},
+                "model_versions": [{"name": "churn", "version": "1"}]}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -147,7 +151,8 @@ def test_retention_page_shows_ledger_exclusions_and_what_gc_kept(
     html = resp.text
     ledger = html.split('<table class="erasures">')[1].split("</table>")[0]
     for text in ("era_0001", "GDPR art. 17 request #881", "hmac-sha256:5f0c2d9e",
-                 "2 snapshots", "1 runs", "1 model versions"):
+                 "2026-11-30T09:00:00+00:00", "api:dpo", "2 snapshots", "1 runs",
+                 "1 model versions"):
         assert text in ledger, text
     active = html.split('<table class="exclusions">')[1].split("</table>")[0]
     assert world["exclusion"].id in active and "duplicate sign-up" in active
