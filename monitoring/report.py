@@ -38,6 +38,7 @@ from monitoring.stattests import (
 )
 from tidelog.errors import MonitorError, NoServedResults, SnapshotError
 from tidelog.settings import Settings
+from trainer.provider import SnapshotProvider, default_provider
 
 __all__ = ["Target", "Reference", "Current", "MonitorReport", "load_reference",
            "current_from_snapshot", "current_from_results", "compare", "monitor_report",
@@ -160,25 +161,26 @@ def _recipe_features(settings: Settings, recipe: str, tables: dict[str, pl.DataF
     return features if isinstance(features, pl.DataFrame) else pl.from_pandas(features)
 
 
-def _training_tables(settings: Settings, lineage: Any) -> dict[str, pl.DataFrame]:
+def _training_tables(provider: SnapshotProvider, settings: Settings, lineage: Any
+                     ) -> dict[str, pl.DataFrame]:
     import tempfile
     from pathlib import Path
 
-    from snapshotter.snapshots import Snapshot, open_snapshot, rebuild_snapshot
     from trainer.train import read_tables
 
     try:
-        return read_tables(open_snapshot(settings, lineage.snapshot_id))
+        return read_tables(provider.open_snapshot(settings, lineage.snapshot_id))
     except SnapshotError:
         # A deleted snapshot: the same rows again from the archive, proven by the digest.
         with tempfile.TemporaryDirectory(prefix="tidelog-monitor-") as scratch:
-            manifest = rebuild_snapshot(settings, lineage.cut, lineage.tables, Path(scratch))
+            manifest = provider.rebuild_snapshot(settings, lineage.cut, lineage.tables,
+                                                 Path(scratch))
             if manifest.digest != lineage.digest:
                 raise MonitorError(
                     f"rebuilding snapshot {lineage.snapshot_id} of run {lineage.run_id} gave "
                     f"digest {manifest.digest}, not the recorded {lineage.digest}; `tidelog "
                     "verify run RUN --rebuild` says where", run_id=lineage.run_id) from None
-            return read_tables(Snapshot(manifest, Path(scratch) / manifest.id))
+            return read_tables(provider.open_rebuilt(manifest, Path(scratch)))
 
 
 def _predict(model: Any, features: pl.DataFrame) -> np.ndarray[Any, Any]:
@@ -189,7 +191,8 @@ def _predict(model: Any, features: pl.DataFrame) -> np.ndarray[Any, Any]:
 
 def load_reference(settings: Settings, model: str, alias: str = "champion",
                    experiment: str = "tidelog",
-                   allow_recipe: Callable[[str], None] | None = None) -> Reference:
+                   allow_recipe: Callable[[str], None] | None = None,
+                   provider: SnapshotProvider | None = None) -> Reference:
     """The model version `model@alias` points at, its training features and predictions.
     `allow_recipe(reference)` may refuse to run the recipe (the API's allow-list)."""
     from sklearn.base import is_classifier
@@ -207,8 +210,9 @@ def load_reference(settings: Settings, model: str, alias: str = "champion",
         allow_recipe(lineage.recipe)
     target = Target(model, alias, champ.version, champ.run_id, lineage.snapshot_id,
                     lineage.digest, lineage.cut.fingerprint(), lineage.recipe)
-    features = _recipe_features(settings, lineage.recipe, _training_tables(settings, lineage),
-                                dict(lineage.params), lineage.seed)
+    tables = _training_tables(provider or default_provider(), settings, lineage)
+    features = _recipe_features(settings, lineage.recipe, tables, dict(lineage.params),
+                                lineage.seed)
     loaded = registry.tracking.load_model(f"models:/{model}/{champ.version}")
     recorded = {k: float(v) for k, v in registry.get_run(champ.run_id).data.metrics.items()}
     return Reference(target, features, _predict(loaded, features), bool(is_classifier(loaded)),
@@ -217,18 +221,17 @@ def load_reference(settings: Settings, model: str, alias: str = "champion",
 
 # -- current ----------------------------------------------------------------------------
 
-def current_from_snapshot(settings: Settings, reference: Reference, against: str
-                          ) -> Current:
+def current_from_snapshot(settings: Settings, reference: Reference, against: str,
+                          provider: SnapshotProvider | None = None) -> Current:
     """The recipe's features on another snapshot; "latest" makes (or finds) the snapshot
     of the training tables at the latest cut."""
-    from snapshotter.snapshots import create_snapshot, open_snapshot
     from trainer.train import read_tables
 
+    provider = provider or default_provider()
     lineage_tables = list(reference.lineage.tables)
     if against == "latest":
-        manifest = create_snapshot(settings, lineage_tables, "latest")
-        against = manifest.id
-    snapshot = open_snapshot(settings, against)
+        against = provider.create_snapshot(settings, lineage_tables, "latest").id
+    snapshot = provider.open_snapshot(settings, against)
     missing = sorted(set(lineage_tables) - set(snapshot.manifest.tables))
     if missing:
         raise MonitorError(f"snapshot {against} lacks {', '.join(missing)}, which the "
@@ -372,15 +375,17 @@ def monitor_report(settings: Settings, model: str, alias: str = "champion", *,
                    against: str | None = None, window: int | None = None,
                    experiment: str = "tidelog", decay_threshold: float = DECAY_THRESHOLD,
                    allow_recipe: Callable[[str], None] | None = None,
-                   reference: Reference | None = None) -> MonitorReport:
+                   reference: Reference | None = None,
+                   provider: SnapshotProvider | None = None) -> MonitorReport:
     """Compare `model@alias`'s training data with a snapshot (`against`) or with the
     newest `window` served results (the default: the last 1000)."""
     if against is not None and window is not None:
         raise MonitorError("compare with a snapshot (--against) or with served results "
                            "(--window), not both")
-    reference = reference or load_reference(settings, model, alias, experiment, allow_recipe)
+    reference = reference or load_reference(settings, model, alias, experiment, allow_recipe,
+                                            provider)
     if against is not None:
-        current = current_from_snapshot(settings, reference, against)
+        current = current_from_snapshot(settings, reference, against, provider)
     else:
         current = current_from_results(settings, reference, window or DEFAULT_WINDOW)
     return compare(reference, current, decay_threshold)

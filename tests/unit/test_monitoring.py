@@ -195,8 +195,9 @@ def _current(reference: Reference, shift: float, labelled: int = 0) -> Current:
                           "plan": rng.choice(["basic", "pro", "team"], n)})
     preds = reference.model.predict(frame.select("tenure", "fee").to_numpy()).tolist()
     truth = [1 - p for p in preds[:labelled]]  # every labelled prediction is wrong
-    return Current("results", "t@0:0-299", frame, preds, latency_ms=[1.0 * i for i in range(1, 101)],
-                   truth=truth, labelled_predictions=preds[:labelled])
+    return Current("results", "t@0:0-299", frame, preds,
+                   latency_ms=[1.0 * i for i in range(1, 101)], truth=truth,
+                   labelled_predictions=preds[:labelled])
 
 
 def test_a_shifted_feature_drifts_alone_and_the_report_says_so() -> None:
