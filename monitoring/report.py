@@ -274,9 +274,21 @@ def current_from_results(settings: Settings, reference: Reference, window: int) 
         raise MonitorError(f"--window must be at least 1 result, not {window}")
     target = reference.target
     topic = results_topic(settings.topic_prefix, target.model)
-    served, others = read_results(settings, target.model, window,
-                                  keep=lambda r: r.version == target.version)
-    ok = [r for r in served if r.error is None]
+    refused = {"errors": 0, "other_versions": 0}
+
+    def keep(r: ServedResult) -> bool:
+        # The window is the last N *predictions* of this version: a result of another
+        # version says nothing about this one's training data, an error has no prediction.
+        if r.version != target.version:
+            refused["other_versions"] += 1
+            return False
+        if r.error is not None:
+            refused["errors"] += 1
+            return False
+        return True
+
+    ok, _ = read_results(settings, target.model, window, keep=keep)
+    others = refused["other_versions"]
     if not ok:
         raise NoServedResults(
             f"{topic} holds no result of {target.model} version {target.version}"
@@ -295,7 +307,7 @@ def current_from_results(settings: Settings, reference: Reference, window: int) 
         latency_ms=[r.latency_ms for r in ok if r.latency_ms is not None],
         truth=[labels[r.request_id] for r in labelled],
         labelled_predictions=[_scalar(r.prediction) for r in labelled],
-        errors=len(served) - len(ok), other_versions=others)
+        errors=refused["errors"], other_versions=others)
 
 
 # -- comparison -------------------------------------------------------------------------
