@@ -314,13 +314,15 @@ def current_from_results(settings: Settings, reference: Reference, window: int) 
 
 def _distribution(reference: Any, current: Any, categorical: bool) -> dict[str, Any]:
     """Shares per bin (numbers) or per category, for the report's plots."""
-    ref = np.asarray([v for v in reference if v is not None and v == v], dtype=object)
-    cur = np.asarray([v for v in current if v is not None and v == v], dtype=object)
+    from monitoring.stattests import clean
+
+    ref, cur = clean(reference), clean(current)
     if categorical:
         counts: dict[str, list[int]] = {}
         for i, sample in enumerate((ref, cur)):
-            for v in sample.tolist():
-                counts.setdefault(str(v), [0, 0])[i] += 1
+            values, found = np.unique(sample, return_counts=True)
+            for v, n in zip(values.tolist(), found.tolist(), strict=True):
+                counts.setdefault(str(v), [0, 0])[i] += int(n)
         top = sorted(counts, key=lambda k: (-sum(counts[k]), k))[:_PLOT_CATEGORIES]
         return {"kind": "cat", "categories": top,
                 "reference": [counts[k][0] / max(len(ref), 1) for k in top],
@@ -358,12 +360,12 @@ def compare(reference: Reference, current: Current,
         except ValueError:
             continue  # a column with no values on one side has no distribution to compare
         columns.append(drift)
-        distributions[name] = _distribution(ref.tolist(), cur.tolist(), drift.kind == "cat")
+        distributions[name] = _distribution(ref, cur, drift.kind == "cat")
     share, drifted = drift_share(columns)
     prediction = None
     preds = current.predictions
     if preds and all(_is_scalar(p) for p in preds):
-        ref_preds = reference.predictions.tolist()
+        ref_preds = reference.predictions
         cat = reference.classifier or is_categorical(reference.predictions)
         prediction = column_drift("prediction", ref_preds, preds, categorical=cat)
         distributions["prediction"] = _distribution(ref_preds, preds, cat)

@@ -44,6 +44,7 @@ __all__ = [
     "psi",
     "column_drift",
     "drift_share",
+    "clean",
 ]
 
 SMALL_REFERENCE = 1000  # up to this many reference rows: statistical tests
@@ -89,23 +90,20 @@ def _finite(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
-def _clean(values: Any) -> NDArray[Any]:
-    array = np.asarray(values, dtype=object if _is_text(values) else None)
+def clean(values: Any) -> NDArray[Any]:
+    """The sample without missing values (None, NaN)."""
+    array = np.asarray(values)
     if array.dtype.kind == "f":
         return array[~np.isnan(array)]
-    if array.dtype == object:
-        return np.asarray([v for v in array if v is not None and v == v], dtype=object)
+    if array.dtype.kind == "O":
+        keep = np.fromiter((v is not None and v == v for v in array), bool, len(array))
+        return array[keep]
     return array
-
-
-def _is_text(values: Any) -> bool:
-    array = np.asarray(values)
-    return array.dtype.kind in ("U", "S", "O")
 
 
 def is_categorical(reference: Any) -> bool:
     """Evidently's rule: text or booleans, or numbers with at most 5 distinct values."""
-    array = _clean(reference)
+    array = clean(reference)
     if array.dtype.kind not in ("i", "u", "f"):
         return True
     return len(np.unique(array)) <= 5
@@ -113,21 +111,20 @@ def is_categorical(reference: Any) -> bool:
 
 def _categories(reference: NDArray[Any], current: NDArray[Any]) -> list[Any]:
     # Sorted by their text so mixed types order the same way everywhere.
-    return sorted(set(reference.tolist()) | set(current.tolist()), key=lambda v: (str(v), v))
+    values = set(np.unique(reference).tolist()) | set(np.unique(current).tolist())
+    return sorted(values, key=lambda v: (str(v), v))
 
 
 def _counts(sample: NDArray[Any], keys: Sequence[Any]) -> NDArray[np.float64]:
-    index = {k: i for i, k in enumerate(keys)}
-    counts = np.zeros(len(keys))
-    for value in sample.tolist():
-        counts[index[value]] += 1
-    return counts
+    values, counts = np.unique(sample, return_counts=True)
+    found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    return np.asarray([float(found.get(k, 0)) for k in keys])
 
 
 def ks_test(reference: Any, current: Any) -> tuple[float, float]:
     """(D, p-value) of the two-sample Kolmogorov–Smirnov test (two-sided, exact where
     scipy's default `method="auto"` chooses it)."""
-    result = stats.ks_2samp(_clean(reference).astype(float), _clean(current).astype(float))
+    result = stats.ks_2samp(clean(reference).astype(float), clean(current).astype(float))
     return float(result.statistic), float(result.pvalue)
 
 
@@ -135,7 +132,7 @@ def chi_squared_test(reference: Any, current: Any) -> tuple[float, float]:
     """(chi², p-value): current category counts against the reference's proportions
     scaled to the current sample's size. A category the reference never had gives an
     infinite statistic and p = 0."""
-    ref, cur = _clean(reference), _clean(current)
+    ref, cur = clean(reference), clean(current)
     keys = _categories(ref, cur)
     observed = _counts(cur, keys)
     expected = _counts(ref, keys) * (len(cur) / len(ref))
@@ -151,13 +148,13 @@ def chi_squared_test(reference: Any, current: Any) -> tuple[float, float]:
 def z_test(reference: Any, current: Any) -> tuple[float, float]:
     """(z, p-value) of the two-sided Z-test for the difference of two proportions (the
     share of the first category, in sorted order; the other category gives -z)."""
-    ref, cur = _clean(reference), _clean(current)
+    ref, cur = clean(reference), clean(current)
     keys = _categories(ref, cur)
     if len(keys) <= 1:
         return 0.0, 1.0
     first = keys[0]
-    p1 = float(np.mean([v == first for v in ref.tolist()]))
-    p2 = float(np.mean([v == first for v in cur.tolist()]))
+    p1 = float(np.mean(ref == first))
+    p2 = float(np.mean(cur == first))
     n1, n2 = len(ref), len(cur)
     pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
@@ -170,7 +167,7 @@ def z_test(reference: Any, current: Any) -> tuple[float, float]:
 def wasserstein_normed(reference: Any, current: Any) -> float:
     """Wasserstein (earth mover's) distance divided by the reference's standard deviation
     (population, ddof=0; at least 0.001)."""
-    ref, cur = _clean(reference).astype(float), _clean(current).astype(float)
+    ref, cur = clean(reference).astype(float), clean(current).astype(float)
     norm = max(float(np.std(ref)), _MIN_STD)
     return float(stats.wasserstein_distance(ref, cur)) / norm
 
@@ -179,7 +176,7 @@ def _shares(reference: Any, current: Any, categorical: bool
             ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Each sample's share per category, or per one of PSI_BINS equal-width bins over the
     range of both samples together."""
-    ref, cur = _clean(reference), _clean(current)
+    ref, cur = clean(reference), clean(current)
     if categorical:
         keys = _categories(ref, cur)
         return _counts(ref, keys) / len(ref), _counts(cur, keys) / len(cur)
@@ -207,14 +204,14 @@ def psi(reference: Any, current: Any, categorical: bool = False) -> float:
 def column_drift(column: str, reference: Any, current: Any,
                  categorical: bool | None = None) -> ColumnDrift:
     """The drift of one column, with the method Evidently would pick by default."""
-    ref, cur = _clean(reference), _clean(current)
+    ref, cur = clean(reference), clean(current)
     if len(ref) == 0 or len(cur) == 0:
         raise ValueError(f"column {column!r} has no values in the "
                          f"{'reference' if len(ref) == 0 else 'current'} sample")
     cat = is_categorical(ref) if categorical is None else categorical
     small = len(ref) <= SMALL_REFERENCE
     if cat and small:
-        binary = len(np.unique(ref.astype(str))) <= 2
+        binary = len(np.unique(ref)) <= 2
         method = "z" if binary else "chisquare"
         statistic, score = z_test(ref, cur) if binary else chi_squared_test(ref, cur)
         threshold, drifted = P_VALUE, score < P_VALUE
