@@ -293,3 +293,46 @@ def test_results_messages_and_model_refs() -> None:
     assert parse_model_ref("churn@champion") == ("churn", "champion")
     with pytest.raises(MonitorError, match="MODEL@ALIAS"):
         parse_model_ref("churn")
+
+
+def test_metrics_server_and_textfile_serve_the_latest_pass(tmp_path: Path) -> None:
+    import httpx
+
+    from monitoring.exposition import CONTENT_TYPE, MetricsServer, write_textfile
+
+    reference = _reference()
+    text = render([compare(reference, _current(reference, shift=40.0))])
+    server = MetricsServer(0)
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        assert "no monitoring pass yet" in httpx.get(f"{url}/metrics").text
+        server.update(text)
+        resp = httpx.get(f"{url}/metrics")
+        assert resp.status_code == 200 and resp.text == text
+        assert resp.headers["content-type"] == CONTENT_TYPE
+        assert httpx.get(f"{url}/other").status_code == 404
+    finally:
+        server.close()
+    target = tmp_path / "monitor.prom"
+    write_textfile(target, text)
+    assert target.read_text() == text and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_loop_reports_a_failed_pass_and_goes_on(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitoring.loop import Monitor
+    from tidelog.errors import BrokerUnreachable
+
+    monitor = Monitor(Settings(home=tmp_path), "churn")
+    outcomes: list[Any] = [BrokerUnreachable("broker down"), "second pass"]
+
+    def step() -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(monitor, "step", step)
+    seen: list[Any] = []
+    monitor.run(0.0, seen.append, passes=2)
+    assert isinstance(seen[0], BrokerUnreachable) and seen[1] == "second pass"
