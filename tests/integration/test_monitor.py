@@ -289,3 +289,24 @@ def test_a_drift_event_fires_the_pipelines_drift_trigger_and_it_retrains(
     assert cycle.version == "2" and cycle.promoted
     handled = Registry(env, "tidelog").handled_signals(pipeline.name)
     assert share["id"] in handled  # the run records the event it acted on
+
+
+def test_a_shift_in_postgres_drifts_against_the_latest_snapshot(served: World) -> None:
+    import psycopg
+
+    env, shop = served.env, served.shop
+    with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
+        changed = conn.execute(f"update {shop.schema}.payments set amount = amount * 5"
+                               ).rowcount
+    assert changed > 0
+    shop.events[f"{shop.schema}.payments"] += changed
+    wait_for_capture(env, dict(shop.events))
+    done = _cli(env, "monitor", "report", f"{served.model}@champion", "--against", "latest")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    # only the paid amounts moved: of the recipe's features, total_paid alone
+    assert report["dataset"]["drifted_columns"] == ["total_paid"]
+    current = report["current"]
+    assert current["basis"] == "snapshot"
+    assert current["snapshot_id"] not in (None, report["model"]["snapshot_id"])
+    assert report["latency_ms"] is None and report["decay"] is None
