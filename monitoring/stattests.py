@@ -167,9 +167,14 @@ def z_test(reference: Any, current: Any) -> tuple[float, float]:
 def wasserstein_normed(reference: Any, current: Any) -> float:
     """Wasserstein (earth mover's) distance divided by the reference's standard deviation
     (population, ddof=0; at least 0.001)."""
-    ref, cur = clean(reference).astype(float), clean(current).astype(float)
+    ref, cur = np.sort(clean(reference).astype(float)), np.sort(clean(current).astype(float))
     norm = max(float(np.std(ref)), _MIN_STD)
-    return float(stats.wasserstein_distance(ref, cur)) / norm
+    # The area between the two empirical CDFs: scipy's `wasserstein_distance` for 1-D
+    # samples, on samples sorted once (scipy argsorts them, ~2x slower on 1M rows).
+    points = np.sort(np.concatenate([ref, cur]))
+    ref_cdf = np.searchsorted(ref, points[:-1], side="right") / len(ref)
+    cur_cdf = np.searchsorted(cur, points[:-1], side="right") / len(cur)
+    return float(np.sum(np.abs(ref_cdf - cur_cdf) * np.diff(points))) / norm
 
 
 def _shares(reference: Any, current: Any, categorical: bool
