@@ -369,7 +369,7 @@ def compare(reference: Reference, current: Current,
         cat = reference.classifier or is_categorical(reference.predictions)
         prediction = column_drift("prediction", ref_preds, preds, categorical=cat)
         distributions["prediction"] = _distribution(ref_preds, preds, cat)
-    numeric = [c for c in reference.features.columns if c in current.features.columns]
+    shared = [c for c in reference.features.columns if c in current.features.columns]
     found = decay(reference.classifier, current.truth, current.labelled_predictions,
                   reference.recorded, decay_threshold)
     return MonitorReport(
@@ -381,7 +381,7 @@ def compare(reference: Reference, current: Current,
                  "snapshot_id": current.snapshot_id, "cut_digest": current.cut_digest},
         columns=tuple(columns), drift_share=share, dataset_drift=drifted,
         prediction=prediction, latency=_latency(current.latency_ms),
-        outliers=outliers(reference.features.select(numeric), current.features.select(numeric)),
+        outliers=outliers(reference.features.select(shared), current.features.select(shared)),
         decay=found, distributions=distributions, generated_at=_now())
 
 
