@@ -26,12 +26,14 @@
     │   ├── DigestMismatch          digest_mismatch        409
     │   │   └── DatasetErased       dataset_erased         409
     │   └── ErasureError            erasure_error          400
-    └── TrainingError               training_error         400
-        ├── RunNotFound             run_not_found          404
-        ├── ModelNotFound           model_not_found        404
-        ├── TableNotFound           table_not_found        404
-        ├── ExclusionNotFound       exclusion_not_found    404
-        └── TrackingUnavailable     mlflow_unavailable     503  transient
+    ├── TrainingError               training_error         400
+    │   ├── RunNotFound             run_not_found          404
+    │   ├── ModelNotFound           model_not_found        404
+    │   ├── TableNotFound           table_not_found        404
+    │   ├── ExclusionNotFound       exclusion_not_found    404
+    │   └── TrackingUnavailable     mlflow_unavailable     503  transient
+    └── MonitorError                monitor_error          400
+        └── NoServedResults         no_served_results      404
 
 The API adds `api.errors.ApiError` (HTTP-level errors that carry their own status) below
 the root. Every class carries its machine-readable `code` and its HTTP `status`, so no
@@ -77,6 +79,8 @@ __all__ = [
     "TableNotFound",
     "ExclusionNotFound",
     "TrackingUnavailable",
+    "MonitorError",
+    "NoServedResults",
 ]
 
 
@@ -294,3 +298,17 @@ class TrackingUnavailable(TrainingError):
     code = "mlflow_unavailable"
     status = 503
     transient = True
+
+
+class MonitorError(TidelogError):
+    """Monitoring cannot compare a served model with its training data as asked."""
+
+    code = "monitor_error"
+    status = 400
+
+
+class NoServedResults(MonitorError):
+    """The results topic holds no result of the monitored model version."""
+
+    code = "no_served_results"
+    status = 404

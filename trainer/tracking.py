@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import polars as pl
 
 from snapshotter.manifest import Manifest
-from tidelog.errors import ModelNotFound, RunNotFound, TrackingUnavailable
+from tidelog.errors import ModelNotFound, RunNotFound, TrackingUnavailable, TrainingError
 from tidelog.redact import redact_url
 from tidelog.settings import Settings
 from trainer.fingerprint import to_pandas
@@ -265,6 +265,35 @@ class Tracking:
     def log_metric(self, run_id: str, key: str, value: float) -> None:
         with mlflow_errors(f"log metric {key} on run {run_id}", self.uri):
             self.client.log_metric(run_id, key, value)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], timestamp_ms: int,
+                    step: int = 0) -> None:
+        """Several metrics at one moment on an existing (possibly finished) run, in one
+        request: monitoring appends a point to each metric's history per pass."""
+        from mlflow.entities import Metric
+
+        batch = [Metric(k, float(v), timestamp_ms, step) for k, v in sorted(metrics.items())]
+        with mlflow_errors(f"log {len(batch)} metrics on run {run_id}", self.uri):
+            for start in range(0, len(batch), 1000):  # MLflow's per-request limit
+                self.client.log_batch(run_id, metrics=batch[start:start + 1000])
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(timestamp ms, value) of every point logged for `key` on the run, oldest first."""
+        with mlflow_errors(f"read the history of metric {key} of run {run_id}", self.uri):
+            points = self.client.get_metric_history(run_id, key)
+        return sorted((int(m.timestamp), float(m.value)) for m in points)
+
+    def load_model(self, model_uri: str) -> Any:
+        """The scikit-learn model at `model_uri` (models:/NAME/VERSION, runs:/...)."""
+        import mlflow.sklearn
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return mlflow.sklearn.load_model(model_uri)
+        except (MlflowException, OSError) as exc:
+            raise TrainingError(f"cannot load the model {model_uri} from MLflow at {self.uri}: "
+                                f"{exc}; check that the version exists (`tidelog lineage "
+                                "model NAME`)", model_uri=model_uri) from exc
 
     def register(self, model_uri: str, name: str,
                  tags: Mapping[str, str] | None = None) -> str:

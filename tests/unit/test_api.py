@@ -94,6 +94,7 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("POST", "/pipelines/{name}/evaluate"): "reader",
     ("POST", "/pipelines/{name}/trigger"): "writer",
     ("GET", "/pipelines/{name}/history"): "reader",
+    ("GET", "/models/{name}/monitor"): "reader",
 }
 
 # A request of the right shape for each operation (the answer may be a 404 or a job).
@@ -123,6 +124,7 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/pipelines/{name}/evaluate"): ("/pipelines/nope/evaluate", None),
     ("POST", "/pipelines/{name}/trigger"): ("/pipelines/nope/trigger", {"reason": "x"}),
     ("GET", "/pipelines/{name}/history"): ("/pipelines/nope/history", None),
+    ("GET", "/models/{name}/monitor"): ("/models/nope/monitor", None),
 }
 
 

@@ -78,3 +78,16 @@ def test_installed_wheel_carries_the_template_and_the_demo(
         assert str(venv) in path and not path.startswith(str(ROOT)), found
     packaged = json.loads(Path(found["template"]).read_text())
     assert packaged == json.loads((ROOT / "connectors" / "postgres.json").read_text())
+
+
+def test_installed_wheel_carries_the_monitoring_report(installed: tuple[Path, Path]) -> None:
+    venv, work = installed
+    env = _clean_env(venv, work / "home")
+    probe = ("from importlib import resources; import monitoring;"
+             "t = resources.files('monitoring') / 'templates';"
+             "print((t / 'report.html').is_file() and (t / 'plot.html').is_file(),"
+             " monitoring.__file__)")
+    out = _run(venv / "bin" / "python", "-c", probe, cwd=work, env=env).stdout.split()
+    assert out[0] == "True" and str(venv) in out[1], out
+    usage = _run(venv / "bin" / "tidelog", "monitor", "report", "--help", cwd=work, env=env)
+    assert "--window" in usage.stdout and "--against" in usage.stdout
