@@ -368,7 +368,9 @@ def plan_materialise(
         if not in_order:
             ev = ev.sort([PARTITION, OFFSET], maintain_order=True)
         if any(s.keyed_rows for s in live):
-            last = ev.filter(keyed).unique(subset=KEY, keep="last")
+            # A mask over the key column alone, then one gather: polars' `unique(keep=
+            # "last")` on the wide frame was 7x slower (TPC-H lineitem, BENCHMARKS.md).
+            last = ev.filter(keyed).filter(pl.col(KEY).is_last_distinct())
         if any(s.keyless_upserts for s in live):
             keyless = ev.filter(~keyed & upsert).select(wanted)
 
