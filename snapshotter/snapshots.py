@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdc.reader import LogIdentity
-from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows, txid_of
+from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows
 from snapshotter.archive import Archive, Generation, archive_topics
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.digest import (
@@ -217,6 +217,15 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
         )
 
 
+def _txid_expr() -> pl.Expr:
+    """alignment.txid_of over the `__tx` column, vectorised: a snapshot of a table with a
+    long history reads one per archived event (0.3 s for TPC-H's 866k in Python)."""
+    tx = pl.col("__tx")
+    return (pl.when(tx.str.len_bytes() > 0)
+            .then(tx.str.split(":").list.first().cast(pl.Int64))
+            .otherwise(None).alias("__tx"))
+
+
 def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut:
     """The newest transaction-consistent cut the archive can serve for `tables`."""
     table_events: list[TableEvents] = []
@@ -231,11 +240,11 @@ def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut
                 _require_full_history(archive, topic, partition, gen.number, hwm)
             frames = _scan(archive, topic, partition, gen.number, gen.first_offset, hwm,
                            ["__offset", "__tx"])
-            events = (pl.concat(frames).collect() if frames
-                      else pl.DataFrame({"__offset": [], "__tx": []}))
+            events = (pl.concat(frames).select("__offset", _txid_expr()).collect()
+                      if frames else pl.DataFrame({"__offset": [], "__tx": []}))
             table_events.append(TableEvents(
                 table, (topic, partition), events["__offset"].to_list(),
-                [txid_of(t) for t in events["__tx"].to_list()], hwm))
+                events["__tx"].to_list(), hwm))
     tx_topic = _tx_topic(settings)
     aligned = False
     ends = {t.tp: t.high_water_mark for t in table_events}
