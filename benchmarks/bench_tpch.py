@@ -201,13 +201,15 @@ def _run(settings: Any, scratch: Path, args: argparse.Namespace,
             for t, n in changed.items():
                 expected[f"{schema}.{t}"] += n
             cut = wait_for_capture(local, expected, timeout=600, interval=2.0)
+            row: dict[str, Any] = {"round": number, "events": sum(changed.values())}
             profile = Path(args.profile) if args.profile and number == 1 else None
             if profile:
                 profile.mkdir(parents=True, exist_ok=True)
-            row: dict[str, Any] = {"round": number, "events": sum(changed.values())}
             # What `snapshot create` adds before building: catch up from Kafka (nothing new
             # here), the capture check, and the transaction-aligned cut over all events.
-            row["resolve_latest"], latest = _timed(lambda: resolve_cut(local, tables, "latest"))
+            row["resolve_latest"], latest = _timed(
+                lambda: resolve_cut(local, tables, "latest"),
+                profile / "resolve-latest.prof" if profile else None)
             if latest.ends() != cut.ends():
                 raise SystemExit(f"round {number}: 'latest' moved past the captured cut")
             for label, chosen in (("all", tables), ("single", single)):
