@@ -490,7 +490,7 @@ def materialise(
     base_position: Mapping[int, int] | None = None,
     *,
     keep_key: bool = False,
-    engine: Engine = "auto",
+    engine: Engine = "in-memory",
     where: pl.Expr | None = None,
     surveyed: Sequence[Surveyed] | None = None,
 ) -> pl.DataFrame:
@@ -498,6 +498,8 @@ def materialise(
 
     See `plan_materialise` for the arguments; this runs the plan and maps polars errors
     (a column whose old values cannot take the new type) to `SnapshotError`.
+    `engine` defaults to polars' in-memory engine: polars 2 made "auto" mean streaming,
+    which took ~1.6-1.9x the CPU (and more memory) for these plans (BENCHMARKS.md).
     """
     plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
                             where=where, surveyed=surveyed)
