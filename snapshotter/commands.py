@@ -155,6 +155,29 @@ def _snapshot_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_publish(args: argparse.Namespace) -> int:
+    from snapshotter.remote import publish_snapshot
+
+    done = publish_snapshot(load_settings(), args.id, args.to)
+    if args.json:
+        _print_json({"snapshot_id": done.snapshot_id, "root": done.root,
+                     "uploaded": list(done.uploaded), "files": done.files,
+                     "bytes": done.bytes})
+    else:
+        print(f"snapshot {done.snapshot_id} at {done.root}/{done.snapshot_id}: "
+              f"{done.files} files ({done.bytes} bytes) copied for "
+              f"{', '.join(done.uploaded) or 'nothing (already there)'}")
+    return 0
+
+
+def _snapshot_sql(args: argparse.Namespace) -> int:
+    from snapshotter.remote import snapshot_sql
+
+    print(snapshot_sql(load_settings(), args.id, args.root, credentials=args.credentials),
+          end="")
+    return 0
+
+
 def _sql(args: argparse.Namespace) -> int:
     from snapshotter.catalog import run_sql
 
@@ -219,6 +242,20 @@ def register(sub: Any) -> None:
     p.add_argument("b")
     p.add_argument("--limit", type=int, default=20, help="example keys per kind and table")
     p.set_defaults(handler=_snapshot_diff)
+
+    p = snap_sub.add_parser("publish", help="copy a snapshot to object storage (S3)")
+    p.add_argument("id")
+    p.add_argument("--to", required=True,
+                   help="root URI, e.g. s3://bucket/prefix?endpoint_override=host:port")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_publish)
+    p = snap_sub.add_parser("sql", help="print DuckDB SQL creating views of a snapshot")
+    p.add_argument("id")
+    p.add_argument("--root", help="a root the snapshot was published to (default: local)")
+    p.add_argument("--credentials", choices=["env", "chain"], default="env",
+                   help="how DuckDB finds the S3 key: env (AWS_* variables, DuckDB CLI) "
+                        "or chain (credential chain, aws extension)")
+    p.set_defaults(handler=_snapshot_sql)
 
     p = sub.add_parser("sql", help="run a query against the DuckDB catalog")
     p.add_argument("query")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -85,18 +86,21 @@ def sql_paths(paths: list[str]) -> str:
     return "[" + ", ".join(sql_text(p) for p in paths) + "]"
 
 
-def visible_sql(directory: Path, table: TableManifest, *, with_key: bool = False) -> str:
+def visible_sql(directory: Path, table: TableManifest, *, with_key: bool = False,
+                locate: Callable[[str], str] | None = None) -> str:
     """A DuckDB relation (parenthesised query) of the table's rows, columns in manifest
-    order, `__key` last if `with_key`."""
+    order, `__key` last if `with_key`. `locate` maps a file name of the manifest to the
+    path or URL DuckDB reads (default: under `directory`)."""
+    where = locate or (lambda name: str(directory / name))
     names = [c for c, _ in table.columns] + ([KEY] if with_key else [])
     columns = ", ".join(f"r.{quote(c)}" for c in names)
-    files = _paths(directory, table.files)
+    files = [where(n) for n in table.files]
     query = f"select {columns} from read_parquet({sql_paths(files)}) r"
     if table.delete_files:
-        deletes = _paths(directory, table.delete_files)
+        deletes = [where(n) for n in table.delete_files]
         query += f" anti join read_parquet({sql_paths(deletes)}) d on r.{KEY} = d.{KEY}"
     if table.delta_files:
-        deltas = _paths(directory, table.delta_files)
+        deltas = [where(n) for n in table.delta_files]
         query += f" union all select {columns} from read_parquet({sql_paths(deltas)}) r"
     return f"({query})"
 

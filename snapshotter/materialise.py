@@ -368,7 +368,9 @@ def plan_materialise(
         if not in_order:
             ev = ev.sort([PARTITION, OFFSET], maintain_order=True)
         if any(s.keyed_rows for s in live):
-            last = ev.filter(keyed).unique(subset=KEY, keep="last")
+            # A mask over the key column alone, then one gather: polars' `unique(keep=
+            # "last")` on the wide frame was 7x slower (TPC-H lineitem, BENCHMARKS.md).
+            last = ev.filter(keyed).filter(pl.col(KEY).is_last_distinct())
         if any(s.keyless_upserts for s in live):
             keyless = ev.filter(~keyed & upsert).select(wanted)
 
@@ -488,7 +490,7 @@ def materialise(
     base_position: Mapping[int, int] | None = None,
     *,
     keep_key: bool = False,
-    engine: Engine = "auto",
+    engine: Engine = "in-memory",
     where: pl.Expr | None = None,
     surveyed: Sequence[Surveyed] | None = None,
 ) -> pl.DataFrame:
@@ -496,6 +498,8 @@ def materialise(
 
     See `plan_materialise` for the arguments; this runs the plan and maps polars errors
     (a column whose old values cannot take the new type) to `SnapshotError`.
+    `engine` defaults to polars' in-memory engine: polars 2 made "auto" mean streaming,
+    which took ~1.6-1.9x the CPU (and more memory) for these plans (BENCHMARKS.md).
     """
     plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
                             where=where, surveyed=surveyed)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdc.reader import LogIdentity
-from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows, txid_of
+from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows
 from snapshotter.archive import Archive, Generation, archive_topics
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.digest import (
@@ -217,6 +217,15 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
         )
 
 
+def _txid_expr() -> pl.Expr:
+    """alignment.txid_of over the `__tx` column, vectorised: a snapshot of a table with a
+    long history reads one per archived event (0.3 s for TPC-H's 866k in Python)."""
+    tx = pl.col("__tx")
+    return (pl.when(tx.str.len_bytes() > 0)
+            .then(tx.str.split(":").list.first().cast(pl.Int64))
+            .otherwise(None).alias("__tx"))
+
+
 def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut:
     """The newest transaction-consistent cut the archive can serve for `tables`."""
     table_events: list[TableEvents] = []
@@ -231,11 +240,11 @@ def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut
                 _require_full_history(archive, topic, partition, gen.number, hwm)
             frames = _scan(archive, topic, partition, gen.number, gen.first_offset, hwm,
                            ["__offset", "__tx"])
-            events = (pl.concat(frames).collect() if frames
-                      else pl.DataFrame({"__offset": [], "__tx": []}))
+            events = (pl.concat(frames).select("__offset", _txid_expr()).collect()
+                      if frames else pl.DataFrame({"__offset": [], "__tx": []}))
             table_events.append(TableEvents(
                 table, (topic, partition), events["__offset"].to_list(),
-                [txid_of(t) for t in events["__tx"].to_list()], hwm))
+                events["__tx"].to_list(), hwm))
     tx_topic = _tx_topic(settings)
     aligned = False
     ends = {t.tp: t.high_water_mark for t in table_events}
@@ -582,7 +591,9 @@ def _write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Pat
     def write(state: pl.DataFrame, number: int) -> None:
         nonlocal key_columns
         name = f"{table}/data-{number:05d}.parquet"
-        state.write_parquet(tmp / name, compression="zstd", statistics=True)
+        # zstd level 1: files as small as the default level 3 gave on TPC-H, ~20% faster
+        state.write_parquet(tmp / name, compression="zstd", compression_level=1,
+                            statistics=True)
         files.append(name)
         if not key_columns and KEY_COLUMN in state.columns:
             key_columns = _key_columns(state)
@@ -618,9 +629,17 @@ def _write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
     prev = base.manifest.tables[table]
     if not (prev.content_digest and prev.schema_digest and prev.checksums) or prev.erased:
         return None  # an erased base's recorded sums include rows it no longer has
-    if sum(int(f.select(pl.len()).collect().item()) for f in frames) > FOLD_EVENTS:
+    event_count = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    if event_count > FOLD_EVENTS:
         return None  # a change this large is folded in bounded groups by a full build
     src = base.directory
+    if event_count == 0:
+        # Nothing happened to the table since the base: the same files, the same digest
+        # (of 8 TPC-H tables a refresh round touches 4; this was half an incremental build).
+        for name in prev.all_files:
+            _link(src / name, tmp / name)
+        return dataclasses.replace(prev, file_stats={n: file_stat(tmp / n)
+                                                     for n in prev.all_files})
     file_schema = _data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
     if any(_data_schema(f.collect_schema()) != file_schema for f in frames):
         return None  # a column added, dropped or retyped: rewrite the table

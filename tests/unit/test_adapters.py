@@ -241,3 +241,16 @@ def test_an_unreachable_postgres_is_transient_and_hides_the_password() -> None:
 ])
 def test_redact_dsn(dsn: str, shown: str) -> None:
     assert postgres.redact_dsn(dsn) == shown
+
+
+def test_connect_clients_share_one_ssl_context() -> None:
+    """Building a client must not reload the CA bundle each time (4 per capture check)."""
+    from tidelog.adapters.connect import KafkaConnect
+
+    first, second = KafkaConnect("http://127.0.0.1:1"), KafkaConnect("https://example.invalid")
+    try:
+        pools = [c._client._transport._pool for c in (first, second)]  # type: ignore[attr-defined]
+        assert pools[0]._ssl_context is pools[1]._ssl_context
+    finally:
+        first.close()
+        second.close()

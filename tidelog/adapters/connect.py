@@ -7,6 +7,8 @@ tested without a Connect worker.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import Any
 
 import httpx
@@ -25,13 +27,21 @@ __all__ = ["KafkaConnect"]
 TIMEOUT = 30.0
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """httpx's default context, built once: loading the CA bundle took ~50 ms per client,
+    and one capture check makes four (BENCHMARKS.md, TPC-H)."""
+    return httpx.create_ssl_context()
+
+
 class KafkaConnect:
     """A Kafka Connect worker's REST API."""
 
     def __init__(self, url: str, *, timeout: float = TIMEOUT,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._client = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                    verify=_ssl_context())
 
     @classmethod
     def for_settings(cls, settings: Settings, *, timeout: float = TIMEOUT,

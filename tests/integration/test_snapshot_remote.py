@@ -1,0 +1,111 @@
+"""Snapshots on S3 (moto's server), read by a separate DuckDB CLI process through httpfs
+with nothing but the printed SQL, the endpoint and credentials from its environment."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from snapshotter.digest import ContentSum, digest_sql
+from snapshotter.remote import publish_snapshot, snapshot_sql
+from snapshotter.snapshots import create_snapshot, open_snapshot
+from tests.unit.test_snapshot_layout import History, _settings
+from tidelog.duckdb_extensions import extension_path
+from tidelog.stack.process import free_port
+
+TABLE = "public.items"
+KEY_ID, SECRET = "tidelog-reader", "Reader-s3cret-47"
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                               "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    try:
+        s3 = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                               region="us-east-1", allow_bucket_creation=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3.create_dir("tidelog-snapshots")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _duckdb_cli(sql: str, query: str, expect: int = 1) -> list[str]:
+    """Run the DuckDB CLI in its own process: only httpfs loaded, the key in its env."""
+    cli = Path(sys.executable).parent / "duckdb"
+    script = (f"LOAD '{extension_path('httpfs')}';\nSET TimeZone = 'UTC';\n{sql}\n"
+              f".output stdout\n.mode csv\n.headers off\n{query};\n")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
+           "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    done = subprocess.run([str(cli), "-batch"], input=script, capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    # CREATE SECRET prints a result box first; the query's CSV rows come last
+    return done.stdout.strip().splitlines()[-expect:]
+
+
+def test_layered_snapshot_on_s3_is_read_by_another_duckdb(tmp_path: Path,
+                                                          s3_endpoint: str) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, TABLE).seed(300)
+    base = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    rng = random.Random(11)
+    for key in rng.sample(range(300), 6):
+        history.event("u", key, v=-2.5, name=f"changed-{key}")
+    history.event("d", 5)
+    history.event("c", 1000, v=1.5, name="new")
+    layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert layered.built_from == base.id and layered.tables[TABLE].delete_files
+
+    root = (f"s3://tidelog-snapshots/team?endpoint_override={s3_endpoint}&scheme=http"
+            "&region=us-east-1")
+    done = publish_snapshot(settings, layered.id, root)
+    assert done.uploaded == (base.id, layered.id)
+    s3 = pafs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1")
+    table = layered.tables[TABLE]
+    # the layered snapshot holds only its deletes and delta; the data file is the base's
+    assert s3.get_file_info(f"tidelog-snapshots/team/{layered.id}/{table.files[0]}").type \
+        == pafs.FileType.NotFound
+    assert s3.get_file_info(f"tidelog-snapshots/team/{base.id}/{table.files[0]}").type \
+        == pafs.FileType.File
+
+    sql = snapshot_sql(settings, layered.id, root)
+    assert SECRET not in sql and KEY_ID not in sql
+    assert f"s3://tidelog-snapshots/team/{base.id}/{table.files[0]}" in sql
+    assert "deletes.parquet" in sql
+    # exactly the snapshot's content: its digest, computed by the other process
+    view = f'"snap_{layered.id}".items'
+    [got] = _duckdb_cli(sql, digest_sql(view, table.columns))
+    assert ContentSum(*map(int, got.split(","))).hex == table.content_digest
+    assert int(got.split(",")[0]) == table.rows == 300  # 300 seeded - 1 deleted + 1 new
+    ids = _duckdb_cli(sql, f"select id from {view} where name like 'changed-%' order by id",
+                      expect=6)
+    want = open_snapshot(settings, layered.id).duckdb().execute(
+        "select id from public.items where name like 'changed-%' order by id").fetchall()
+    assert ids == [str(i) for (i,) in want] and len(want) == 6
+    # the base, at the same root, reads its own files
+    base_table = base.tables[TABLE]
+    [got_base] = _duckdb_cli(snapshot_sql(settings, base.id, root),
+                             digest_sql(f'"snap_{base.id}".items', base_table.columns))
+    assert ContentSum(*map(int, got_base.split(","))).hex == base_table.content_digest

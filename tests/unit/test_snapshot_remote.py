@@ -1,0 +1,102 @@
+"""Publishing snapshots to another root and the SQL that reads them there (local roots
+here; S3 through moto and the DuckDB CLI in tests/integration/test_snapshot_remote.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from snapshotter.remote import locate, publish_snapshot, snapshot_sql
+from snapshotter.snapshots import create_snapshot, open_snapshot
+from snapshotter.storage import Storage
+from tests.unit.test_snapshot_layout import History, _settings
+from tidelog.errors import ConfigError, SnapshotNotFound
+from tidelog.settings import Settings
+
+TABLE = "public.items"
+
+
+def _layered(tmp_path: Path) -> tuple[Settings, str, str]:
+    """A full snapshot of 200 rows, then a layered one after 5 changes; their ids."""
+    settings = _settings(tmp_path)
+    history = History(settings, TABLE).seed(200)
+    base = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    rng = random.Random(7)
+    for key in rng.sample(range(200), 4):
+        history.event("u", key, v=-1.0, name=f"changed{key}")
+    history.event("d", 3)
+    layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert layered.built_from == base.id and layered.tables[TABLE].delete_files
+    return settings, base.id, layered.id
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, sid: str) -> list[tuple[object, ...]]:
+    con.execute(sql)
+    return con.execute(f'select * from "snap_{sid}".items order by id').fetchall()
+
+
+def test_published_layered_snapshot_reads_base_files_from_the_base(tmp_path: Path) -> None:
+    settings, base_id, sid = _layered(tmp_path)
+    root = tmp_path / "published"
+    done = publish_snapshot(settings, sid, str(root))
+    assert done.uploaded == (base_id, sid)  # the base first, its manifest before ours
+    manifest = open_snapshot(settings, sid).manifest
+    table = manifest.tables[TABLE]
+    owners = locate(Storage.open(str(root)), manifest)[TABLE]
+    assert all(owners[f] == base_id for f in table.files)
+    assert owners[table.delete_files[0]] == sid and owners[table.delta_files[0]] == sid
+    # the shared data files exist only under the base; nothing is copied twice
+    assert not (root / sid / table.files[0]).exists()
+    assert (root / base_id / table.files[0]).is_file()
+    again = publish_snapshot(settings, sid, str(root))
+    assert again.uploaded == () and again.files == 0
+
+    local = open_snapshot(settings, sid).duckdb().execute(
+        "select * from public.items order by id").fetchall()
+    assert len(local) == 199
+    remote = _rows(duckdb.connect(), snapshot_sql(settings, sid, str(root)), sid)
+    assert remote == local
+    # the local form reads the snapshot in place
+    assert _rows(duckdb.connect(), snapshot_sql(settings, sid), sid) == local
+
+
+def test_base_missing_at_publish_time_copies_its_files_under_the_snapshot(
+        tmp_path: Path) -> None:
+    import shutil
+
+    settings, base_id, sid = _layered(tmp_path)
+    shutil.rmtree(Path(settings.snapshot_root) / base_id)
+    root = tmp_path / "published"
+    done = publish_snapshot(settings, sid, str(root))
+    assert done.uploaded == (sid,)
+    table = open_snapshot(settings, sid).manifest.tables[TABLE]
+    assert (root / sid / table.files[0]).is_file()
+    rows = _rows(duckdb.connect(), snapshot_sql(settings, sid, str(root)), sid)
+    assert len(rows) == 199
+
+
+def test_s3_sql_carries_no_secret_and_names_the_endpoint(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from snapshotter.remote import _secret_sql
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Very-s3cret-key")
+    lines = "\n".join(_secret_sql("s3://b/p?endpoint_override=127.0.0.1:9000&scheme=http"
+                                  "&region=eu-west-1", "env"))
+    assert "Very-s3cret-key" not in lines
+    assert "getenv('AWS_SECRET_ACCESS_KEY')" in lines
+    assert "ENDPOINT '127.0.0.1:9000'" in lines and "USE_SSL false" in lines
+    assert "REGION 'eu-west-1'" in lines
+    chain = "\n".join(_secret_sql("s3://b/p", "chain"))
+    assert "PROVIDER credential_chain" in chain and "ENDPOINT" not in chain
+    with pytest.raises(ConfigError, match="credentials"):
+        snapshot_sql(_settings(tmp_path), "x", "s3://b/p", credentials="plain")
+
+
+def test_sql_for_a_snapshot_not_published_there_says_how(tmp_path: Path) -> None:
+    settings, _, sid = _layered(tmp_path)
+    with pytest.raises(SnapshotNotFound, match="tidelog snapshot publish"):
+        snapshot_sql(settings, sid, str(tmp_path / "empty"))
