@@ -197,7 +197,7 @@ def _register_extras() -> None:
     import importlib
 
     for module in ("snapshotter.commands", "trainer.commands", "pipelines.commands",
-                   "api.commands", "tidelog.demo"):
+                   "serving.commands", "api.commands", "tidelog.demo"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

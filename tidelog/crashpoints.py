@@ -21,6 +21,7 @@ POINTS = {
     "snapshot.after_publish": "the snapshot directory is in place, the catalog not updated",
     "catalog.before_publish": "the new catalog file is written, not yet renamed into place",
     "catalog.after_public": "catalog.duckdb is replaced, tidelog's own copy not yet",
+    "serve.before_commit": "a batch's results are on the broker, its transaction open",
 }
 
 
