@@ -50,7 +50,7 @@ def _scalar(value: Any) -> Any:
     item = value.item() if hasattr(value, "item") and not isinstance(value, list) else value
     if isinstance(item, float) and not math.isfinite(item):
         raise ValueError(f"the model answered {item}, which JSON cannot carry")
-    if item is None or isinstance(item, bool | int | float | str):
+    if isinstance(item, bool | int | float | str):
         return item
     raise ValueError(f"the model answered a {type(item).__name__}, not a JSON scalar")
 

@@ -28,6 +28,7 @@
         ├── RunNotFound             run_not_found          404
         ├── ModelNotFound           model_not_found        404
         ├── TableNotFound           table_not_found        404
+        ├── InvalidInstance         invalid_instance       422
         └── TrackingUnavailable     mlflow_unavailable     503  transient
 
 The API adds `api.errors.ApiError` (HTTP-level errors that carry their own status) below
@@ -70,6 +71,7 @@ __all__ = [
     "RunNotFound",
     "ModelNotFound",
     "TableNotFound",
+    "InvalidInstance",
     "TrackingUnavailable",
 ]
 
@@ -259,6 +261,13 @@ class TableNotFound(TrainingError):
 
     code = "table_not_found"
     status = 404
+
+
+class InvalidInstance(TrainingError):
+    """An instance sent for prediction does not fit the model's input signature."""
+
+    code = "invalid_instance"
+    status = 422
 
 
 class TrackingUnavailable(TrainingError):

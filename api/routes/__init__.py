@@ -3,9 +3,20 @@ or submits one job, and shapes the answer."""
 
 from __future__ import annotations
 
-from api.routes import admin, cdc, health, jobs, lineage, pipelines, runs, snapshots, ui
+from api.routes import (
+    admin,
+    cdc,
+    health,
+    jobs,
+    lineage,
+    models,
+    pipelines,
+    runs,
+    snapshots,
+    ui,
+)
 
 __all__ = ["ROUTERS"]
 
 ROUTERS = [health.router, snapshots.router, runs.router, lineage.router, cdc.router,
-           jobs.router, admin.router, ui.router, pipelines.router]
+           jobs.router, admin.router, ui.router, pipelines.router, models.router]

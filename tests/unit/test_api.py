@@ -91,6 +91,7 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("POST", "/pipelines/{name}/evaluate"): "reader",
     ("POST", "/pipelines/{name}/trigger"): "writer",
     ("GET", "/pipelines/{name}/history"): "reader",
+    ("POST", "/models/{name}/predict"): "reader",
 }
 
 # A request of the right shape for each operation (the answer may be a 404 or a job).
@@ -117,6 +118,8 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/pipelines/{name}/evaluate"): ("/pipelines/nope/evaluate", None),
     ("POST", "/pipelines/{name}/trigger"): ("/pipelines/nope/trigger", {"reason": "x"}),
     ("GET", "/pipelines/{name}/history"): ("/pipelines/nope/history", None),
+    ("POST", "/models/{name}/predict"): ("/models/nope/predict",
+                                         {"instances": [{"tenure_days": 1.0}]}),
 }
 
 
