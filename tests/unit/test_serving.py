@@ -435,3 +435,35 @@ def test_sync_predict_checks_every_instance_and_follows_the_alias() -> None:
     clock[0] = 6.0
     assert predictor.predict("m", [good]).to_json()["predictions"] == [103.0]
     assert registry.loads == ["1", "2"]
+
+
+# -- the transactional producer's errors -----------------------------------------------
+
+class RaisingProducer:
+    def __init__(self, error: Any) -> None:
+        self.error = error
+
+    def init_transactions(self, timeout: float) -> None:
+        from confluent_kafka import KafkaException
+
+        raise KafkaException(self.error)
+
+
+def test_transaction_errors_are_mapped_into_the_tree() -> None:
+    from confluent_kafka import KafkaError
+
+    from tidelog.adapters.kafka import Transactions
+    from tidelog.errors import BrokerUnreachable
+
+    config = {"bootstrap.servers": "127.0.0.1:1"}
+    fenced = Transactions(config, "tx-1", client=RaisingProducer(
+        KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)))
+    with pytest.raises(BrokerError) as caught:
+        fenced.init()
+    assert caught.value.details["fatal"] is True
+    assert "--worker-id" in caught.value.message and "tx-1" in caught.value.message
+    down = Transactions(config, "tx-1", client=RaisingProducer(
+        KafkaError(KafkaError._TRANSPORT, "connection refused")))
+    with pytest.raises(BrokerUnreachable) as unreachable:
+        down.init()
+    assert unreachable.value.details["fatal"] is False and unreachable.value.transient
