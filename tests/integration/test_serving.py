@@ -294,18 +294,29 @@ def _batches(results: list[tuple[int, int, str, dict[str, Any]]]
 def test_a_moved_alias_switches_at_a_batch_boundary(served: Served) -> None:
     prefix = unique_name("s3")
     topic = serving_requests_topic(prefix, served.model)
+    results_topic = serving_results_topic(prefix, served.model)
     v1, v2 = str(served.first.registered_version), str(served.second.registered_version)
-    before, after = _requests(120, "m1", 1), _requests(120, "m2", 2)
+    before = _requests(120, "m1", 1)
+    after: list[tuple[str, dict[str, Any]]] = []
     worker = _worker(served, prefix)
     try:
         _produce_requests(served.env, topic, before, pause=0.005)
-        _read_results(served.env, serving_results_topic(prefix, served.model),
-                      {k for k, _ in before})
+        _read_results(served.env, results_topic, {k for k, _ in before})
         served.registry.set_alias(served.model, "champion", v2)
         # mid-stream: requests keep coming while the worker notices and loads v2
-        _produce_requests(served.env, topic, after, pause=0.01)
-        results = _read_results(served.env, serving_results_topic(prefix, served.model),
-                                {k for k, _ in before + after})
+        deadline = time.monotonic() + 120
+        while True:
+            chunk = _requests(30, f"m2.{len(after)}", len(after))
+            _produce_requests(served.env, topic, chunk, pause=0.01)
+            after += chunk
+            seen = _read_results(served.env, results_topic, {k for k, _ in chunk})
+            if any(v["model"]["version"] == v2 for _, _, _, v in seen):
+                break
+            assert time.monotonic() < deadline, "the worker never switched to v2"
+        final = _requests(40, "m3", 3)  # produced after the switch: all v2
+        _produce_requests(served.env, topic, final)
+        after += final
+        results = _read_results(served.env, results_topic, {k for k, _ in before + after})
     finally:
         served.registry.set_alias(served.model, "champion", v1)
         code, err = _stop(worker)
@@ -313,7 +324,7 @@ def test_a_moved_alias_switches_at_a_batch_boundary(served: Served) -> None:
     assert len(results) == len(before) + len(after)
     by_id = {v["request_id"]: v for _, _, _, v in results}
     assert {by_id[k]["model"]["version"] for k, _ in before} == {v1}
-    assert by_id[after[-1][0]]["model"]["version"] == v2
+    assert {by_id[k]["model"]["version"] for k, _ in final} == {v2}
     for v in by_id.values():
         expected_run = served.first.run_id if v["model"]["version"] == v1 else \
             served.second.run_id
