@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tidelog.errors import ConfigError
+
 __all__ = ["ServingMetrics", "CONTENT_TYPE", "BUCKETS", "serve_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,6 +125,10 @@ def serve_metrics(metrics: ServingMetrics, host: str, port: int) -> ThreadingHTT
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             return  # scrapes are not worth a log line
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                          "pick a free --metrics-port", host=host, port=port) from exc
     threading.Thread(target=server.serve_forever, name="serve-metrics", daemon=True).start()
     return server

@@ -77,6 +77,8 @@ class WorkerConfig:
             raise ConfigError(f"--batch-size {self.batch_size} must be 1..100000")
         if not 0 <= self.max_wait_ms <= 60_000:
             raise ConfigError(f"--max-wait-ms {self.max_wait_ms} must be 0..60000")
+        if not 1 <= self.partitions <= 10_000:
+            raise ConfigError(f"--partitions {self.partitions} must be 1..10000")
         if not set(self.worker_id) <= _TOPIC_SAFE or not self.worker_id:
             raise ConfigError(f"--worker-id {self.worker_id!r}: letters, digits, '.', '_', '-'")
 

@@ -393,12 +393,25 @@ def test_a_moved_alias_switches_between_batches_only_and_is_checked_sparingly() 
 
 def test_the_worker_refuses_bad_settings() -> None:
     for kwargs in ({"batch_size": 0}, {"max_wait_ms": -1}, {"worker_id": "a b"},
-                   {"model": "a/b"}):
+                   {"model": "a/b"}, {"partitions": 0}):
         with pytest.raises(ConfigError):
             WorkerConfig(**{"model": "m", **kwargs})  # type: ignore[arg-type]
 
 
 # -- metrics ---------------------------------------------------------------------------
+
+def test_a_taken_metrics_port_is_a_config_error() -> None:
+    import socket
+
+    from serving.metrics import serve_metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError) as caught:
+            serve_metrics(ServingMetrics("m", "a"), "127.0.0.1", taken.getsockname()[1])
+    assert "--metrics-port" in caught.value.message
+
 
 def test_metrics_render_counts_errors_latency_and_version() -> None:
     metrics = ServingMetrics("m", "champion")
