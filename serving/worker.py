@@ -123,6 +123,10 @@ class Worker:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,
             "enable.partition.eof": False,
+            # A broker may hold a fetch for this long before answering, new data or not
+            # (Tansu does: with librdkafka's 500 ms default, a request waited 0-500 ms
+            # before the worker even saw it). Bounded by the batch wait.
+            "fetch.wait.max.ms": max(10, min(500, self.config.max_wait_ms)),
         }
         self._consumer = consumer(self.settings.kafka_config(**options))
         with kafka_errors(f"subscribe to {self.requests_topic}", self._servers):
