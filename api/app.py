@@ -32,6 +32,7 @@ from api.retention import Pins
 from api.routes import ROUTERS
 from api.state import ApiState
 from api.store import Database
+from serving.predict import Predictor
 from tidelog import __version__
 from tidelog.redact import install_log_redaction
 from tidelog.settings import Settings
@@ -88,7 +89,8 @@ def create_app(settings: Settings, *, config: ApiConfig | None = None,
                        on_finish=on_finish)
     keys = KeyStore(db, failures_per_minute=config.auth_failures_per_minute)
     state = ApiState(settings=settings, config=config, core=core, db=db, keys=keys,
-                     audit=audit, jobs=jobs, runner=runner, pins=Pins(db), metrics=Metrics())
+                     audit=audit, jobs=jobs, runner=runner, pins=Pins(db), metrics=Metrics(),
+                     predictor=Predictor(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ __all__ = [
     "VerifyReport", "DiffReport", "PinOut", "DeleteOut", "RunOut", "ModelLineageOut",
     "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "LiveOut", "ReadyOut",
     "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage", "AuditHead",
-    "AuditVerifyReport",
+    "AuditVerifyReport", "PredictRequest", "PredictOut",
 ]
 
 MAX_INT64 = 2**63 - 1
@@ -444,3 +444,26 @@ class ErasureList(_Out):
     items: list[dict[str, Any]]
     pending: list[str]
     chain: dict[str, Any]
+
+
+# -- serving ---------------------------------------------------------------------------
+
+class PredictRequest(_In):
+    instances: Annotated[list[dict[str, Any]], Field(
+        min_length=1, max_length=10_000,
+        description="feature name -> value, one object per instance (docs/serving.md)")]
+    alias: Identifier = "champion"
+
+
+class PredictedModelOut(_Out):
+    name: str
+    version: str
+    run_id: str
+    alias: str
+
+
+class PredictOut(_Out):
+    model: PredictedModelOut
+    snapshot_id: str
+    cut_digest: str
+    predictions: list[Any]

@@ -14,6 +14,7 @@ from api.keys import KeyStore
 from api.metrics import Metrics
 from api.retention import Pins
 from api.store import Database
+from serving.predict import Predictor
 from tidelog.settings import Settings
 
 __all__ = ["ApiState", "get_state"]
@@ -31,6 +32,7 @@ class ApiState:
     runner: JobRunner
     pins: Pins
     metrics: Metrics
+    predictor: Predictor
 
 
 async def get_state(request: Request) -> ApiState:

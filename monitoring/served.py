@@ -19,19 +19,13 @@ from typing import Any
 from tidelog.adapters.kafka import consumer, kafka_errors
 from tidelog.errors import BrokerError
 from tidelog.settings import KafkaValue, Settings
+from tidelog.topics import serving_labels_topic as labels_topic
+from tidelog.topics import serving_results_topic as results_topic
 
 __all__ = ["results_topic", "labels_topic", "ServedResult", "read_results", "read_labels",
            "parse_result"]
 
 _LOG = logging.getLogger("tidelog.monitoring")
-
-
-def results_topic(prefix: str, model: str) -> str:
-    return f"{prefix}.serving.{model}.results"
-
-
-def labels_topic(prefix: str, model: str) -> str:
-    return f"{prefix}.serving.{model}.labels"
 
 
 @dataclass(frozen=True)

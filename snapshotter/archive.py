@@ -62,7 +62,7 @@ from tidelog.crashpoints import crash_point
 from tidelog.errors import ArchiveError, LogIdentityError
 from tidelog.openlineage import traced
 from tidelog.settings import Settings
-from tidelog.topics import in_prefix, transaction_topic
+from tidelog.topics import in_prefix, is_serving_topic, transaction_topic
 
 __all__ = [
     "Generation",
@@ -527,12 +527,14 @@ def _default_decoder(messages: Sequence[RawMessage]) -> list[tuple[pa.Table, int
 def cdc_topics(settings: Settings, prefix: str | None = None, *,
                admin: KafkaAdmin | None = None) -> list[str]:
     """Every CDC topic of the connector's prefix (tables and the transaction topic), not
-    tidelog's own event topics (<prefix>.tidelog.events.*)."""
+    tidelog's own event topics (<prefix>.tidelog.events.*) nor the serving topics
+    (<prefix>.serving.<model>.requests|results|labels)."""
     from tidelog.events import is_event_topic
 
     prefix = prefix or settings.topic_prefix
     names = (admin or KafkaAdmin.for_settings(settings)).topic_names()
-    return [t for t in names if in_prefix(prefix, t) and not is_event_topic(t, prefix)]
+    return [t for t in names if in_prefix(prefix, t) and not is_event_topic(t, prefix)
+            and not is_serving_topic(prefix, t)]
 
 
 def _prefetched(batches: Iterator[list[RawMessage]], depth: int = 4

@@ -197,7 +197,8 @@ def _register_extras() -> None:
     import importlib
 
     for module in ("snapshotter.commands", "trainer.commands", "pipelines.commands",
-                   "monitoring.commands", "api.commands", "tidelog.demo"):
+                   "monitoring.commands", "serving.commands",
+                   "api.commands", "tidelog.demo"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

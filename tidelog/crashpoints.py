@@ -44,6 +44,7 @@ POINTS = {
     "erasure.before_catalog": "archive and snapshots are rewritten, the catalog not re-synced",
     "erasure.before_ledger": "stores and catalog are done, MLflow flagged, no ledger entry yet",
     "erasure.before_journal_removed": "the ledger entry is written, the journal not removed",
+    "serve.before_commit": "a batch's results are on the broker, its transaction open",
 }
 
 

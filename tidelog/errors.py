@@ -31,6 +31,7 @@
     │   ├── ModelNotFound           model_not_found        404
     │   ├── TableNotFound           table_not_found        404
     │   ├── ExclusionNotFound       exclusion_not_found    404
+    │   ├── InvalidInstance         invalid_instance       422
     │   └── TrackingUnavailable     mlflow_unavailable     503  transient
     └── MonitorError                monitor_error          400
         └── NoServedResults         no_served_results      404
@@ -78,6 +79,7 @@ __all__ = [
     "ModelNotFound",
     "TableNotFound",
     "ExclusionNotFound",
+    "InvalidInstance",
     "TrackingUnavailable",
     "MonitorError",
     "NoServedResults",
@@ -290,6 +292,13 @@ class ExclusionNotFound(TrainingError):
 
     code = "exclusion_not_found"
     status = 404
+
+
+class InvalidInstance(TrainingError):
+    """An instance sent for prediction does not fit the model's input signature."""
+
+    code = "invalid_instance"
+    status = 422
 
 
 class TrackingUnavailable(TrainingError):

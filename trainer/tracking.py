@@ -165,6 +165,34 @@ class Tracking:
                 f"model {name!r} has no version {version} in MLflow at {self.uri}; "
                 f"`tidelog lineage model {name}` shows the newest", model=name) from exc
 
+    def version_by_alias(self, name: str, alias: str) -> Any:
+        """The version `name@alias` points at; ModelNotFound when the alias is unset."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise _unavailable(exc, f"read {name}@{alias}", self.uri) from exc
+            raise ModelNotFound(
+                f"model {name!r} has no alias {alias!r} in MLflow at {self.uri}; register "
+                "a version and point the alias at it (a pipeline's gate does, or "
+                f"`MlflowClient().set_registered_model_alias({name!r}, {alias!r}, V)`)",
+                model=name, alias=alias) from exc
+
+    def load_pyfunc(self, model_uri: str) -> Any:
+        """The pyfunc model at `model_uri` (`models:/NAME/VERSION`)."""
+        import mlflow.pyfunc
+
+        with mlflow_errors(f"load {model_uri}", self.uri):
+            try:
+                return mlflow.pyfunc.load_model(model_uri)
+            except (OSError, ImportError, ValueError) as exc:
+                raise TrainingError(
+                    f"cannot load {model_uri} from MLflow at {self.uri} as a pyfunc model: "
+                    f"{exc}; check that its flavour's packages are installed here",
+                    model_uri=model_uri) from exc
+
     def change_marks(self) -> Hashable:
         """Changes whenever a run starts or ends or a model version is registered or
         changed: three cheap calls, for caches of lineage answers."""

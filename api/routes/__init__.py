@@ -9,6 +9,7 @@ from api.routes import (
     health,
     jobs,
     lineage,
+    models,
     monitor,
     pipelines,
     runs,
@@ -19,4 +20,5 @@ from api.routes import (
 __all__ = ["ROUTERS"]
 
 ROUTERS = [health.router, snapshots.router, runs.router, lineage.router, cdc.router,
-           jobs.router, admin.router, ui.router, pipelines.router, monitor.router]
+           jobs.router, admin.router, ui.router, pipelines.router, monitor.router,
+           models.router]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from pipelines.feed import read_events
 from pipelines.registry import Registry
 from pipelines.worker import Worker
 from snapshotter.snapshots import open_snapshot
-from tests.integration.cdc_helpers import private_settings, unique_name
+from tests.integration.cdc_helpers import cli_env, private_settings, unique_name
 from tidelog.adapters.kafka import producer
 from tidelog.demo import wait_for_capture
 from tidelog.events import ensure_topics, load_schema
@@ -82,15 +81,7 @@ class World:
 
 
 def _cli_env(env: Settings) -> dict[str, str]:
-    values = {"TIDELOG_HOME": str(env.home), "TIDELOG_POSTGRES_DSN": env.postgres_dsn,
-              "TIDELOG_BOOTSTRAP_SERVERS": env.bootstrap_servers,
-              "TIDELOG_CONNECT_URL": env.connect_url, "TIDELOG_MLFLOW_URI": env.mlflow_uri,
-              "TIDELOG_TOPIC_PREFIX": env.topic_prefix,
-              "TIDELOG_CONNECTOR_NAME": env.connector_name,
-              "TIDELOG_ARCHIVE_ROOT": env.archive_root,
-              "TIDELOG_SNAPSHOT_ROOT": env.snapshot_root, "TIDELOG_EVENTS": "on"}
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDELOG_")}
-    return {**base, **values}
+    return cli_env(env, TIDELOG_EVENTS="on")
 
 
 def _cli(env: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -144,7 +135,7 @@ def _serve(env: Settings, world_model: str, trained: TrainResult, model: Any,
 def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     name = unique_name("mon")
     root = tmp_path_factory.mktemp("monitor")
-    env = dataclasses.replace(private_settings(settings, root, name), events="on")
+    env = dataclasses.replace(private_settings(settings, root, name), events=True)
     shop = Shop(env.postgres_dsn, name)
     spec = ConnectorSpec(name, shop.tables, name)
     shop.load(customers=300)

@@ -95,6 +95,7 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("POST", "/pipelines/{name}/trigger"): "writer",
     ("GET", "/pipelines/{name}/history"): "reader",
     ("GET", "/models/{name}/monitor"): "reader",
+    ("POST", "/models/{name}/predict"): "reader",
 }
 
 # A request of the right shape for each operation (the answer may be a 404 or a job).
@@ -125,6 +126,8 @@ EXAMPLE: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/pipelines/{name}/trigger"): ("/pipelines/nope/trigger", {"reason": "x"}),
     ("GET", "/pipelines/{name}/history"): ("/pipelines/nope/history", None),
     ("GET", "/models/{name}/monitor"): ("/models/nope/monitor", None),
+    ("POST", "/models/{name}/predict"): ("/models/nope/predict",
+                                         {"instances": [{"tenure_days": 1.0}]}),
 }
 
 

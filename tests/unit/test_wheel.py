@@ -60,6 +60,8 @@ def test_installed_wheel_runs_its_commands_outside_the_checkout(
     assert "connector" in top.stdout and "snapshot" in top.stdout
     apply = _run(tidelog, "connector", "apply", "--help", cwd=work, env=env)
     assert "--tables" in apply.stdout
+    serve = _run(tidelog, "serve", "--help", cwd=work, env=env)
+    assert "--batch-size" in serve.stdout and "--max-wait-ms" in serve.stdout
 
 
 def test_installed_wheel_carries_the_template_and_the_demo(
@@ -91,3 +93,15 @@ def test_installed_wheel_carries_the_monitoring_report(installed: tuple[Path, Pa
     assert out[0] == "True" and str(venv) in out[1], out
     usage = _run(venv / "bin" / "tidelog", "monitor", "report", "--help", cwd=work, env=env)
     assert "--window" in usage.stdout and "--against" in usage.stdout
+
+
+def test_installed_wheel_carries_the_serving_schemas(installed: tuple[Path, Path]) -> None:
+    venv, work = installed
+    probe = ("import json, importlib.resources as r, serving.worker;"
+             "base = r.files('tidelog') / 'schemas' / 'serving' / 'v1';"
+             "print(json.dumps({k: json.loads((base / f'{k}.json').read_text())['$id']"
+             " for k in ('request', 'result')}))")
+    out = _run(venv / "bin" / "python", "-c", probe, cwd=work,
+               env=_clean_env(venv, work / "home"))
+    assert json.loads(out.stdout) == {"request": "urn:tidelog:schema:serving:v1:request",
+                                      "result": "urn:tidelog:schema:serving:v1:result"}

@@ -3,7 +3,9 @@
 
 `KafkaAdmin` answers the questions tidelog asks a broker (topic names and partitions,
 cluster and topic ids, end offsets). Unit tests pass it a fake client with the same
-methods (`tests/unit/fakes.py`).
+methods (`tests/unit/fakes.py`). `Transactions` is a transactional producer for
+consume-transform-produce (the serving worker): results and the consumer's offsets
+commit together or not at all.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from confluent_kafka import (
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from tidelog.errors import BrokerError, BrokerUnreachable, CutError
 from tidelog.settings import KafkaValue, Settings
@@ -29,6 +31,7 @@ from tidelog.settings import KafkaValue, Settings
 __all__ = [
     "TIMEOUT",
     "KafkaAdmin",
+    "Transactions",
     "admin_client",
     "consumer",
     "producer",
@@ -150,6 +153,27 @@ class KafkaAdmin:
                                    f"{self.servers}: {err.str()}", topic=topic) from exc
         return str(cluster.cluster_id), ids
 
+    def ensure_topics(self, topics: Sequence[str], partitions: int) -> list[str]:
+        """Create those of `topics` the broker lacks (with `partitions` each); the names
+        created. A topic that exists keeps its partitions."""
+        existing = set(self.topic_names())
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return []
+        what = f"create topics {missing}"
+        with kafka_errors(what, self.servers):
+            futures = self.client.create_topics(
+                [NewTopic(t, num_partitions=partitions) for t in missing],
+                request_timeout=self.timeout)
+        for future in futures.values():
+            try:
+                future.result(timeout=self.timeout + 5)
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise broker_error(exc, what, self.servers) from exc
+        return missing
+
     def end_offsets(self, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """ListOffsets(LATEST): exact on Apache Kafka; a broker that answers with the base
         offset of its last batch (Tansu) under-reports by up to one batch."""
@@ -163,3 +187,87 @@ class KafkaAdmin:
                 ends[(tp.topic, tp.partition)] = int(future.result(timeout=self.timeout + 5)
                                                      .offset)
         return ends
+
+
+class Transactions:
+    """One transactional producer (`transactional.id`), its errors mapped.
+
+    A worker keeps its transactional id across restarts: `init` then fences any older
+    process holding the same id and aborts whatever transaction it left open, which is
+    what makes a `kill -9` lose and duplicate nothing. Every failure is a BrokerError; the
+    caller aborts the open transaction (`abort`) and retries the batch, except after a
+    fatal error (fenced by a newer worker), where only a new producer can go on.
+    """
+
+    def __init__(self, config: Mapping[str, KafkaValue], transactional_id: str, *,
+                 timeout: float = 30.0, client: Any = None) -> None:
+        self.servers = str(config.get("bootstrap.servers", ""))
+        self.transactional_id = transactional_id
+        self.timeout = timeout
+        self.client = client if client is not None else producer(
+            {**config, "transactional.id": transactional_id,
+             "enable.idempotence": True, "acks": "all"})
+
+    def _error(self, exc: KafkaException, what: str) -> BrokerError:
+        err = _kafka_error(exc)
+        if err is not None and err.fatal():
+            return BrokerError(
+                f"cannot {what}: the producer with transactional id {self.transactional_id} "
+                f"hit a fatal error ({err.str()}); most likely another worker started with "
+                "the same --worker-id and fenced this one. Stop one of them, or give each "
+                "its own --worker-id", bootstrap_servers=self.servers,
+                transactional_id=self.transactional_id, fatal=True)
+        error = broker_error(exc, what, self.servers)
+        error.details["transactional_id"] = self.transactional_id
+        error.details["fatal"] = False
+        return error
+
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except KafkaException as exc:
+            raise self._error(exc, what) from exc
+
+    def init(self) -> None:
+        with self._mapped(f"initialise transactions for {self.transactional_id}"):
+            self.client.init_transactions(self.timeout)
+
+    def begin(self) -> None:
+        with self._mapped("begin a transaction"):
+            self.client.begin_transaction()
+
+    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        with self._mapped(f"produce to {topic}"):
+            while True:
+                try:
+                    self.client.produce(topic, key=key, value=value)
+                    return
+                except BufferError:
+                    # The local queue is full: let librdkafka send some, then retry.
+                    self.client.poll(0.1)
+
+    def commit(self, offsets: Sequence[tuple[str, int, int]], group_metadata: Any) -> None:
+        """Send the consumer's next offsets (topic, partition, offset) into the open
+        transaction and commit it: results and offsets become visible together."""
+        with self._mapped("commit a transaction"):
+            self.client.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for t, p, o in offsets], group_metadata,
+                self.timeout)
+            self.client.commit_transaction(self.timeout)
+
+    def flush(self) -> None:
+        """Wait until every produced message is on the broker (still uncommitted)."""
+        with self._mapped("flush produced messages"):
+            left = self.client.flush(self.timeout)
+        if left:
+            raise BrokerError(f"cannot flush: {left} messages still unsent after "
+                              f"{self.timeout} s to {self.servers}",
+                              bootstrap_servers=self.servers, fatal=False)
+
+    def abort(self) -> None:
+        with self._mapped("abort a transaction"):
+            self.client.abort_transaction(self.timeout)
+
+    def close(self) -> None:
+        self.client.flush(self.timeout)
