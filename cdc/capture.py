@@ -29,7 +29,8 @@ from tidelog.settings import Settings
 
 __all__ = ["capture_problems", "OFFSET_FLUSH_SECONDS"]
 
-# A little over the Connect worker's offset.flush.interval.ms (tidelog/stack/connect.py).
+# A little over the Connect worker's offset.flush.interval.ms (tidelog/stack/connect.py):
+# how often the committed offset is polled while it catches up with the slot.
 OFFSET_FLUSH_SECONDS = 1.2
 
 
@@ -90,8 +91,9 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
     """Why capture of `spec.tables` may be behind the source right now (empty: current).
 
     Checks, in order: the connector and each task RUNNING; every table in the running
-    configuration; no initial or incremental snapshot open; the slot confirming the WAL
-    written before the check (a bounded wait).
+    configuration; the slot confirming the WAL written before the check, and the
+    connector's committed offset reaching it (bounded waits); no initial or incremental
+    snapshot open in that offset.
     """
     try:
         status = connector_status(settings, spec.name)
@@ -117,18 +119,49 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
                         "them with `tidelog connector apply`")
     if problems:
         return problems
+    # Where the source is now: every change (and every refresh signal a DDL wrote in its
+    # own transaction) committed before this call lies below it.
+    target = _wal_position(settings)
     # The slot first: a signal written before the check (a table added, a DDL refresh)
     # shows in the offset only once Debezium has processed it, which the slot confirms.
     behind = _slot_behind(settings, spec, wait)
     if behind:
         return [behind]
-    snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
-    if not snapshotting:
-        # A signal the slot just confirmed may start its snapshot only in the next offset
-        # commit (offset.flush.interval.ms, 1 s in tidelog's worker): look once more after it.
-        time.sleep(OFFSET_FLUSH_SECONDS)
-        snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
+    offset = _offset_past(settings, spec, target, wait)
+    if offset is None:
+        return [f"connector {spec.name} has not committed an offset at or past "
+                f"{_lsn_text(target)} (the WAL position when the check began) within "
+                f"{wait:.0f}s, although its slot confirmed it: Kafka Connect is slow to "
+                "flush offsets; retry, or see the Connect worker's log"]
+    snapshotting = snapshot_in_progress(offset)
     if snapshotting:
         return [f"connector {spec.name} is still running {snapshotting}; tables are "
                 "incomplete until it ends"]
     return []
+
+
+def _wal_position(settings: Settings) -> int:
+    dsn = settings.require("postgres_dsn")
+    with postgres.connect(dsn) as conn, postgres.postgres_errors("read the WAL position", dsn):
+        return _lsn_now(conn)
+
+
+def _offset_past(settings: Settings, spec: ConnectorSpec, target: int, wait: float
+                 ) -> dict[str, Any] | None:
+    """The connector's committed offset once it is at or past `target`, else None.
+
+    Debezium confirms the slot from the offsets it has handed to Connect, which writes
+    them to its offsets topic only in its next flush, later under load. Only an offset
+    past `target` proves that a refresh signal committed before `target` was processed:
+    its incremental snapshot is then in that offset until the snapshot ends, and Connect
+    commits an offset only after every record before it is in Kafka. So a 'latest' cut
+    taken right after a DDL refresh either holds the refreshed rows or is refused.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        offset = source_offset(settings, spec.name)
+        if int(offset.get("lsn") or 0) >= target:
+            return offset
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(OFFSET_FLUSH_SECONDS / 4)
