@@ -18,6 +18,8 @@ import duckdb
 import numpy
 import psycopg
 
+from cdc.source_types import array_guard
+
 __all__ = ["Column", "COLUMNS", "SETUP", "STREAM_ONLY", "rows_sql", "create_sql", "pg_rows",
            "snapshot_rows", "differences", "pg_array_text", "pg_temporal"]
 
@@ -120,8 +122,18 @@ def rows_sql(table: str, first_id: int, stream: bool) -> list[str]:
     return statements
 
 
+# Array columns carry the constraint `connector apply` asks for (docs/types.md, "Arrays"):
+# (pg element type name, pg_type.typtype) per array column.
+_ARRAY_ELEMENTS = {"ia": ("int4", "b"), "ta": ("text", "b"), "na": ("numeric", "b"),
+                   "ea": ("tl_mood", "e"), "da": ("date", "b"), "tsa": ("timestamptz", "b"),
+                   "cha": ("bpchar", "b")}
+
+
 def create_sql(table: str) -> str:
-    cols = ", ".join(f"{c.name} {c.type}" for c in COLUMNS)
+    cols = ", ".join(
+        f"{c.name} {c.type}" + (f" check ({array_guard(c.name, *_ARRAY_ELEMENTS[c.name])})"
+                                if c.type.endswith("[]") else "")
+        for c in COLUMNS)
     return f"create table {table} (id int primary key, {cols})"
 
 
