@@ -14,8 +14,8 @@ import pytest
 
 from cdc.connector import ConnectorSpec, apply, connector_status
 from cdc.events import ChangeEvent, decode_message
-from cdc.source_types import array_guard
 from cdc.reader import list_partitions, read_range
+from cdc.source_types import array_guard
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot
 from tests.integration import type_coverage as tc
 from tests.integration.cdc_helpers import execute, private_settings, unique_name
