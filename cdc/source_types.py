@@ -3,16 +3,18 @@
 Debezium drops some column types without a word (only a WARN in the Connect log), or
 changes their values on the way (docs/types.md lists each type). Rather than let a
 snapshot differ from Postgres, `connector apply` refuses such columns up front, naming
-each one and what to do about it. Two checks:
+each one and what to do about it. Three checks:
 
 - by type, from the catalog: types Debezium drops or cannot carry exactly, whatever the
   value (`TYPE_REFUSALS`, multiranges, generated columns, arrays of any of these);
 - by value, one scan per table: values already in the table that the initial snapshot
   would change (BC dates, timestamps past DuckDB's range, NaN/Infinity in numeric(p,s),
   multi-dimensional arrays or arrays not starting at 1, NaN in numeric[], NULL elements
-  in enum arrays). The same values written later, while streaming, cannot be caught
-  here: docs/types.md says which ones DuckDB-side checks catch and which need a CHECK
-  constraint at the source.
+  in enum arrays);
+- array columns: the same array values written later, while streaming, reach the
+  change event looking ordinary, so an array column is refused unless a CHECK constraint
+  on it (or its domain) keeps them out, found by evaluating the constraints on probe
+  values (`_array_guard_refusal`; docs/types.md, "Arrays").
 
 A column left out with `column.exclude.list` (`ConnectorSpec.exclude_columns`) is not
 checked: the user chose to leave it out of every snapshot.
