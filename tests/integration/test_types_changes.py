@@ -49,19 +49,23 @@ def _latest_after_refresh(env: Settings, tables: list[str], timeout: float = 180
 def test_array_columns_need_a_constraint_and_a_2d_text_array_stops_loudly(
         settings: Settings, tmp_path: Path) -> None:
     table = "public.arr_shapes"
-    execute(settings, f"drop table if exists {table}",
+    execute(settings, *tc.SETUP, f"drop table if exists {table}",
             f"create table {table} (id int primary key, ia int[], ta text[], "
-            "ok int[] check (array_ndims(ok) = 1 and array_lower(ok, 1) = 1))",
-            f"insert into {table} values (1, '{{1,2}}', '{{a,b}}', '{{3}}')")
+            "ok int[] check (array_ndims(ok) = 1 and array_lower(ok, 1) = 1), "
+            "na numeric[], ea tl_mood[], da date[])",
+            f"insert into {table} (id, ia, ta, ok) values (1, '{{1,2}}', '{{a,b}}', '{{3}}')")
     name = unique_name("arrshape")
     env = private_settings(settings, tmp_path, name)
     spec = ConnectorSpec(name, (table,), name)
     with pytest.raises(SourceError) as refused:
         apply(env, spec, timeout=60)
     assert set(refused.value.details["columns"]) == {  # type: ignore[arg-type]
-        f"{table}.ia", f"{table}.ta"}  # `ok` has its constraint
+        f"{table}.{c}" for c in ("ia", "ta", "na", "ea", "da")}  # `ok` has its constraint
     message = refused.value.message
     assert "'[0:1]={1,2}' arrives as {1,2}" in message
+    assert "NaN or ±Infinity (the whole array arrives as NULL)" in message
+    assert "a NULL element (the whole array arrives as NULL)" in message
+    assert "a BC date (it arrives as an AD date)" in message
     assert (f"ALTER TABLE {table} ADD CONSTRAINT arr_shapes_ia_carried CHECK "
             "(array_ndims(ia) = 1 and array_lower(ia, 1) = 1)") in message
     with pytest.raises(ConnectorError, match="no connector named"):
@@ -71,20 +75,33 @@ def test_array_columns_need_a_constraint_and_a_2d_text_array_stops_loudly(
     execute(settings, f"alter table {table} add constraint ia_ok check "
             f"({array_guard('ia', 'int4', 'b')})",
             f"alter table {table} add constraint ta_ok check "
-            f"({array_guard('ta', 'text', 'b')})")
+            f"({array_guard('ta', 'text', 'b')})",
+            f"alter table {table} add check ({array_guard('na', 'numeric', 'b')})",
+            f"alter table {table} add check ({array_guard('ea', 'tl_mood', 'e')})",
+            f"alter table {table} add check ({array_guard('da', 'date', 'b')})")
     apply(env, spec, timeout=180)
-    for value in ("'[0:1]={1,2}'", "'{{1,2},{3,4}}'"):
+    for column, value in (("ia", "'[0:2]={7,8,9}'"), ("ia", "'{{1,2},{3,4}}'"),
+                          ("ta", "'[2:2]={x}'"), ("na", "'{1.5,NaN}'"),
+                          ("na", "'{-Infinity}'"), ("ea", "'{sad,NULL}'"),
+                          ("da", "'{2020-01-01,4713-01-01 BC}'")):
         with pytest.raises(psycopg.errors.CheckViolation):
-            execute(settings, f"insert into {table} (id, ia) values (9, {value})")
+            execute(settings, f"insert into {table} (id, {column}) values (9, {value})")
+    # what the constraints let in is what Debezium carries exactly
+    execute(settings, f"insert into {table} (id, na, ea, da) values "
+            "(8, '{1.5,NULL}', '{happy}', '{-infinity,2020-01-01,NULL}')")
 
     # A constraint dropped after `apply` lets a 2-D text array through: Debezium sends its
     # inner arrays as JVM object names, and the archiver stops there, never storing them.
     execute(settings, f"alter table {table} drop constraint ta_ok")
-    _latest_after_refresh(env, [table])  # the refresh this ALTER TABLE triggers, done
+    snap = _latest_after_refresh(env, [table])  # the refresh this ALTER TABLE triggers
+    con = open_snapshot(env, snap.id).duckdb()
+    assert con.execute(f"select na::varchar, ea::varchar, da::varchar from {table} "
+                       "where id = 8").fetchone() == (
+        "[1.5, NULL]", "[happy]", "[-infinity, 2020-01-01, NULL]")
     execute(settings, f"insert into {table} values (2, '{{4}}', '{{{{x,y}},{{z,w}}}}', '{{5}}')",
             f"insert into {table} values (3, '{{6}}', '{{c}}', '{{7}}')")
-    # initial read, the refresh the DROP CONSTRAINT triggers (one more read), two inserts
-    wait_for_messages(env, spec.topic(table), 4, timeout=120)
+    # rows 1 and 8 read by the refresh the DROP CONSTRAINT triggers, two inserts after it
+    wait_for_messages(env, spec.topic(table), 6, timeout=120)
     archive = Archive(env.archive_root)
     deadline = time.monotonic() + 120
     while not archive.failures() and time.monotonic() < deadline:
@@ -167,4 +184,42 @@ def test_alter_type_rewrites_are_refreshed_exactly(settings: Settings, tmp_path:
     assert _snapshot_text(env, third, table) == _pg_text(settings, table)
     rebuilt = rebuild_snapshot(env, third.cut, [table], tmp_path / "rebuilt")
     assert rebuilt.digest == third.digest
+    delete(env, spec, drop_slot=True)
+
+
+def test_timestamps_past_duckdbs_range_are_refused_then_stop_loudly(
+        settings: Settings, tmp_path: Path) -> None:
+    """Postgres's last 30 years of timestamps (after DuckDB's 294247-01-10) wrap in
+    Debezium's int64: refused at apply if present, a DecodeError if written later."""
+    table = "public.ts_far"
+    execute(settings, f"drop table if exists {table}",
+            f"create table {table} (id int primary key, ts timestamp, tz timestamptz)",
+            f"insert into {table} values (1, '294276-12-31 23:59:59.999999', null), "
+            "(2, null, '294276-12-31 23:59:59.999999+00')")
+    name = unique_name("tsfar")
+    env = private_settings(settings, tmp_path, name)
+    spec = ConnectorSpec(name, (table,), name)
+    with pytest.raises(SourceError, match="after 294247-01-10") as refused:
+        apply(env, spec, timeout=60)
+    assert set(refused.value.details["columns"]) == {  # type: ignore[arg-type]
+        f"{table}.ts", f"{table}.tz"}
+    execute(settings, f"update {table} set ts = '294247-01-09 23:59:59.999999' where id = 1",
+            f"update {table} set tz = 'infinity' where id = 2")
+    apply(env, spec, timeout=180)
+    execute(settings, f"insert into {table} values (3, '294276-12-31 23:59:59.999999', null)",
+            f"insert into {table} values (4, '2024-01-01', '2024-01-01 00:00:00+00')")
+    wait_for_messages(env, spec.topic(table), 4, timeout=120)
+    archive = Archive(env.archive_root)
+    with pytest.raises(PoisonEventError, match=r"offset 2, column 'ts'"):
+        run_archiver(env, [spec.topic(table)], follow=False)
+    [failure] = archive.failures()
+    assert (failure.offset, failure.column) == (2, "ts")
+    assert "beyond DuckDB's range" in failure.error  # never a clamp or a wrapped date
+    with pytest.raises(CaptureStale, match=r"archiving stopped at .*column 'ts'"):
+        create_snapshot(env, [table], "latest")
+    allowed = create_snapshot(env, [table], "latest", allow_stale=True)
+    con = open_snapshot(env, allowed.id).duckdb()
+    con.execute("set TimeZone = 'UTC'")
+    assert sorted(con.execute(f"select id, ts::varchar, tz::varchar from {table}").fetchall()
+                  ) == [(1, "294247-01-09 23:59:59.999999", None), (2, None, "infinity")]
     delete(env, spec, drop_slot=True)
