@@ -58,6 +58,7 @@ __all__ = [
     "ensure_publication",
     "signal_snapshot",
     "source_offset",
+    "current_excluded_columns",
     "snapshot_in_progress",
     "wait_snapshot_done",
     "install_ddl_refresh",
@@ -377,6 +378,13 @@ def current_tables(connect: KafkaConnect, name: str) -> tuple[str, ...] | None:
         return None
     listed = str(config.get("table.include.list", ""))
     return tuple(t.replace("\\", "") for t in listed.split(",") if t)
+
+
+def current_excluded_columns(connect: KafkaConnect, name: str) -> tuple[str, ...]:
+    """The `schema.table.column` names the running connector leaves out (none if absent)."""
+    config = connect.config(name) or {}
+    listed = str(config.get("column.exclude.list", ""))
+    return tuple(c.replace("\\", "") for c in listed.split(",") if c)
 
 
 def _slot_pid(dsn: str, slot: str) -> int | None:

@@ -33,7 +33,7 @@ from tidelog.adapters import postgres
 from tidelog.errors import SourceError
 
 __all__ = ["TYPE_REFUSALS", "SourceColumn", "Refusal", "source_columns", "refusals",
-           "array_guard", "check_source_types"]
+           "array_guard", "unguarded_arrays", "check_source_types"]
 
 _EXCLUDE = "leave the column out with `--exclude-columns {table}.{column}`"
 _LEAVE_OUT = _EXCLUDE + ", or change its type at the source"
@@ -308,6 +308,28 @@ def refusals(conn: psycopg.Connection[Any], table: str,
         for (column, _, why), count in zip(checks, row or (), strict=True):
             if count:
                 found.append(Refusal(table, column, f"{count} row(s) {why}"))
+    return found
+
+
+def unguarded_arrays(dsn: str, tables: Sequence[str], exclude_columns: Sequence[str] = ()
+                     ) -> list[Refusal]:
+    """The array columns of `tables` whose constraint no longer keeps out what Debezium
+    changes (catalog queries and probe values only; no table scan).
+
+    `connector apply` refused such columns; asked again before every `--at latest` cut,
+    so a constraint dropped after `apply` stops 'latest' instead of letting changed arrays
+    through unnoticed.
+    """
+    found: list[Refusal] = []
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"read the array constraints of {', '.join(tables)}", dsn):
+        for table in tables:
+            for col in source_columns(conn, table):
+                if (col.is_array and f"{table}.{col.name}" not in exclude_columns
+                        and _type_refusal(table, col) is None):
+                    refusal = _array_guard_refusal(conn, table, col)
+                    if refusal is not None:
+                        found.append(refusal)
     return found
 
 
