@@ -321,6 +321,10 @@ def _pg_interval_text(v: str) -> str:
     y, mo, d, h, mi = (int(g) for g in m.groups()[:5])
     secs = m.group(6)
     if "." in secs:
+        # The JDBC driver keeps seconds as a double and Debezium prints nine digits of it,
+        # truncated ('1.642794' arrives as '1.642793999'); Postgres holds microseconds,
+        # so the nearest microsecond is the value (the error is below 1e-8 s).
+        secs = format(Decimal(secs).quantize(Decimal("0.000001")), "f")
         secs = secs.rstrip("0").rstrip(".")
     if secs in ("0", "-0"):
         secs = ""

@@ -567,6 +567,10 @@ def test_char_n_loses_trailing_blanks_like_postgres_text() -> None:
     ("P0Y0M2147483647DT2147483647H0M54.775807S", "P2147483647DT2147483647H54.775807S"),
     ("P0Y0M0DT0H0M-0.500000S", "PT-0.5S"), ("P-1Y-2M0DT0H0M0S", "P-1Y-2M"),
     ("P0Y0M0DT0H30M0S", "PT30M"),
+    # recorded: '83333 years 3 mons -6015 days 1.642794 seconds' (seconds as a double)
+    ("P83333Y3M-6015DT0H0M1.642793999S", "P83333Y3M-6015DT1.642794S"),
+    ("P0Y0M0DT0H0M-1.642793999S", "PT-1.642794S"), ("P0Y0M0DT0H0M0.000000999S", "PT0.000001S"),
+    ("P0Y0M0DT0H0M0.0000004S", "PT0S"),
 ])
 def test_interval_is_postgres_iso_8601_text(sent: str, text: str) -> None:
     interval = field("iv", "string", "INTERVAL", 49, 6)
