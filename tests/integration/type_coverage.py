@@ -182,7 +182,9 @@ def pg_temporal(text: str) -> str:
 
 
 def _array_element(v: str) -> str:
-    if v == "" or v.upper() == "NULL" or any(ch in v for ch in ' ,{}"\\'):
+    # array_out quotes empty elements, NULL, and any holding a delimiter, brace, quote,
+    # backslash or one of its white-space characters (space, \t, \n, \r, \v, \f)
+    if v == "" or v.upper() == "NULL" or any(ch in v for ch in ' \t\n\r\v\f,{}"\\'):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return v
 
