@@ -461,7 +461,8 @@ def wait_snapshot_done(settings: Settings, spec: ConnectorSpec, deadline: float,
     """
     dsn = settings.require("postgres_dsn")
     with postgres.connect(dsn) as conn, postgres.postgres_errors("read the WAL position", dsn):
-        row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+        # the insert position, past every commit so far even with synchronous_commit=off
+        row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
     start = int(row[0]) if row else 0
     connect = connect or KafkaConnect.for_settings(settings)
     while time.monotonic() < deadline:
