@@ -61,6 +61,7 @@ def _fake_connect(monkeypatch: pytest.MonkeyPatch, status: dict[str, Any],
     monkeypatch.setattr(capture, "source_offset",
                         lambda s, name: committed.pop(0) if len(committed) > 1 else committed[0])
     monkeypatch.setattr(capture, "_wal_position", lambda s: wal)
+    monkeypatch.setattr(capture, "_probe", lambda s, spec: calls.append(f"probe {spec.name}"))
     monkeypatch.setattr(capture, "OFFSET_FLUSH_SECONDS", 0.01)
 
     def slot(_s: Settings, spec: ConnectorSpec, wait: float) -> str | None:
