@@ -29,7 +29,8 @@ from tidelog.settings import Settings
 
 __all__ = ["capture_problems", "OFFSET_FLUSH_SECONDS"]
 
-# A little over the Connect worker's offset.flush.interval.ms (tidelog/stack/connect.py).
+# A little over the Connect worker's offset.flush.interval.ms (tidelog/stack/connect.py):
+# how often the committed offset is polled while it catches up with the slot.
 OFFSET_FLUSH_SECONDS = 1.2
 
 
@@ -111,8 +112,9 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
     """Why capture of `spec.tables` may be behind the source right now (empty: current).
 
     Checks, in order: the connector and each task RUNNING; every table in the running
-    configuration; no initial or incremental snapshot open; the slot confirming the WAL
-    written before the check (a bounded wait).
+    configuration; the slot confirming the WAL written before the check, and the
+    connector's committed offset reaching it (bounded waits); no initial or incremental
+    snapshot open in that offset.
     """
     try:
         status = connector_status(settings, spec.name)
@@ -138,18 +140,74 @@ def capture_problems(settings: Settings, spec: ConnectorSpec, wait: float = 15.0
                         "them with `tidelog connector apply`")
     if problems:
         return problems
+    # Where the source is now: every change (and every refresh signal a DDL wrote in its
+    # own transaction) committed before this call lies below it.
+    target = _wal_position(settings)
     # The slot first: a signal written before the check (a table added, a DDL refresh)
     # shows in the offset only once Debezium has processed it, which the slot confirms.
     behind = _slot_behind(settings, spec, wait)
     if behind:
         return [behind]
-    snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
-    if not snapshotting:
-        # A signal the slot just confirmed may start its snapshot only in the next offset
-        # commit (offset.flush.interval.ms, 1 s in tidelog's worker): look once more after it.
-        time.sleep(OFFSET_FLUSH_SECONDS)
-        snapshotting = snapshot_in_progress(source_offset(settings, spec.name))
+    offset = _offset_past(settings, spec, target, wait)
+    if offset is None:
+        return [f"connector {spec.name} has not committed an offset at or past "
+                f"{_lsn_text(target)} (the WAL position when the check began) within "
+                f"{wait:.0f}s, although its slot confirmed it: Kafka Connect is slow to "
+                "flush offsets; retry, or see the Connect worker's log"]
+    snapshotting = snapshot_in_progress(offset)
     if snapshotting:
         return [f"connector {spec.name} is still running {snapshotting}; tables are "
                 "incomplete until it ends"]
     return []
+
+
+def _wal_position(settings: Settings) -> int:
+    """The WAL insert position: past the commit record of every transaction committed
+    before this call. Not pg_current_wal_lsn(), the *write* position, which with
+    `synchronous_commit=off` can still be before a committed transaction's commit record
+    (tidelog's own test stack runs so), so a check against it could pass before that
+    transaction is captured."""
+    dsn = settings.require("postgres_dsn")
+    with postgres.connect(dsn) as conn, postgres.postgres_errors("read the WAL position", dsn):
+        row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        return int(row[0]) if row else 0
+
+
+def _offset_past(settings: Settings, spec: ConnectorSpec, target: int, wait: float
+                 ) -> dict[str, Any] | None:
+    """The connector's committed offset once it is at or past `target`, else None.
+
+    Debezium confirms the slot from the offsets it has handed to Connect, which writes
+    them to its offsets topic only in its next flush, later under load. Only an offset
+    past `target` proves that a refresh signal committed before `target` was processed:
+    its incremental snapshot is then in that offset until the snapshot ends, and Connect
+    commits an offset only after every record before it is in Kafka. So a 'latest' cut
+    taken right after a DDL refresh either holds the refreshed rows or is refused.
+    """
+    start = time.monotonic()
+    deadline = start + wait
+    probed = False
+    while True:
+        offset = source_offset(settings, spec.name)
+        if int(offset.get("lsn") or 0) >= target:
+            return offset
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        if not probed and now - start > 2 * OFFSET_FLUSH_SECONDS:
+            # Only WAL Debezium has no event for lies before `target` (another database,
+            # a checkpoint): give it a transaction past `target` to process and commit.
+            probed = True
+            _probe(settings, spec)
+        time.sleep(OFFSET_FLUSH_SECONDS / 4)
+
+
+def _probe(settings: Settings, spec: ConnectorSpec) -> None:
+    """A 'log' signal in the connector's signalling table: a transaction for it to see."""
+    try:
+        with postgres.connect(settings.require("postgres_dsn")) as conn:
+            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
+                         "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
+                                             '{"message": "tidelog capture probe"}'))
+    except psycopg.Error:
+        pass  # no signalling table (an older connector): its heartbeat moves the offset

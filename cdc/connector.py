@@ -58,6 +58,7 @@ __all__ = [
     "ensure_publication",
     "signal_snapshot",
     "source_offset",
+    "current_excluded_columns",
     "snapshot_in_progress",
     "wait_snapshot_done",
     "install_ddl_refresh",
@@ -379,6 +380,13 @@ def current_tables(connect: KafkaConnect, name: str) -> tuple[str, ...] | None:
     return tuple(t.replace("\\", "") for t in listed.split(",") if t)
 
 
+def current_excluded_columns(connect: KafkaConnect, name: str) -> tuple[str, ...]:
+    """The `schema.table.column` names the running connector leaves out (none if absent)."""
+    config = connect.config(name) or {}
+    listed = str(config.get("column.exclude.list", ""))
+    return tuple(c.replace("\\", "") for c in listed.split(",") if c)
+
+
 def _slot_pid(dsn: str, slot: str) -> int | None:
     with postgres.connect(dsn) as conn:
         row = conn.execute("select active_pid from pg_replication_slots where slot_name = %s",
@@ -453,7 +461,8 @@ def wait_snapshot_done(settings: Settings, spec: ConnectorSpec, deadline: float,
     """
     dsn = settings.require("postgres_dsn")
     with postgres.connect(dsn) as conn, postgres.postgres_errors("read the WAL position", dsn):
-        row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+        # the insert position, past every commit so far even with synchronous_commit=off
+        row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
     start = int(row[0]) if row else 0
     connect = connect or KafkaConnect.for_settings(settings)
     while time.monotonic() < deadline:

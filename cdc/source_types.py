@@ -3,16 +3,18 @@
 Debezium drops some column types without a word (only a WARN in the Connect log), or
 changes their values on the way (docs/types.md lists each type). Rather than let a
 snapshot differ from Postgres, `connector apply` refuses such columns up front, naming
-each one and what to do about it. Two checks:
+each one and what to do about it. Three checks:
 
 - by type, from the catalog: types Debezium drops or cannot carry exactly, whatever the
   value (`TYPE_REFUSALS`, multiranges, generated columns, arrays of any of these);
 - by value, one scan per table: values already in the table that the initial snapshot
   would change (BC dates, timestamps past DuckDB's range, NaN/Infinity in numeric(p,s),
   multi-dimensional arrays or arrays not starting at 1, NaN in numeric[], NULL elements
-  in enum arrays). The same values written later, while streaming, cannot be caught
-  here: docs/types.md says which ones DuckDB-side checks catch and which need a CHECK
-  constraint at the source.
+  in enum arrays);
+- array columns: the same array values written later, while streaming, reach the
+  change event looking ordinary, so an array column is refused unless a CHECK constraint
+  on it (or its domain) keeps them out, found by evaluating the constraints on probe
+  values (`_array_guard_refusal`; docs/types.md, "Arrays").
 
 A column left out with `column.exclude.list` (`ConnectorSpec.exclude_columns`) is not
 checked: the user chose to leave it out of every snapshot.
@@ -20,6 +22,7 @@ checked: the user chose to leave it out of every snapshot.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +33,7 @@ from tidelog.adapters import postgres
 from tidelog.errors import SourceError
 
 __all__ = ["TYPE_REFUSALS", "SourceColumn", "Refusal", "source_columns", "refusals",
-           "check_source_types"]
+           "array_guard", "unguarded_arrays", "check_source_types"]
 
 _EXCLUDE = "leave the column out with `--exclude-columns {table}.{column}`"
 _LEAVE_OUT = _EXCLUDE + ", or change its type at the source"
@@ -71,6 +74,8 @@ class SourceColumn:
     is_array: bool
     typmod: int  # atttypmod: -1 when unconstrained
     generated: bool
+    sql_type: str = ""  # format_type(): what a probe value is cast to
+    element_sql_type: str = ""  # for arrays: the element's format_type()
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,18 @@ def source_columns(conn: psycopg.Connection[Any], table: str) -> list[SourceColu
     schema, name = table.split(".", 1)
     rows = conn.execute(
         "select a.attname, coalesce(e.typname, t.typname), coalesce(e.typtype, t.typtype), "
-        "e.oid is not null, a.atttypmod, a.attgenerated <> '' "
+        "e.oid is not null, a.atttypmod, a.attgenerated <> '', "
+        "format_type(a.atttypid, a.atttypmod), coalesce(format_type(e.oid, a.atttypmod), '') "
         "from pg_attribute a join pg_class c on c.oid = a.attrelid "
         "join pg_namespace n on n.oid = c.relnamespace "
         "join pg_type t on t.oid = a.atttypid "
-        "left join pg_type e on t.typcategory = 'A' and e.oid = t.typelem "
+        # a domain over an array is an array column too (typelem is its base type's)
+        "join pg_type b on b.oid = case when t.typtype = 'd' then t.typbasetype else t.oid end "
+        "left join pg_type e on b.typcategory = 'A' and e.oid = b.typelem "
         "where n.nspname = %s and c.relname = %s and a.attnum > 0 and not a.attisdropped "
         "order by a.attnum", (schema, name)).fetchall()
-    return [SourceColumn(str(r[0]), str(r[1]), str(r[2]), bool(r[3]), int(r[4]), bool(r[5]))
+    return [SourceColumn(str(r[0]), str(r[1]), str(r[2]), bool(r[3]), int(r[4]), bool(r[5]),
+                         str(r[6]), str(r[7]))
             for r in rows]
 
 
@@ -163,6 +172,117 @@ def _value_checks(col: SourceColumn) -> list[tuple[str, str]]:
     return checks
 
 
+# Element values tried, in turn, until one casts to the element type: the shape probes
+# need an ordinary element, since a constraint may refuse NULL elements.
+_ELEMENT_SAMPLES = ("0", "a", "2000-01-01", "00:00:00", "2000-01-01 00:00:00+00", "t",
+                    "0.0.0.0", "00:00:00:00:00:00", "00000000-0000-0000-0000-000000000000",
+                    "{}", "[0,1)", "(0,0)", "<a/>")
+
+
+def _ident(name: str) -> str:
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else _quote(name)
+
+
+def array_guard(column: str, type_name: str, type_kind: str) -> str:
+    """The CHECK expression that keeps an array column to what Debezium carries."""
+    c = _ident(column)
+    parts = [f"array_ndims({c}) = 1", f"array_lower({c}, 1) = 1"]
+    if type_name == "numeric":
+        parts.append(f"not ('NaN' = any({c}) or 'Infinity' = any({c}) "
+                     f"or '-Infinity' = any({c}))")
+    if type_kind == "e":
+        parts.append(f"array_position({c}, NULL) is null")
+    if type_name == "date":
+        parts.append(f"'0001-01-01'::date <= all(array_remove({c}, '-infinity'))")
+    return " and ".join(parts)
+
+
+def _array_literal(*elements: str | None) -> str:
+    def one(v: str | None) -> str:
+        return "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "{" + ",".join(one(v) for v in elements) + "}"
+
+
+def _element_sample(conn: psycopg.Connection[Any], col: SourceColumn) -> str | None:
+    if col.type_kind == "e":
+        row = conn.execute("select enumlabel::text from pg_enum "
+                           "where enumtypid = %s::regtype order by enumsortorder limit 1",
+                           (col.element_sql_type,)).fetchone()
+        return None if row is None else str(row[0])
+    for candidate in _ELEMENT_SAMPLES:
+        try:
+            with conn.transaction():
+                conn.execute(f"select %s::{col.element_sql_type}", (candidate,))
+        except psycopg.Error:
+            continue
+        return candidate
+    return None
+
+
+def _accepts(conn: psycopg.Connection[Any], col: SourceColumn, checks: Sequence[str],
+             literal: str) -> bool:
+    """Whether the column's type (a domain's constraints) and its own CHECK constraints
+    let `literal` in, evaluated without touching the table."""
+    try:
+        with conn.transaction():
+            conn.execute(f"select %s::{col.sql_type}", (literal,))
+            for check in checks:
+                row = conn.execute(f"select coalesce(({check}), true) from "
+                                   f"(select %s::{col.sql_type} as {_quote(col.name)}) probe",
+                                   (literal,)).fetchone()
+                if row is not None and row[0] is False:
+                    return False
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _array_guard_refusal(conn: psycopg.Connection[Any], table: str, col: SourceColumn
+                         ) -> Refusal | None:
+    """A refusal unless the source itself keeps out the array values Debezium changes.
+
+    Debezium renumbers arrays that do not start at 1 and flattens multi-dimensional ones
+    (to NULLs, or to JVM object names), NULLs a numeric[] holding NaN and an enum[] holding
+    a NULL, and sends BC dates in a date[] as AD: the change event shows no sign of it, so
+    values written after `connector apply` could not be caught. A CHECK constraint on the
+    column (or the column's domain) that rejects each such value is proof they cannot
+    arrive; it is tested by evaluating it on probe values, never by writing to the table.
+    """
+    schema, name = table.split(".", 1)
+    checks = [str(r[0]) for r in conn.execute(
+        "select pg_get_expr(c.conbin, c.conrelid) from pg_constraint c "
+        "join pg_attribute a on a.attrelid = c.conrelid and c.conkey = array[a.attnum] "
+        "where c.conrelid = %s::regclass and c.contype = 'c' and a.attname = %s",
+        (f"{_quote(schema)}.{_quote(name)}", col.name)).fetchall()]
+    e = _element_sample(conn, col)
+    bad = {"[0:0]=" + _array_literal(e): "another lower bound ('[0:1]={1,2}' arrives as "
+                                           "{1,2})",
+           "{" + _array_literal(e) + "}": "more than one dimension ('{{1,2},{3,4}}' "
+                                          "arrives as {NULL,NULL})"}
+    if col.type_name == "numeric":
+        bad.update({_array_literal(v): "NaN or ±Infinity (the whole array arrives as NULL)"
+                    for v in ("NaN", "Infinity", "-Infinity")})
+    if col.type_kind == "e":
+        bad[_array_literal(e, None)] = "a NULL element (the whole array arrives as NULL)"
+    if col.type_name == "date":
+        bad[_array_literal("0001-01-01 BC")] = "a BC date (it arrives as an AD date)"
+    good = _accepts(conn, col, checks, _array_literal(e))
+    let_in = sorted({why for literal, why in bad.items()
+                     if not good or _accepts(conn, col, checks, literal)})
+    if not let_in:
+        return None
+    guard = array_guard(col.name, col.type_name, col.type_kind)
+    constraint = _ident(f"{name}_{col.name}_carried")
+    return Refusal(table, col.name, (
+        f"{col.element_sql_type}[]: an array written after `connector apply` with "
+        + "; or with ".join(let_in)
+        + " would reach snapshots changed, and Debezium's change event shows no sign of "
+        "it; keep such values out with a CHECK constraint on the column (or its domain), "
+        "which tidelog then finds: "
+        f"ALTER TABLE {table} ADD CONSTRAINT {constraint} CHECK ({guard}); or "
+        + _LEAVE_OUT.format(table=table, column=col.name)))
+
+
 def refusals(conn: psycopg.Connection[Any], table: str,
              exclude: Sequence[str] = ()) -> list[Refusal]:
     """Every column of `table` tidelog cannot carry exactly (one scan for the values)."""
@@ -175,6 +295,10 @@ def refusals(conn: psycopg.Connection[Any], table: str,
         if reason is not None:
             found.append(Refusal(table, col.name, reason))
             continue
+        if col.is_array:
+            guard = _array_guard_refusal(conn, table, col)
+            if guard is not None:
+                found.append(guard)
         fmt = {"table": table, "column": col.name}
         checks.extend((col.name, sql, why.format(**fmt)) for sql, why in _value_checks(col))
     if checks:
@@ -184,6 +308,28 @@ def refusals(conn: psycopg.Connection[Any], table: str,
         for (column, _, why), count in zip(checks, row or (), strict=True):
             if count:
                 found.append(Refusal(table, column, f"{count} row(s) {why}"))
+    return found
+
+
+def unguarded_arrays(dsn: str, tables: Sequence[str], exclude_columns: Sequence[str] = ()
+                     ) -> list[Refusal]:
+    """The array columns of `tables` whose constraint no longer keeps out what Debezium
+    changes (catalog queries and probe values only; no table scan).
+
+    `connector apply` refused such columns; asked again before every `--at latest` cut,
+    so a constraint dropped after `apply` stops 'latest' instead of letting changed arrays
+    through unnoticed.
+    """
+    found: list[Refusal] = []
+    with postgres.connect(dsn) as conn, postgres.postgres_errors(
+            f"read the array constraints of {', '.join(tables)}", dsn):
+        for table in tables:
+            for col in source_columns(conn, table):
+                if (col.is_array and f"{table}.{col.name}" not in exclude_columns
+                        and _type_refusal(table, col) is None):
+                    refusal = _array_guard_refusal(conn, table, col)
+                    if refusal is not None:
+                        found.append(refusal)
     return found
 
 

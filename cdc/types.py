@@ -321,6 +321,10 @@ def _pg_interval_text(v: str) -> str:
     y, mo, d, h, mi = (int(g) for g in m.groups()[:5])
     secs = m.group(6)
     if "." in secs:
+        # The JDBC driver keeps seconds as a double and Debezium prints nine digits of it,
+        # truncated ('1.642794' arrives as '1.642793999'); Postgres holds microseconds,
+        # so the nearest microsecond is the value (the error is below 1e-8 s).
+        secs = format(Decimal(secs).quantize(Decimal("0.000001")), "f")
         secs = secs.rstrip("0").rstrip(".")
     if secs in ("0", "-0"):
         secs = ""
@@ -549,8 +553,11 @@ def column_type(schema: Mapping[str, Any], name: str | None = None) -> ColumnTyp
         elem = column_type(items, col_name)
         # Parquet calls the child "element"; using it here makes the round trip exact.
         arrow_type = pa.list_(pa.field("element", elem.arrow_type))
+        pg_array = pg or "_" + elem.pg_type
         convert = None if elem.py is None else _list_converter(elem.py)
-        return _col(col_name, pg or "_" + elem.pg_type, arrow_type, "array", elem, convert)
+        if pa.types.is_string(elem.arrow_type):
+            convert = _text_list_checker(col_name, pg_array, elem.py)
+        return _col(col_name, pg_array, arrow_type, "array", elem, convert)
 
     if isinstance(sname, str) and sname in _SEMANTIC:
         kind, arrow_type, fallback = _SEMANTIC[sname]
@@ -607,6 +614,43 @@ def _list_converter(elem: Callable[[Any], Any]) -> Callable[[list[Any]], list[An
         return [None if v is None else elem(v) for v in values]
 
     return convert
+
+
+# Debezium 3.6.3 sends each inner array of a multi-dimensional text-like array (text[],
+# varchar[], enum[], ...) as the JVM's name for it: '{{a,b},{c,d}}' arrives as
+# ['[Ljava.lang.String;@79f87a07', '[Ljava.lang.String;@4185a5db'].
+_JVM_ARRAY_NAME = r"^\[L[A-Za-z0-9_.$]+;@[0-9a-f]{1,8}$"
+_JVM_ARRAY_NAME_RE = re.compile(_JVM_ARRAY_NAME)
+
+
+def _multi_dimensional(col: ColumnType, sent: str) -> DecodeError:
+    return DecodeError(
+        f"column {col.name!r} ({col.pg_type}): Debezium sent {sent!r} for an array element, "
+        "its name for an inner array: the source value has more than one dimension, which "
+        "Debezium cannot carry. Keep the column to one-dimensional arrays starting at 1 "
+        f"(CHECK (array_ndims({col.name}) = 1 and array_lower({col.name}, 1) = 1)), then "
+        "re-create the connector, or leave the column out (`connector apply "
+        "--exclude-columns`)", column=col.name, pg_type=col.pg_type)
+
+
+def _check_text_elements(col: ColumnType, values: pa.Array) -> None:
+    """Raise for an element that is Debezium's name for an inner array, not data."""
+    if not pa.types.is_string(values.type) or len(values) == values.null_count:
+        return
+    hits = pc.match_substring_regex(values, _JVM_ARRAY_NAME)
+    if pc.any(hits).as_py():
+        raise _multi_dimensional(col, str(values.filter(hits)[0].as_py()))
+
+
+def _text_list_checker(col_name: str, pg: str, elem: Callable[[Any], Any] | None
+                       ) -> Callable[[list[Any]], list[Any]]:
+    def check(values: list[Any]) -> list[Any]:
+        for v in values:
+            if isinstance(v, str) and _JVM_ARRAY_NAME_RE.match(v):
+                raise _multi_dimensional(ColumnType(col_name, pg, pa.string(), "text"), v)
+        return values if elem is None else [None if v is None else elem(v) for v in values]
+
+    return check
 
 
 def arrow_field(schema: Mapping[str, Any]) -> pa.Field:
@@ -692,6 +736,7 @@ def _from_raw(col: ColumnType, arr: pa.Array) -> pa.Array:
         return _remap(arr, _PG_MIN_DAYS, _PG_MAX_DAYS, _clamp_days).cast(t)
     if kind == "array" and col.element is not None:
         values = _from_raw(col.element, arr.values)
+        _check_text_elements(col, values)
         mask = arr.is_null() if arr.null_count else None
         return pa.ListArray.from_arrays(arr.offsets, values, type=t, mask=mask)
     raise DecodeError(f"column {col.name!r}: no vectorised conversion for kind {kind!r}")
@@ -743,6 +788,7 @@ def _py_to_arrow(col: ColumnType, values: Sequence[Any]) -> pa.Array:
                 flat.extend(v)
             offsets.append(len(flat))
         inner = col.element.to_arrow(flat)
+        _check_text_elements(col, inner)
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, type=t,
                                         mask=pa.array(mask, pa.bool_()))
     raise DecodeError(f"column {col.name!r}: no Arrow conversion for kind {kind!r}")

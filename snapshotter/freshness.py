@@ -9,7 +9,9 @@ things can make the archive's newest cut older than the source, and each is chec
 2. the replication slot has not confirmed the WAL written before the check began
    (Debezium stuck retrying, or lagging): a bounded wait, never an equality test;
 3. a partition of a chosen table (or the transaction topic) is stopped at an event the
-   archiver cannot decode (`archive status` shows it).
+   archiver cannot decode (`archive status` shows it);
+4. an array column has lost the CHECK constraint `connector apply` required
+   (docs/types.md, "Arrays"): arrays written since may have arrived changed.
 
 `--allow-stale` takes the cut anyway; the reasons are then recorded in the cut
 (`stale_allowed`), so the manifest and every training run built on it say so.
@@ -20,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cdc.capture import capture_problems
-from cdc.connector import ConnectorSpec
+from cdc.connector import ConnectorSpec, current_excluded_columns
+from cdc.source_types import unguarded_arrays
 from snapshotter.archive import Archive
+from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import CaptureStale
 from tidelog.settings import Settings
 
@@ -35,7 +39,13 @@ CAPTURE_WAIT = 15.0
 def source_problems(settings: Settings, tables: Sequence[str], wait: float = CAPTURE_WAIT
                     ) -> list[str]:
     spec = ConnectorSpec(settings.connector_name, tuple(tables), settings.topic_prefix)
-    return capture_problems(settings, spec, wait)
+    problems = capture_problems(settings, spec, wait)
+    if problems:
+        return problems
+    excluded = current_excluded_columns(KafkaConnect.for_settings(settings), spec.name)
+    return [f"{r}; the constraint was there at `connector apply`: arrays written since it "
+            "went may be in the archive changed, so fix them at the source once it is back"
+            for r in unguarded_arrays(settings.require("postgres_dsn"), tables, excluded)]
 
 
 def archive_problems(archive: Archive, topics: Sequence[str]) -> list[str]:

@@ -255,6 +255,15 @@ def _infer_key_columns(segments: Sequence[_Segment]) -> list[str]:
     return []
 
 
+_WINNER = "__last_of_key"
+
+
+def _retyped(schema: Mapping[str, pl.DataType], out: Mapping[str, pl.DataType],
+             cols: set[str]) -> bool:
+    """Whether a column of `schema` that counts (`cols`) has another type in `out`."""
+    return any(n in schema and schema[n] != t for n, t in out.items() if n in cols)
+
+
 def _column_expr(name: str, dtype: pl.DataType, present: bool) -> pl.Expr:
     if not present:
         return pl.lit(None, dtype=dtype).alias(name)
@@ -339,6 +348,18 @@ def plan_materialise(
     alive.reverse()
 
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
+    # After ALTER COLUMN ... TYPE, older segments hold values the new type may not take
+    # ('abc' for an int made with USING length(v)). Only an event that is its key's last
+    # can reach the state, so such segments are cut down to those before the cast: a value
+    # that does survive and cannot be cast is still an error, never a silent null.
+    winners: pl.LazyFrame | None = None
+    if not fill_unavailable and any(_retyped(seg.schema, out, cols)
+                                    for seg, cols in zip(live, alive, strict=True)):
+        winners = pl.concat(
+            [seg.frame.filter(keep).select(*meta[:2], pl.col(KEY).cast(pl.String))
+             for seg in live], how="vertical"
+        ).filter(pl.col(KEY).is_not_null()).sort([PARTITION, OFFSET]).unique(
+            subset=KEY, keep="last").select(PARTITION, OFFSET, pl.lit(True).alias(_WINNER))
     parts: list[pl.LazyFrame] = []
     in_order = all(s.in_order for s in live) and all(
         a.last < b.first for a, b in zip(live, live[1:], strict=False)
@@ -351,6 +372,10 @@ def plan_materialise(
             rows = rows.filter(where)
         if truncate_at is not None:
             rows = rows.filter(pl.col(OFFSET) > truncate_at)
+        if winners is not None and _retyped(seg.schema, out, cols):
+            rows = rows.with_columns(*meta[:2]).join(
+                winners, on=[PARTITION, OFFSET], how="left", maintain_order="left",
+            ).filter(pl.col(KEY).is_null() | pl.col(_WINNER).is_not_null()).drop(_WINNER)
         extra = [_may_be_placeholder(seg.schema)] if fill_unavailable else []
         parts.append(rows.select(*meta, *extra,
                                  *(_column_expr(n, t, n in cols) for n, t in out.items())))
@@ -383,6 +408,10 @@ def plan_materialise(
             else:
                 base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
         base_alive = set(base_schema) & (alive[0] if alive else set(out))
+        if last is not None and not fill_unavailable and _retyped(base_schema, out,
+                                                                  base_alive):
+            # as for older segments: only base rows no event replaces are cast
+            base_lf = base_lf.join(last.select(KEY), on=KEY, how="anti")
         base_rows = base_lf.select(
             *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
             pl.col(KEY).cast(pl.String),

@@ -14,7 +14,9 @@ create table {t} (
     id bigint primary key,
     n numeric(12, 3), free numeric, small smallint, i int, r real, f double precision,
     ok boolean, s text, vc varchar(20) default 'the default', ts timestamptz,
-    tsn timestamp, d date, tm time, j jsonb, b bytea, ints int[], texts text[], u uuid
+    tsn timestamp, d date, tm time, j jsonb, b bytea, ints int[], texts text[], u uuid,
+    check (array_ndims(ints) = 1 and array_lower(ints, 1) = 1),
+    check (array_ndims(texts) = 1 and array_lower(texts, 1) = 1)
 )
 """
 

@@ -15,6 +15,7 @@ import pytest
 from cdc.connector import ConnectorSpec, apply, connector_status
 from cdc.events import ChangeEvent, decode_message
 from cdc.reader import list_partitions, read_range
+from cdc.source_types import array_guard
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot
 from tests.integration import type_coverage as tc
 from tests.integration.cdc_helpers import execute, private_settings, unique_name
@@ -139,7 +140,8 @@ def test_types_tidelog_cannot_carry_are_refused_at_apply(
 
     # Leaving the columns out (and fixing the values) lets it through; the snapshot has
     # exactly the columns that were kept.
-    execute(settings, f"update {REFUSED} set arr = '{{1,2}}', d = '2024-01-01'")
+    execute(settings, f"update {REFUSED} set arr = '{{1,2}}', d = '2024-01-01'",
+            f"alter table {REFUSED} add check ({array_guard('arr', 'int4', 'b')})")
     left_out = tuple(f"{REFUSED}.{c}" for c in [*REFUSED_COLUMNS, "g"])
     apply(env, ConnectorSpec(name, (REFUSED,), name, exclude_columns=left_out), timeout=180)
     execute(settings, f"insert into {REFUSED} (id, ok, arr) values (2, 'b', '{{5}}')")

@@ -12,11 +12,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import duckdb
 import numpy
 import psycopg
+
+from cdc.source_types import array_guard
 
 __all__ = ["Column", "COLUMNS", "SETUP", "STREAM_ONLY", "rows_sql", "create_sql", "pg_rows",
            "snapshot_rows", "differences", "pg_array_text", "pg_temporal"]
@@ -120,18 +123,29 @@ def rows_sql(table: str, first_id: int, stream: bool) -> list[str]:
     return statements
 
 
+# Array columns carry the constraint `connector apply` asks for (docs/types.md, "Arrays"):
+# (pg element type name, pg_type.typtype) per array column.
+_ARRAY_ELEMENTS = {"ia": ("int4", "b"), "ta": ("text", "b"), "na": ("numeric", "b"),
+                   "ea": ("tl_mood", "e"), "da": ("date", "b"), "tsa": ("timestamptz", "b"),
+                   "cha": ("bpchar", "b")}
+
+
 def create_sql(table: str) -> str:
-    cols = ", ".join(f"{c.name} {c.type}" for c in COLUMNS)
+    cols = ", ".join(
+        f"{c.name} {c.type}" + (f" check ({array_guard(c.name, *_ARRAY_ELEMENTS[c.name])})"
+                                if c.type.endswith("[]") else "")
+        for c in COLUMNS)
     return f"create table {table} (id int primary key, {cols})"
 
 
-def pg_rows(conn: psycopg.Connection[Any], table: str) -> dict[int, dict[str, str | None]]:
+def pg_rows(conn: psycopg.Connection[Any], table: str,
+            columns: Sequence[Column] = COLUMNS) -> dict[int, dict[str, str | None]]:
     conn.execute("set timezone = 'UTC'")
     conn.execute("set intervalstyle = 'iso_8601'")
-    exprs = ", ".join(c.pg_text.format(c=c.name) for c in COLUMNS)
+    exprs = ", ".join(c.pg_text.format(c=c.name) for c in columns)
     out = {}
     for row in conn.execute(f"select id, {exprs} from {table}"):
-        out[int(row[0])] = dict(zip((c.name for c in COLUMNS), row[1:], strict=True))
+        out[int(row[0])] = dict(zip((c.name for c in columns), row[1:], strict=True))
     return out
 
 
@@ -143,11 +157,21 @@ def _pg_float(v: float, single: bool = False) -> str:
         return "NaN"
     if math.isinf(v):
         return "Infinity" if v > 0 else "-Infinity"
-    # Postgres prints the shortest text that reads back as the same float4/float8
-    text = str(numpy.float32(v)) if single else repr(v)
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text.replace("e-0", "e-").replace("e+0", "e+")
+    if v == 0:
+        return "-0" if math.copysign(1.0, v) < 0 else "0"
+    # Postgres prints the shortest digits that read back as the same float4/float8 (as
+    # Python's repr does), in exponent form when the exponent is below -4 or at least 6
+    # (float4) / 15 (float8), with at least two exponent digits: 1e+15, 1.5e-07.
+    sign, digits, exponent = Decimal(str(numpy.float32(v)) if single else repr(v)
+                                     ).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    power = exponent + len(text) - 1
+    minus = "-" if sign else ""
+    if power < -4 or power >= (6 if single else 15):
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+    return minus + format(Decimal(f"{text}E{exponent}"), "f")
 
 
 def pg_temporal(text: str) -> str:
@@ -158,7 +182,9 @@ def pg_temporal(text: str) -> str:
 
 
 def _array_element(v: str) -> str:
-    if v == "" or v.upper() == "NULL" or any(ch in v for ch in ' ,{}"\\'):
+    # array_out quotes empty elements, NULL, and any holding a delimiter, brace, quote,
+    # backslash or one of its white-space characters (space, \t, \n, \r, \v, \f)
+    if v == "" or v.upper() == "NULL" or any(ch in v for ch in ' \t\n\r\v\f,{}"\\'):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return v
 
@@ -199,13 +225,13 @@ def _cell(value: Any, duck_type: str, pg_type: str) -> str | None:
     return str(value)
 
 
-def snapshot_rows(con: duckdb.DuckDBPyConnection, relation: str
-                  ) -> dict[int, dict[str, str | None]]:
+def snapshot_rows(con: duckdb.DuckDBPyConnection, relation: str,
+                  columns: Sequence[Column] = COLUMNS) -> dict[int, dict[str, str | None]]:
     """The snapshot's rows with each value rendered as Postgres would print it."""
     con.execute("set TimeZone = 'UTC'")
     types = {r[0]: r[1] for r in con.execute(f"describe {relation}").fetchall()}
-    names = [c.name for c in COLUMNS if c.name in types]
-    by_type = {c.name: c.type for c in COLUMNS}
+    names = [c.name for c in columns if c.name in types]
+    by_type = {c.name: c.type for c in columns}
     exprs = ", ".join(_select(n, types[n]) for n in names)
     out: dict[int, dict[str, str | None]] = {}
     for row in con.execute(f"select id, {exprs} from {relation}").fetchall():

@@ -50,11 +50,19 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _fake_connect(monkeypatch: pytest.MonkeyPatch, status: dict[str, Any],
-                  tables: tuple[str, ...], offset: dict[str, Any]) -> list[str]:
+                  tables: tuple[str, ...], *offsets: dict[str, Any],
+                  wal: int = 27002216) -> list[str]:
+    """Connect and Postgres as the checks see them: the committed offsets come in turn
+    (the last one repeats), the WAL is at `wal`."""
     calls: list[str] = []
+    committed = list(offsets)
     monkeypatch.setattr(capture, "connector_status", lambda s, name: status)
     monkeypatch.setattr(capture, "current_tables", lambda c, name: tables)
-    monkeypatch.setattr(capture, "source_offset", lambda s, name: offset)
+    monkeypatch.setattr(capture, "source_offset",
+                        lambda s, name: committed.pop(0) if len(committed) > 1 else committed[0])
+    monkeypatch.setattr(capture, "_wal_position", lambda s: wal)
+    monkeypatch.setattr(capture, "_probe", lambda s, spec: calls.append(f"probe {spec.name}"))
+    monkeypatch.setattr(capture, "OFFSET_FLUSH_SECONDS", 0.01)
 
     def slot(_s: Settings, spec: ConnectorSpec, wait: float) -> str | None:
         calls.append(spec.slot_name)
@@ -80,7 +88,7 @@ def test_a_failed_task_is_named_with_its_cause(settings: Settings,
 
 def test_open_snapshot_and_missing_table_are_reasons(settings: Settings,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_connect(monkeypatch, RUNNING, ("public.t",), INCREMENTAL)
+    _fake_connect(monkeypatch, RUNNING, ("public.t",), INCREMENTAL, wal=72626496)
     [problem] = capture_problems(settings, ConnectorSpec("c", ("public.t",), "c"))
     assert "incremental snapshot of public.bigsnap" in problem
     _fake_connect(monkeypatch, RUNNING, ("public.t",), STREAMING)
@@ -93,3 +101,19 @@ def test_current_capture_checks_the_slot(settings: Settings,
     calls = _fake_connect(monkeypatch, RUNNING, ("public.t",), STREAMING)
     assert capture_problems(settings, ConnectorSpec("c-1", ("public.t",), "c")) == []
     assert calls == ["c_1"]
+
+
+def test_an_offset_behind_the_slot_is_waited_for(settings: Settings,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race behind a stale 'latest' after a DDL refresh: the slot has confirmed the
+    refresh signal, the offsets topic still holds an offset from before it. The check
+    waits for an offset past the WAL position it started at, which shows the snapshot."""
+    before = {**STREAMING, "lsn": 72000000}
+    _fake_connect(monkeypatch, RUNNING, ("public.t",), before, before, INCREMENTAL,
+                  wal=72626000)
+    [problem] = capture_problems(settings, ConnectorSpec("c", ("public.t",), "c"))
+    assert "incremental snapshot of public.bigsnap" in problem
+    # an offset that never gets there is a reason too, never a silent pass
+    _fake_connect(monkeypatch, RUNNING, ("public.t",), before, wal=72626000)
+    [problem] = capture_problems(settings, ConnectorSpec("c", ("public.t",), "c"), wait=0.05)
+    assert "has not committed an offset at or past 0/4542F50" in problem

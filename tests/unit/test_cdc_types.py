@@ -567,6 +567,10 @@ def test_char_n_loses_trailing_blanks_like_postgres_text() -> None:
     ("P0Y0M2147483647DT2147483647H0M54.775807S", "P2147483647DT2147483647H54.775807S"),
     ("P0Y0M0DT0H0M-0.500000S", "PT-0.5S"), ("P-1Y-2M0DT0H0M0S", "P-1Y-2M"),
     ("P0Y0M0DT0H30M0S", "PT30M"),
+    # recorded: '83333 years 3 mons -6015 days 1.642794 seconds' (seconds as a double)
+    ("P83333Y3M-6015DT0H0M1.642793999S", "P83333Y3M-6015DT1.642794S"),
+    ("P0Y0M0DT0H0M-1.642793999S", "PT-1.642794S"), ("P0Y0M0DT0H0M0.000000999S", "PT0.000001S"),
+    ("P0Y0M0DT0H0M0.0000004S", "PT0S"),
 ])
 def test_interval_is_postgres_iso_8601_text(sent: str, text: str) -> None:
     interval = field("iv", "string", "INTERVAL", 49, 6)
@@ -663,3 +667,40 @@ def test_archived_date_keys_match_between_snapshot_read_and_streaming_delete() -
 
     table = events_to_arrow([message(0, "r", -622191234), message(1, "d", -2147472692)])
     assert table.column("__key").to_pylist() == ['{"d":2147483647}'] * 2
+
+
+# Recorded from Debezium 3.6.3 streaming `insert ... values (2, '{{x,y},{z,w}}', ...)`:
+# each inner array of a 2-D text[] / enum[] arrives as the JVM's name for a String[].
+_TEXT_ARRAY = {"type": "array", "items": {"type": "string", "optional": True},
+               "optional": True, "field": "ta",
+               "parameters": {"__debezium.source.column.type": "_TEXT",
+                              "__debezium.source.column.length": "2147483647",
+                              "__debezium.source.column.scale": "0"}}
+_ENUM_ARRAY = {"type": "array", "field": "ea", "optional": True,
+               "items": {"type": "string", "optional": False, "name": "io.debezium.data.Enum",
+                         "version": 1, "parameters": {"allowed": "a,b"}},
+               "parameters": {"__debezium.source.column.type": "_AP_MOOD",
+                              "__debezium.source.column.length": "2147483647",
+                              "__debezium.source.column.scale": "0"}}
+_ROW = {"type": "struct", "name": "t.Value", "optional": True,
+        "fields": [{"type": "int32", "optional": False, "field": "id"}, _TEXT_ARRAY,
+                   _ENUM_ARRAY]}
+
+
+def test_a_multi_dimensional_text_array_is_a_decode_error_not_data() -> None:
+    mangled = {"id": 2, "ta": ["[Ljava.lang.String;@79f87a07", "[Ljava.lang.String;@4185a5db"],
+               "ea": ["a"]}
+    ok = {"id": 1, "ta": ["x", None, "[L", "[Ljava.lang.String;", "a;@1"], "ea": ["a", "b"]}
+    assert rows_to_arrow([ok], _ROW).to_pylist() == [ok]
+    for rows in ([ok, mangled], [mangled]):
+        with pytest.raises(DecodeError, match=r"more than one dimension.*array_ndims\(ta\)"
+                           ) as info:
+            rows_to_arrow(rows, _ROW)
+        assert info.value.details["column"] == "ta"
+    enum_2d = {"id": 3, "ta": None, "ea": ["[Ljava.lang.String;@480f14f6"]}
+    with pytest.raises(DecodeError, match="'ea'"):
+        rows_to_arrow([enum_2d], _ROW)
+    codec = row_codec(_ROW)
+    assert codec.to_python(ok) == ok
+    with pytest.raises(DecodeError, match="more than one dimension"):
+        codec.to_python(mangled)
