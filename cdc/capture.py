@@ -35,7 +35,9 @@ OFFSET_FLUSH_SECONDS = 1.2
 
 
 def _lsn_now(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("select pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    # The insert position, past every committed transaction's commit record; the write
+    # position (pg_current_wal_lsn) can lag it under synchronous_commit=off.
+    row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -1,7 +1,5 @@
-"""The serving worker's Prometheus metrics, in the text exposition format (0.0.4).
-
-prometheus_client is not a dependency of tidelog, so, like api/metrics.py, these render
-the format themselves; `tidelog serve --metrics-port` serves them at `/metrics`.
+"""The serving worker's Prometheus metrics, through prometheus_client (one registry per
+worker); `tidelog serve --metrics-port` serves them at `/metrics`.
 """
 
 from __future__ import annotations
@@ -10,101 +8,71 @@ import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 from tidelog.errors import ConfigError
 
 __all__ = ["ServingMetrics", "CONTENT_TYPE", "BUCKETS", "serve_metrics"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + body + "}" if body else ""
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+disable_created_metrics()  # no `*_created` series: nothing here needs them
 
 
 class ServingMetrics:
-    """Counters, a latency histogram and the version gauge of one worker (thread-safe:
-    the metrics endpoint reads while the worker writes)."""
+    """Counters, a latency histogram and the version gauge of one worker (the client
+    library is thread-safe: the metrics endpoint reads while the worker writes)."""
 
     def __init__(self, model: str, alias: str) -> None:
         self.model = model
         self.alias = alias
-        self._lock = threading.Lock()
-        self._requests: dict[str, int] = {}  # version -> count
-        self._errors: dict[str, int] = {}  # error code -> count
-        self._batches = 0
-        self._aborted = 0
-        self._hist = [0.0] * (len(BUCKETS) + 2)  # buckets..., sum, count
-        self._version = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "tidelog_serve_requests", "Requests answered (results committed or being "
+            "committed), by model version.", ("model", "version"), registry=self.registry)
+        self._errors = Counter(
+            "tidelog_serve_errors", "Requests answered with an error result, by error code.",
+            ("model", "code"), registry=self.registry)
+        self._batches = Counter("tidelog_serve_batches", "Batches answered.", ("model",),
+                                registry=self.registry)
+        self._aborted = Counter(
+            "tidelog_serve_transactions_aborted", "Batches whose transaction was aborted "
+            "(and retried).", ("model",), registry=self.registry)
+        self._latency = Histogram(
+            "tidelog_serve_latency_seconds", "Worker time per request, from its batch's "
+            "arrival to its result.", ("model",), buckets=BUCKETS, registry=self.registry)
+        self._version = Gauge("tidelog_serve_model_version", "The model version serving now.",
+                              ("model", "alias"), registry=self.registry)
+        # Present from the start, so a scrape before the first batch shows zeros.
+        self._batches.labels(model)
+        self._aborted.labels(model)
+        self._latency.labels(model)
+        self._version.labels(model, alias)
 
     def served(self, version: str, latencies: Iterable[float], errors: Iterable[str]) -> None:
-        with self._lock:
-            self._batches += 1
-            for seconds in latencies:
-                self._requests[version] = self._requests.get(version, 0) + 1
-                for i, bound in enumerate(BUCKETS):
-                    if seconds <= bound:
-                        self._hist[i] += 1
-                self._hist[-2] += seconds
-                self._hist[-1] += 1
-            for code in errors:
-                self._errors[code] = self._errors.get(code, 0) + 1
+        self._batches.labels(self.model).inc()
+        for seconds in latencies:
+            self._requests.labels(self.model, version).inc()
+            self._latency.labels(self.model).observe(seconds)
+        for code in errors:
+            self._errors.labels(self.model, code).inc()
 
     def aborted(self) -> None:
-        with self._lock:
-            self._aborted += 1
+        self._aborted.labels(self.model).inc()
 
     def set_version(self, version: str) -> None:
-        with self._lock:
-            self._version = float(version)
+        self._version.labels(self.model, self.alias).set(float(version))
 
     def render(self) -> str:
-        with self._lock:
-            requests, errors = dict(self._requests), dict(self._errors)
-            hist, batches, aborted, version = (list(self._hist), self._batches,
-                                               self._aborted, self._version)
-        base = (("model", self.model),)
-        lines = ["# HELP tidelog_serve_requests_total Requests answered (results committed "
-                 "or being committed), by model version.",
-                 "# TYPE tidelog_serve_requests_total counter"]
-        for v, count in sorted(requests.items()):
-            lines.append(f"tidelog_serve_requests_total{_labels((*base, ('version', v)))} "
-                         f"{count}")
-        lines += ["# HELP tidelog_serve_errors_total Requests answered with an error "
-                  "result, by error code.", "# TYPE tidelog_serve_errors_total counter"]
-        for code, count in sorted(errors.items()):
-            lines.append(f"tidelog_serve_errors_total{_labels((*base, ('code', code)))} "
-                         f"{count}")
-        lines += ["# HELP tidelog_serve_batches_total Batches answered.",
-                  "# TYPE tidelog_serve_batches_total counter",
-                  f"tidelog_serve_batches_total{_labels(base)} {batches}",
-                  "# HELP tidelog_serve_transactions_aborted_total Batches whose "
-                  "transaction was aborted (and retried).",
-                  "# TYPE tidelog_serve_transactions_aborted_total counter",
-                  f"tidelog_serve_transactions_aborted_total{_labels(base)} {aborted}"]
-        name = "tidelog_serve_latency_seconds"
-        lines += [f"# HELP {name} Worker time per request, from its batch's arrival to "
-                  "its result.", f"# TYPE {name} histogram"]
-        for bound, cumulative in zip(BUCKETS, hist, strict=False):
-            lines.append(f"{name}_bucket{_labels((*base, ('le', repr(bound))))} "
-                         f"{_number(cumulative)}")
-        lines.append(f"{name}_bucket{_labels((*base, ('le', '+Inf')))} {_number(hist[-1])}")
-        lines.append(f"{name}_sum{_labels(base)} {repr(hist[-2])}")
-        lines.append(f"{name}_count{_labels(base)} {_number(hist[-1])}")
-        lines += ["# HELP tidelog_serve_model_version The model version serving now.",
-                  "# TYPE tidelog_serve_model_version gauge",
-                  f"tidelog_serve_model_version{_labels((*base, ('alias', self.alias)))} "
-                  f"{_number(version)}"]
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()
 
 
 def serve_metrics(metrics: ServingMetrics, host: str, port: int) -> ThreadingHTTPServer:

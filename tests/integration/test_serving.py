@@ -35,6 +35,7 @@ from examples.churn import FEATURES
 from examples.shop import Shop
 from pipelines.registry import Registry
 from tests.integration.cdc_helpers import private_settings, unique_name
+from tests.unit.test_serving import metric
 from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.demo import wait_for_capture
 from tidelog.settings import Settings
@@ -231,11 +232,11 @@ def test_results_name_the_version_run_snapshot_and_digest(served: Served) -> Non
     assert [by_id[k]["prediction"] for k, _ in requests] == expected
     assert [by_id[k]["instance"] for k, _ in requests] == instances
     text = metrics.decode()
-    assert (f'tidelog_serve_requests_total{{model="{served.model}",version="{version}"}} 60'
-            in text)
-    assert (f'tidelog_serve_model_version{{model="{served.model}",alias="champion"}} '
-            f"{version}" in text)
-    assert f'tidelog_serve_latency_seconds_count{{model="{served.model}"}} 60' in text
+    assert metric(text, "tidelog_serve_requests_total", model=served.model,
+                  version=version) == 60
+    assert metric(text, "tidelog_serve_model_version", model=served.model,
+                  alias="champion") == float(version)
+    assert metric(text, "tidelog_serve_latency_seconds_count", model=served.model) == 60
 
 
 def test_bad_requests_get_error_results_and_the_worker_goes_on(served: Served) -> None:
