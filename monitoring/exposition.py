@@ -1,31 +1,27 @@
-"""A monitoring pass as Prometheus metrics (text exposition format 0.0.4), written without
-a client library like `api/metrics.py`: gauges labelled by model and version, served by
-`MetricsServer` on /metrics or written to a file for node_exporter's textfile collector."""
+"""A monitoring pass as Prometheus metrics, through prometheus_client like `api/metrics.py`:
+gauges labelled by model and version, served by `MetricsServer` on /metrics or written to
+a file for node_exporter's textfile collector."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from monitoring.report import MonitorReport
 
 __all__ = ["CONTENT_TYPE", "render", "mlflow_metrics", "write_textfile", "MetricsServer"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 Sample = tuple[tuple[tuple[str, str], ...], float]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-    return "{" + body + "}" if body else ""
 
 
 def _gauges(report: MonitorReport) -> dict[str, tuple[str, list[Sample]]]:
@@ -76,24 +72,29 @@ def _gauges(report: MonitorReport) -> dict[str, tuple[str, list[Sample]]]:
     return g
 
 
-def _number(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+class _Pass(Collector):
+    """The gauges of monitoring passes, as prometheus_client metric families."""
+
+    def __init__(self, reports: Iterable[MonitorReport]) -> None:
+        self.merged: dict[str, tuple[str, list[Sample]]] = {}
+        for report in reports:
+            for name, (help_text, samples) in _gauges(report).items():
+                self.merged.setdefault(name, (help_text, []))[1].extend(samples)
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (help_text, samples) in sorted(self.merged.items()):
+            names = sorted({k for labels, _ in samples for k, _ in labels})
+            family = GaugeMetricFamily(name, help_text, labels=names)
+            for labels, value in sorted(samples):
+                given = dict(labels)
+                family.add_metric([given.get(k, "") for k in names], value)
+            yield family
 
 
 def render(reports: Iterable[MonitorReport]) -> str:
-    merged: dict[str, tuple[str, list[Sample]]] = {}
-    for report in reports:
-        for name, (help_text, samples) in _gauges(report).items():
-            merged.setdefault(name, (help_text, []))[1].extend(samples)
-    lines: list[str] = []
-    for name, (help_text, samples) in sorted(merged.items()):
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines += [f"{name}{_labels(labels)} {_number(v)}" for labels, v in sorted(samples)]
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Pass(reports))
+    return generate_latest(registry).decode()
 
 
 def mlflow_metrics(report: MonitorReport) -> dict[str, float]:

@@ -29,6 +29,7 @@ from pipelines.registry import Registry
 from pipelines.worker import Worker
 from snapshotter.snapshots import open_snapshot
 from tests.integration.cdc_helpers import cli_env, private_settings, unique_name
+from tests.unit.test_serving import metric
 from tidelog.adapters.kafka import producer
 from tidelog.demo import wait_for_capture
 from tidelog.events import ensure_topics, load_schema
@@ -260,8 +261,7 @@ def test_a_drift_event_fires_the_pipelines_drift_trigger_and_it_retrains(
     assert connect(env).metric_history(served.trained.run_id,
                                        "monitor.drifted.total_paid")[-1][1] == 1.0
     text = metrics.read_text()
-    assert (f'tidelog_monitor_drift_share{{model="{served.model}",version="1"}} 0.5'
-            in text.splitlines())
+    assert metric(text, "tidelog_monitor_drift_share", model=served.model, version="1") == 0.5
 
     path = served.root / "drift-pipeline.toml"
     path.write_text(PIPELINE.format(name=f"p-{served.model}", recipe=RECIPE,

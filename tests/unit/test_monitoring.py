@@ -22,6 +22,7 @@ from monitoring.html import render_html
 from monitoring.outliers import outliers
 from monitoring.report import Current, Reference, Target, compare, parse_model_ref
 from monitoring.served import parse_result
+from tests.unit.test_serving import metric
 from tidelog.errors import MonitorError
 from tidelog.events import load_schema
 from tidelog.settings import Settings
@@ -257,12 +258,11 @@ def test_gauges_and_mlflow_metrics() -> None:
     reference = _reference()
     report = compare(reference, _current(reference, shift=40.0, labelled=10))
     text = render([report])
-    assert 'tidelog_monitor_feature_drifted{model="churn",version="3",feature="tenure"} 1.0' \
-        in text.splitlines()
-    assert 'tidelog_monitor_feature_drifted{model="churn",version="3",feature="fee"} 0.0' \
-        in text.splitlines()
+    base = {"model": "churn", "version": "3"}
+    assert metric(text, "tidelog_monitor_feature_drifted", **base, feature="tenure") == 1.0
+    assert metric(text, "tidelog_monitor_feature_drifted", **base, feature="fee") == 0.0
     assert "# TYPE tidelog_monitor_drift_share gauge" in text
-    assert 'tidelog_monitor_latency_ms{model="churn",version="3",quantile="0.99"} 99.01' in text
+    assert metric(text, "tidelog_monitor_latency_ms", **base, quantile="0.99") == 99.01
     metrics = mlflow_metrics(report)
     assert metrics["monitor.drift_share"] == pytest.approx(1 / 3)
     assert metrics["monitor.drifted.tenure"] == 1.0 and metrics["monitor.drifted.fee"] == 0.0
