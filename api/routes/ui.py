@@ -93,6 +93,20 @@ async def model(name: str, version: int, state: State, principal: Caller) -> Res
                  commit_time=_time(lineage["cut"].get("commit_time_ms")))
 
 
+@router.get("/monitor/{name:path}", name="ui.monitor")
+async def monitor(name: str, state: State, principal: Caller,
+                  alias: Annotated[str, Query(pattern=r"^[A-Za-z0-9_\-]{1,100}$")] = "champion",
+                  against: Annotated[str | None, Query(pattern=r"^(latest|[0-9a-f]{8,64})$")
+                                     ] = None) -> Response:
+    """The drift report of `name@alias` (the same page as `GET /models/{name}/monitor`)."""
+    if principal is None:
+        return RedirectResponse(_LOGIN, status_code=303)
+    from api.routes.monitor import monitor as report
+
+    return await report(state=state, name=name, alias=alias, against=against, window=None,
+                        format="html", experiment="tidelog", principal=principal)
+
+
 @router.get("/rows", name="ui.rows")
 async def rows(state: State, principal: Caller,
                table: Annotated[str | None, Query(max_length=200)] = None,
