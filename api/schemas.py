@@ -90,7 +90,7 @@ class CutIn(_In):
     partitions: Annotated[list[PartitionCutIn], Field(min_length=1, max_length=10_000)]
     lsn: Offset | None = None
     commit_time_ms: Offset | None = None
-    transaction_aligned: bool = False
+    transaction_aligned: StrictBool = False
 
 
 class PartitionCutOut(_Out):
@@ -146,7 +146,7 @@ class RebuildOptions(_In):
     """The optional body of `POST /runs/{run_id}/rebuild`."""
 
     experiment: Experiment = "tidelog"
-    without_erased: Annotated[bool, Field(
+    without_erased: Annotated[StrictBool, Field(
         description="a run an erasure changed: rebuild its cut minus the erased subjects "
                     "as a new linked run (docs/erasure.md)")] = False
 
@@ -179,9 +179,9 @@ class ConnectorRestart(_In):
 class GcRequest(_In):
     """The body of `POST /gc`; a dry run unless `dry_run` is false."""
 
-    dry_run: bool = True
-    keep_days: Annotated[float | None, Field(ge=0, le=36_500)] = None
-    keep_snapshots: Annotated[int | None, Field(ge=0, le=100_000)] = None
+    dry_run: StrictBool = True
+    keep_days: Annotated[float | None, Field(ge=0, le=36_500, strict=True)] = None
+    keep_snapshots: Annotated[StrictInt | None, Field(ge=0, le=100_000)] = None
 
 
 class PinRequest(_In):
@@ -199,7 +199,7 @@ class ErasureCreate(_In):
     key: Annotated[dict[str, Any], Field(min_length=1, max_length=32,
                                          description='the primary key, e.g. {"id": 42}')]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 # -- responses -------------------------------------------------------------------------
