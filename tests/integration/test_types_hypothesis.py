@@ -207,7 +207,9 @@ def test_random_rows_of_every_type_read_back_as_postgres_prints_them(
                              st.integers(0, 10**6), ROWS), min_size=1, max_size=6)
 
     @given(ops)
-    @hsettings(max_examples=15, deadline=None, database=None,
+    # Derandomized: CI sees the same 15 examples every run, so a red run is reproducible
+    # Explore further with derandomize=False and more examples.
+    @hsettings(max_examples=15, deadline=None, database=None, derandomize=True,
                phases=(Phase.explicit, Phase.generate),
                suppress_health_check=list(HealthCheck))
     def writes_then_snapshot(batch: list[tuple[str, int, dict[str, Any]]]) -> None:
