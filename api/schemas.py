@@ -194,10 +194,11 @@ class KeyCreate(_In):
 
 
 class ErasureCreate(_In):
-    table: Annotated[str, Field(pattern=r"^[^.\s]+\.[^\s]+$", max_length=200,
-                                description="schema.table")]
-    key: Annotated[dict[str, Any], Field(min_length=1, max_length=32,
-                                         description='the primary key, e.g. {"id": 42}')]
+    table: TableName
+    key: Annotated[dict[Annotated[str, Field(min_length=1, max_length=63)],
+                        ParamValue | StrictBool],
+                   Field(min_length=1, max_length=32,
+                         description='the primary key: column -> scalar, e.g. {"id": 42}')]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
     dry_run: StrictBool = False
 

@@ -64,9 +64,11 @@ class Subject:
     key: dict[str, Any]
 
     def __post_init__(self) -> None:
-        if "." not in self.table:
+        if "." not in self.table or "/" in self.table or any(
+                ord(c) < 32 or c == "\x7f" for c in self.table):
             raise ErasureError(f"table {self.table!r}: give it as schema.table, e.g. "
-                               "public.customers", table=self.table)
+                               "public.customers (no control characters or '/')",
+                               table=self.table)
         if not self.key:
             raise ErasureError('the key needs at least one column, e.g. --key \'{"id": 42}\'')
 
