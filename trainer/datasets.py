@@ -301,3 +301,22 @@ def open_data(snapshot_id: str | None = None, *, tables: Sequence[str] = (),
                                  "recorded digest: run `tidelog snapshot verify "
                                  f"{snapshot_id}`, or rebuild it from the archive")
     return SnapshotData(snap.manifest, snap.path)
+
+
+def _register_with_mlflow() -> None:
+    """Register the source type and `mlflow.data.from_tidelog` with MLflow now.
+
+    The entry points in pyproject.toml do this when `mlflow.data` is imported first. The
+    other way round (this module first, which imports `mlflow.data`), MLflow loads the
+    entry points while this module is half-initialised, warns, and skips them; a logged
+    tidelog input then no longer loads back. Registering here, once the module is whole,
+    holds in either order (a second registration of the same source is harmless).
+    """
+    from mlflow.data.dataset_registry import register_constructor
+    from mlflow.data.dataset_source_registry import register_dataset_source
+
+    register_dataset_source(TidelogDatasetSource)
+    register_constructor(from_tidelog, "from_tidelog")
+
+
+_register_with_mlflow()

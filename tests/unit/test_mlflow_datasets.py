@@ -131,3 +131,17 @@ def test_any_mlflow_client_resolves_the_source_through_the_entry_points(
                             env={**os.environ}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert_frame_equal(pl.read_parquet(out), expected)
+
+
+def test_the_source_is_registered_whichever_module_is_imported_first() -> None:
+    """Imported before mlflow.data, this module is half-initialised when MLflow loads the
+    entry points, which then skip it; the module registers itself once complete."""
+    root = Path(__file__).resolve().parents[2]
+    for first in ("trainer.datasets", "mlflow.data"):
+        code = (f"import {first}, trainer.datasets, mlflow.data; "
+                "from mlflow.data.dataset_source_registry import _dataset_source_registry as r; "
+                "print(hasattr(mlflow.data, 'from_tidelog'), "
+                "any(s._get_source_type() == 'tidelog' for s in r.sources))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=root, timeout=120)
+        assert done.stdout.split() == ["True", "True"], (first, done.stdout, done.stderr)
