@@ -315,8 +315,10 @@ def _register_with_mlflow() -> None:
     from mlflow.data.dataset_registry import register_constructor
     from mlflow.data.dataset_source_registry import register_dataset_source
 
-    register_dataset_source(TidelogDatasetSource)
-    register_constructor(from_tidelog, "from_tidelog")
+    # MLflow's own annotations want an instance and a two-argument function; its
+    # registries hold the class and call the constructor with keywords, as here.
+    register_dataset_source(cast(Any, TidelogDatasetSource))
+    register_constructor(cast(Any, from_tidelog), "from_tidelog")
 
 
 _register_with_mlflow()
