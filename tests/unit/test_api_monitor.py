@@ -6,21 +6,18 @@ and as HTML that headless Chromium (Debian's package, through Playwright) render
 from __future__ import annotations
 
 import dataclasses
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiConfig
 from examples.churn import demo_tables
 from pipelines.registry import Registry
+from tests.unit.live_server import serving
 from tidelog.settings import Settings
 from trainer.testing import FakeSnapshotProvider
 from trainer.train import train
@@ -35,11 +32,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def _quiet(quiet_mlflow: None) -> None:
     pass
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +51,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                 recipe_modules=("examples",)), provider=fake)
     with TestClient(app) as client:
         _, reader = app.state.tidelog.keys.create("reader", "auditor", "test")
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield {"client": client, "key": reader, "trained": trained, "home": home,
-               "url": f"http://127.0.0.1:{port}", "app": app}
-        server.should_exit = True
-        thread.join(timeout=10)
+        with serving(app) as url:
+            yield {"client": client, "key": reader, "trained": trained, "home": home,
+                   "url": url, "app": app}
 
 
 def _get(world: dict[str, Any], url: str) -> Any:

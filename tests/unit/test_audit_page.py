@@ -6,20 +6,17 @@ The snapshots come from the trainer's in-memory fake snapshotter; everything els
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiConfig
 from examples.churn import demo_tables
+from tests.unit.live_server import serving
 from tidelog.settings import Settings
 from trainer.testing import FakeSnapshotProvider
 from trainer.train import TrainResult, train
@@ -51,25 +48,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     app = create_app(settings, config=ApiConfig(db_path=home / "api.db"), provider=fake)
     with TestClient(app) as client:
         _, reader = app.state.tidelog.keys.create("reader", "auditor", "test")
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield {"client": client, "key": reader, "first": first, "second": second,
-               "url": f"http://127.0.0.1:{port}", "home": home}
-        server.should_exit = True
-        thread.join(timeout=10)
+        with serving(app) as url:
+            yield {"client": client, "key": reader, "first": first, "second": second,
+                   "url": url, "home": home}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(world: dict[str, Any], url: str, **kw: Any) -> Any:

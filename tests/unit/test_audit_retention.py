@@ -6,20 +6,18 @@ ledger is written here in the format `tidelog erase` appends."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import ApiConfig
 from examples.churn import demo_tables
-from tests.unit.test_audit_page import CHROMIUM, CHROMIUM_ARGS, _free_port
+from tests.unit.live_server import serving
+from tests.unit.test_audit_page import CHROMIUM, CHROMIUM_ARGS
 from tidelog.settings import Settings
 from trainer.exclusions import ExclusionStore
 from trainer.rebuild import rebuild
@@ -67,21 +65,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         keys = app.state.tidelog.keys
         _, reader = keys.create("reader", "auditor", "test")
         admin_info, admin = keys.create("admin", "ops", "test")
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
-        yield {"client": client, "reader": reader, "admin": admin, "admin_id": admin_info.id,
-               "settings": settings, "fake": fake, "registered": registered,
-               "unregistered": unregistered, "pinned": pinned, "exclusion": exclusion,
-               "url": f"http://127.0.0.1:{port}"}
-        server.should_exit = True
-        thread.join(timeout=10)
+        with serving(app) as url:
+            yield {"client": client, "reader": reader, "admin": admin, "admin_id": admin_info.id,
+                   "settings": settings, "fake": fake, "registered": registered,
+                   "unregistered": unregistered, "pinned": pinned, "exclusion": exclusion,
+                   "url": url}
 
 
 def _as(world: dict[str, Any], role: str) -> dict[str, str]:
