@@ -36,9 +36,15 @@ from serving.predict import Predictor
 from tidelog import __version__
 from tidelog.redact import install_log_redaction
 from tidelog.settings import Settings
+from trainer import datasets as _mlflow_with_tidelog_datasets  # noqa: F401
 from trainer.provider import SnapshotProvider
 
 __all__ = ["create_app"]
+
+# MLflow (with tidelog's dataset plugins) is imported above, in the importing thread: its
+# first import is not thread-safe, and request handlers and jobs import it lazily on
+# threads of their own (a concurrent first import broke `GET /erasures` with an
+# AttributeError on a partially initialised `mlflow`).
 
 _LOG = logging.getLogger("tidelog.api")
 

@@ -16,6 +16,8 @@ is the first 36 hex characters of tidelog's full-content table digest (MLflow's 
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,6 @@ from urllib.parse import parse_qs, urlparse
 
 import duckdb
 import polars as pl
-from mlflow.data.dataset import Dataset
-from mlflow.data.dataset_source import DatasetSource
 
 from snapshotter.cut import Cut
 from snapshotter.digest import ContentSum, digest_with_erased, table_digest
@@ -33,6 +33,15 @@ from snapshotter.layout import visible_sql
 from snapshotter.manifest import Manifest
 from tidelog.errors import DigestMismatch, SnapshotError
 from tidelog.settings import Settings, load_settings
+
+with warnings.catch_warnings():
+    # Imported before mlflow.data, this module is half-initialised when MLflow loads its
+    # entry points: MLflow warns that ours failed and skips them. _register_with_mlflow()
+    # at the end registers them instead, so that warning (and only that one) is noise.
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            message=r".*trainer\.datasets.*circular import")
+    from mlflow.data.dataset import Dataset
+    from mlflow.data.dataset_source import DatasetSource
 
 __all__ = [
     "SOURCE_TYPE",
@@ -311,7 +320,14 @@ def _register_with_mlflow() -> None:
     entry points while this module is half-initialised, warns, and skips them; a logged
     tidelog input then no longer loads back. Registering here, once the module is whole,
     holds in either order (a second registration of the same source is harmless).
+
+    MLflow's import is not thread-safe: two threads importing it for the first time at
+    once break it (`mlflow.version` missing). Processes with threads import this module
+    before starting them, as `api.app` does.
     """
+    mlflow_data = getattr(sys.modules.get("mlflow"), "data", None)
+    if mlflow_data is None or hasattr(mlflow_data, "from_tidelog"):
+        return  # mlflow.data is loading the entry points now, or they already loaded
     from mlflow.data.dataset_registry import register_constructor
     from mlflow.data.dataset_source_registry import register_dataset_source
 

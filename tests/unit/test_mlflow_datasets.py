@@ -142,6 +142,35 @@ def test_the_source_is_registered_whichever_module_is_imported_first() -> None:
                 "from mlflow.data.dataset_source_registry import _dataset_source_registry as r; "
                 "print(hasattr(mlflow.data, 'from_tidelog'), "
                 "any(s._get_source_type() == 'tidelog' for s in r.sources))")
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              cwd=root, timeout=120)
+        done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
+                              capture_output=True, text=True, cwd=root, timeout=120)
         assert done.stdout.split() == ["True", "True"], (first, done.stdout, done.stderr)
+
+
+def test_the_api_loads_mlflow_before_any_thread_can() -> None:
+    """Two threads importing MLflow for the first time at once break it; the API's handlers
+    and jobs import lazily on threads, so `api.app` loads MLflow in the importing thread."""
+    root = Path(__file__).resolve().parents[2]
+    race = (
+        "import threading, sys\n"
+        "errors = []\n"
+        "def load(name):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "{before}"
+        "threads = [threading.Thread(target=load, args=(n,)) "
+        "for n in ('mlflow.data', 'trainer.erasure')]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "import mlflow.data\n"
+        "print(errors or 'ok', hasattr(mlflow.data, 'from_tidelog'))\n"
+    )
+
+    def run(before: str) -> str:
+        done = subprocess.run([sys.executable, "-c", race.format(before=before)],
+                              capture_output=True, text=True, cwd=root, timeout=120)
+        return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
+
+    assert "partially initialized module 'mlflow'" in run("")  # the hazard is real
+    assert run("import api.app\n") == "ok True"
