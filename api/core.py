@@ -8,7 +8,6 @@ in-memory fake; tests replace the other methods (verify, connector, ...) one by 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -217,14 +216,10 @@ class Core:
     def lineage_fingerprint(self) -> Hashable:
         """Changes whenever a lineage answer may: snapshots come or go, an MLflow run
         starts or ends, a model version is registered or changed. Four cheap calls."""
+        from snapshotter.store import SnapshotStore
         from trainer.tracking import connect
 
-        root = self.settings.snapshot_root
-        try:
-            snapshots = frozenset(e.name for e in os.scandir(root)
-                                  if not e.name.startswith("."))
-        except FileNotFoundError:
-            snapshots = frozenset()
+        snapshots = frozenset(SnapshotStore.of(self.settings).ids())
         return snapshots, connect(self.settings).change_marks()
 
     # -- CDC --------------------------------------------------------------------------

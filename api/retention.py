@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 from api.errors import HttpError
@@ -95,9 +94,9 @@ def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict
 
 
 def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
-    from snapshotter.retention import delete_snapshot_dir
+    from snapshotter.store import SnapshotStore
 
-    trash = delete_snapshot_dir(Path(settings.snapshot_root), snapshot_id)
+    trash = SnapshotStore.of(settings).set_aside(snapshot_id)
     _forget_in_catalog(settings, snapshot_id)
     shutil.rmtree(trash, ignore_errors=True)
 

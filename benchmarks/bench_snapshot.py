@@ -34,7 +34,7 @@ from bench_materialise import generate  # noqa: E402
 
 from snapshotter.archive import Archive, archive_topics  # noqa: E402
 from snapshotter.materialise import materialise  # noqa: E402
-from snapshotter.snapshots import DEFAULT_MEMORY_MB, _write_full  # noqa: E402
+from snapshotter.writers import DEFAULT_MEMORY_MB, write_full  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402
 from tidelog.stack.broker import start_broker  # noqa: E402
 from tidelog.stack.postgres import postgres_dsn, start_postgres  # noqa: E402
@@ -57,7 +57,7 @@ def snapshot_once(segments: list[str], out: Path) -> float:
     when the default memory budget asks for them), Parquet, digest, file checksums."""
     out.mkdir(parents=True)
     t = time.perf_counter()
-    _write_full(duckdb.connect(), "public.bench", "bench.public.bench", out,
+    write_full(duckdb.connect(), "public.bench", "bench.public.bench", out,
                 [pl.scan_parquet(s) for s in segments], None, DEFAULT_MEMORY_MB << 20)
     return time.perf_counter() - t
 

@@ -37,6 +37,7 @@ import duckdb
 from snapshotter.layout import fsync as _fsync
 from snapshotter.layout import sql_text, visible_sql
 from snapshotter.manifest import Manifest
+from snapshotter.store import SnapshotStore
 from tidelog.crashpoints import crash_point
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
@@ -103,8 +104,8 @@ Row = tuple[str, str]  # (created_at, path) of a registered snapshot
 
 
 def _wanted(settings: Settings, manifests: Sequence[Manifest]) -> dict[str, Row]:
-    root = Path(settings.snapshot_root)
-    return {m.id: (m.created_at, str(root / m.id)) for m in manifests}
+    store = SnapshotStore.of(settings)
+    return {m.id: (m.created_at, str(store.path(m.id))) for m in manifests}
 
 
 def _listing_text(rows: dict[str, Row]) -> str:
@@ -130,9 +131,7 @@ def _registered(con: duckdb.DuckDBPyConnection) -> dict[str, Row] | None:
 
 
 def _manifests(settings: Settings) -> list[Manifest]:
-    from snapshotter.snapshots import list_snapshots  # snapshots imports this module lazily
-
-    return list_snapshots(settings)
+    return SnapshotStore.of(settings).manifests()
 
 
 def ensure_catalog(settings: Settings) -> bool:
@@ -262,7 +261,7 @@ def _queryable(settings: Settings, manifests: Sequence[Manifest]) -> list[Manife
     then disagrees with the manifests, so each `snapshot create` tries it again."""
     kept = []
     for manifest in manifests:
-        directory = Path(settings.snapshot_root) / manifest.id
+        directory = SnapshotStore.of(settings).path(manifest.id)
         missing = [f for t in manifest.tables.values() for f in t.all_files
                    if not (directory / f).is_file()]
         if missing:
@@ -327,7 +326,7 @@ def _apply(con: duckdb.DuckDBPyConnection, settings: Settings,
 
 
 def _insert(con: duckdb.DuckDBPyConnection, settings: Settings, manifest: Manifest) -> None:
-    snapshot_dir = Path(settings.snapshot_root) / manifest.id
+    snapshot_dir = SnapshotStore.of(settings).path(manifest.id)
     con.execute(
         "insert into tidelog.snapshots values (?, ?, ?, ?, ?, ?, ?, ?)",
         [manifest.id, manifest.created_at, sorted(manifest.tables),

@@ -42,6 +42,7 @@ from snapshotter.layout import KEY, file_sha256, file_stat, sql_text, visible_sq
 from snapshotter.layout import fsync as _fsync
 from snapshotter.manifest import MANIFEST_NAME, ErasedRows, Manifest, TableManifest
 from snapshotter.materialise import materialise
+from snapshotter.store import SnapshotStore
 from tidelog.crashpoints import crash_point
 from tidelog.errors import ErasureError
 from tidelog.settings import Settings
@@ -312,31 +313,15 @@ def _snapshot_hit(directory: Path, manifest: Manifest, subject: Subject
                        found if found.rows else None, files)
 
 
-def _snapshot_root(settings: Settings) -> Path:
-    return Path(settings.snapshot_root)
-
-
 def find_snapshots(settings: Settings, subject: Subject) -> list[SnapshotHit]:
     """Every published snapshot with a row or a delete entry of the subject."""
-    from snapshotter.snapshots import list_snapshots
-
+    store = SnapshotStore.of(settings)
     hits = []
-    for manifest in list_snapshots(settings):
-        hit = _snapshot_hit(_snapshot_root(settings) / manifest.id, manifest, subject)
+    for manifest in store.manifests():
+        hit = _snapshot_hit(store.path(manifest.id), manifest, subject)
         if hit is not None:
             hits.append(hit)
     return hits
-
-
-@contextlib.contextmanager
-def _snapshot_lock(root: Path, sid: str) -> Iterator[None]:
-    """The builder's lock: no build of this id, and none using it as its base, meanwhile."""
-    with open(root / f".lock-{sid}", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _erased_name(name: str, erasure_id: str) -> str:
@@ -406,18 +391,12 @@ def _remove_unlisted(table_dir: Path, directory: Path, table: TableManifest) -> 
 
 def erase_snapshots(settings: Settings, erasure_id: str, subject: Subject) -> list[str]:
     """Rewrite every snapshot holding the subject; the ids of those rewritten."""
-    from snapshotter.snapshots import _remove_abandoned_builds, _restore_replaced
-
-    root = _snapshot_root(settings)
-    if not root.exists():
-        return []
-    _remove_abandoned_builds(root)
+    store = SnapshotStore.of(settings)
+    store.remove_abandoned_builds()  # a killed build's files may hold the subject too
     done = []
-    for child in sorted(root.iterdir()):
-        if child.name.startswith(".") or not (child / MANIFEST_NAME).exists():
-            continue
-        with _snapshot_lock(root, child.name):
-            _restore_replaced(root, child.name)
-            if _rewrite_snapshot(child, erasure_id, subject):
-                done.append(child.name)
+    for sid in store.ids():
+        with store.exclusive(sid):  # no build of it, nor on it as a base, meanwhile
+            store.restore_replaced(sid)
+            if _rewrite_snapshot(store.path(sid), erasure_id, subject):
+                done.append(sid)
     return done

@@ -23,11 +23,10 @@ from pathlib import Path
 import polars as pl
 
 from snapshotter.manifest import TableManifest
+from snapshotter.materialise import KEY
 
 __all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
            "sql_text", "sql_paths", "file_sha256", "file_stat", "changed_files", "fsync"]
-
-KEY = "__key"
 
 
 def _paths(directory: Path, names: tuple[str, ...]) -> list[str]:

@@ -25,26 +25,21 @@ log is cut from its first offset, so the current generation is kept whole.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from snapshotter.archive import Archive, Generation, Segment
 from snapshotter.cut import Cut
-from snapshotter.layout import fsync
-from snapshotter.manifest import MANIFEST_NAME, Manifest
+from snapshotter.manifest import Manifest
+from snapshotter.store import SnapshotStore
 from tidelog.errors import ConfigError, SnapshotNotFound
 from tidelog.settings import Settings
 
 __all__ = ["Root", "PartitionHistory", "KeptRange", "GcPlan", "GcPolicy", "gc_policy",
-           "plan_gc", "archive_history", "collect", "delete_snapshot_dir",
-           "remove_leftovers", "roots_of_snapshots"]
+           "plan_gc", "archive_history", "collect", "roots_of_snapshots"]
 
 
 
@@ -245,34 +240,6 @@ def archive_history(archive: Archive) -> list[PartitionHistory]:
     return found
 
 
-def delete_snapshot_dir(root: Path, snapshot_id: str) -> Path:
-    """Move a snapshot out of sight under its build lock; returns the hidden directory,
-    which the caller removes (after telling the catalog)."""
-    target = root / snapshot_id
-    if not (target / MANIFEST_NAME).exists():
-        raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
-                               snapshot_id=snapshot_id)
-    trash = root / f".deleted-{snapshot_id}-{uuid.uuid4().hex[:8]}"
-    with open(root / f".lock-{snapshot_id}", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the lock a builder of this id holds
-        if not (target / MANIFEST_NAME).exists():
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} under {root}",
-                                   snapshot_id=snapshot_id)
-        os.replace(target, trash)
-        fsync(root)
-    return trash
-
-
-def remove_leftovers(root: Path) -> list[str]:
-    """Remove what a killed delete left: hidden `.deleted-*` directories."""
-    if not root.exists():
-        return []
-    found = sorted(p for p in root.glob(".deleted-*") if p.is_dir())
-    for path in found:
-        shutil.rmtree(path, ignore_errors=True)
-    return [p.name for p in found]
-
-
 def _raise_first_offset(archive: Archive, topic: str, partition: int, number: int,
                         offset: int) -> bool:
     """Raise a no-longer-current generation's first offset in log.json (atomically)."""
@@ -293,12 +260,12 @@ def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None
     from snapshotter.catalog import catalog_path, sync_catalog
 
     archive = archive or Archive(settings.archive_root)
-    root = Path(settings.snapshot_root)
-    leftovers = remove_leftovers(root)
+    store = SnapshotStore.of(settings)
+    leftovers = store.remove_leftovers()
     deleted: list[str] = []
     for sid in sorted(plan.delete_snapshots):
         try:
-            trash = delete_snapshot_dir(root, sid)
+            trash = store.set_aside(sid)
         except SnapshotNotFound:
             continue  # deleted meanwhile
         shutil.rmtree(trash, ignore_errors=True)

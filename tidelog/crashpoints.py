@@ -25,7 +25,7 @@ POINTS = {
     "archive.log_before_rename": "a partition's new log.json (generations) is synced in a "
                                  "`.tmp-` file, not renamed into place",
     "archive.after_generation": "a new generation is recorded; no segment of it is written",
-    # snapshot create: snapshotter.snapshots._build / create_snapshot
+    # snapshot create: snapshotter.store.SnapshotStore.publish / snapshots.create_snapshot
     "snapshot.before_manifest": "the data files are synced in the build directory; no "
                                 "manifest yet",
     "snapshot.manifest_in_build_dir": "the build directory is complete with its manifest, "

@@ -8,7 +8,7 @@ import random
 import polars as pl
 import pytest
 
-from snapshotter import snapshots
+from snapshotter import writers
 from snapshotter.materialise import materialise
 
 
@@ -36,9 +36,9 @@ def _segments(n_segments: int, per_segment: int, keys: int, seed: int) -> list[p
 def test_fold_equals_single_pass(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     frames = _segments(9, 200, 150, seed)
     whole = materialise(frames, keep_key=True)
-    monkeypatch.setattr(snapshots, "FOLD_EVENTS", 500)
-    folded = snapshots._fold(frames, None)
+    monkeypatch.setattr(writers, "FOLD_EVENTS", 500)
+    folded = writers.fold(frames, None)
     assert folded.equals(whole)
     # and on top of a base state, as an incremental build does
     base = materialise(frames[:3], keep_key=True)
-    assert snapshots._fold(frames[3:], base.lazy()).equals(whole)
+    assert writers.fold(frames[3:], base.lazy()).equals(whole)
