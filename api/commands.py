@@ -117,7 +117,73 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pins() -> Any:
+    from api.config import load_api_config
+    from api.retention import Pins
+    from api.store import Database
+    from tidelog.settings import load_settings
+
+    return Pins(Database(load_api_config(load_settings()).db_path))
+
+
+def _snapshot_pin(args: argparse.Namespace) -> int:
+    from snapshotter.store import SnapshotStore
+    from tidelog.settings import load_settings
+
+    SnapshotStore.of(load_settings()).manifest(args.id)  # SnapshotNotFound for a wrong id
+    pin = _pins().pin(args.id, "cli", args.reason or "")
+    if args.json:
+        _print_json({"snapshot_id": args.id, "pinned": True, **pin})
+    else:
+        print(f"snapshot {args.id} pinned by {pin['pinned_by']} at {pin['pinned_at']}")
+    return 0
+
+
+def _snapshot_unpin(args: argparse.Namespace) -> int:
+    from snapshotter.store import SnapshotStore
+    from tidelog.settings import load_settings
+
+    SnapshotStore.of(load_settings()).manifest(args.id)
+    _pins().unpin(args.id)
+    if args.json:
+        _print_json({"snapshot_id": args.id, "pinned": False})
+    else:
+        print(f"snapshot {args.id} unpinned")
+    return 0
+
+
+def _snapshot_delete(args: argparse.Namespace) -> int:
+    from api.core import Core
+    from api.retention import delete_unless_kept
+    from tidelog.settings import load_settings
+
+    delete_unless_kept(Core(load_settings()), _pins(), args.id)
+    if args.json:
+        _print_json({"deleted": args.id})
+    else:
+        print(f"snapshot {args.id} deleted")
+    return 0
+
+
 def register(sub: Any) -> None:
+    from snapshotter.commands import ACTIONS
+
+    snap_sub = ACTIONS["snapshot"]  # the same rules as POST /snapshots/{id}/pin|unpin, DELETE
+    p = snap_sub.add_parser("pin", help="keep a snapshot: delete and gc refuse it until unpinned")
+    p.add_argument("id")
+    p.add_argument("--reason", help="why it is kept (shown to whoever tries to delete it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_pin)
+    p = snap_sub.add_parser("unpin", help="let delete and gc remove a snapshot again")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_unpin)
+    p = snap_sub.add_parser("delete", help="delete a snapshot unless pinned or used by a "
+                                           "registered model version")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_delete)
+
     p = sub.add_parser("gc", help="delete snapshots and archive segments no model, pin or "
                                   "recent run needs (retention by reachability)")
     p.add_argument("--dry-run", action="store_true",

@@ -100,6 +100,11 @@ class Core:
     def manifest(self, snapshot_id: str) -> Manifest:
         return self.provider.open_snapshot(self.settings, snapshot_id).manifest
 
+    def verify_archive(self) -> dict[str, Any]:
+        from snapshotter.verify import verify_archive
+
+        return verify_archive(self.settings)
+
     def verify_snapshot(self, snapshot_id: str, against_source: bool = False
                         ) -> dict[str, Any]:
         from snapshotter.verify import verify_snapshot

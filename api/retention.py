@@ -17,9 +17,8 @@ import shutil
 import threading
 from typing import Any
 
-from api.errors import HttpError
 from api.store import Database, now
-from tidelog.errors import SnapshotError
+from tidelog.errors import SnapshotError, SnapshotInUse, SnapshotPinned
 from tidelog.settings import Settings
 
 __all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
@@ -59,22 +58,21 @@ class Pins:
 
 
 def delete_unless_kept(core: Any, pins: Pins, snapshot_id: str) -> None:
-    """Delete the snapshot, or raise 409 naming the pin or the model versions keeping it."""
-    core.manifest(snapshot_id)  # 404 for an unknown id
+    """Delete the snapshot, or refuse (SnapshotPinned / SnapshotInUse, 409) naming the pin
+    or the model versions keeping it. The API and `tidelog snapshot delete` both call this."""
+    core.manifest(snapshot_id)  # SnapshotNotFound for an unknown id
     with pins.lock:
         pin = pins.get(snapshot_id)
         if pin is not None:
-            raise HttpError(409, "snapshot_pinned",
-                            f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
-                            f"({pin['reason'] or 'no reason given'}); unpin it first",
-                            snapshot_id=snapshot_id, pin=pin)
+            raise SnapshotPinned(f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
+                                 f"({pin['reason'] or 'no reason given'}); unpin it first",
+                                 snapshot_id=snapshot_id, pin=pin)
         users = core.models_using(snapshot_id)
         if users:
             names = ", ".join(f"{u['name']}/{u['version']}" for u in users[:10])
-            raise HttpError(409, "snapshot_in_use",
-                            f"snapshot {snapshot_id} trained registered model version(s) "
-                            f"{names}; delete those model versions in MLflow first",
-                            snapshot_id=snapshot_id, model_versions=users)
+            raise SnapshotInUse(f"snapshot {snapshot_id} trained registered model version(s) "
+                                f"{names}; delete those model versions in MLflow first",
+                                snapshot_id=snapshot_id, model_versions=users)
         core.delete_snapshot(snapshot_id)
 
 

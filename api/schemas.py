@@ -28,8 +28,9 @@ __all__ = [
     "PinRequest",
     "KeyCreate", "ManifestOut", "SnapshotSummary", "SnapshotPage", "JobOut", "JobPage",
     "VerifyReport", "DiffReport", "PinOut", "DeleteOut", "RunOut", "ModelLineageOut",
-    "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "LiveOut", "ReadyOut",
-    "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage", "AuditHead",
+    "RowLineageOut", "ConnectorStatusOut", "ArchiveStatusOut", "ArchiveVerifyReport",
+    "LiveOut", "ReadyOut", "KeyOut", "KeyCreated", "KeyList", "AuditEntryOut", "AuditPage",
+    "AuditHead",
     "AuditVerifyReport", "PredictRequest", "PredictOut",
 ]
 
@@ -278,6 +279,13 @@ class JobOut(_Out):
 class JobPage(_Out):
     items: list[JobOut]
     next_cursor: str | None
+
+
+class ArchiveVerifyReport(_Out):
+    ok: bool
+    segments_checked: int
+    damaged: list[str]
+    hint: str | None = None
 
 
 class VerifyReport(_Out):

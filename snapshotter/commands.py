@@ -61,37 +61,20 @@ def _archive_status(args: argparse.Namespace) -> int:
     return 0
 
 
-DAMAGED_HINT = (
-    "snapshots refuse to read a damaged segment. Restore it from a backup; or, while "
-    "Kafka's retention still holds its first offset, move it and every later segment of "
-    "its generation out of the archive and run `tidelog archive run` to archive them again")
-
-
 def _archive_verify(args: argparse.Namespace) -> int:
-    from snapshotter.archive import Archive
+    from snapshotter.verify import DAMAGED_HINT, verify_archive
 
-    archive = Archive(load_settings().archive_root)
-    damaged = []
-    checked = 0
-    for row in archive.status():
-        topic, partition = str(row["topic"]), int(row["partition"])  # type: ignore[call-overload]
-        for gen in archive.generations(topic, partition):
-            segments = archive.segments(topic, partition, gen.number)
-            checked += len(segments)
-            damaged += [s.path for s in archive.damaged(segments)]
-    report: dict[str, Any] = {"ok": not damaged, "segments_checked": checked,
-                              "damaged": damaged}
-    if damaged:
-        report["hint"] = DAMAGED_HINT
+    report = verify_archive(load_settings())
     if args.json:
         _print_json(report)
     else:
-        print(f"{checked} segments checked, {len(damaged)} damaged")
-        for path in damaged:
+        print(f"{report['segments_checked']} segments checked, "
+              f"{len(report['damaged'])} damaged")
+        for path in report["damaged"]:
             print(f"  damaged: {path}")
-        if damaged:
+        if report["damaged"]:
             print(DAMAGED_HINT)
-    return 0 if not damaged else 1
+    return 0 if report["ok"] else 1
 
 
 def _snapshot_create(args: argparse.Namespace) -> int:
@@ -191,6 +174,10 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+# The `ACTION` subparsers of each command group, for later stages to add to.
+ACTIONS: dict[str, Any] = {}
+
+
 def register(sub: Any) -> None:
     archive = sub.add_parser("archive", help="archive the CDC topics as Parquet segments")
     archive_sub = archive.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -215,6 +202,7 @@ def register(sub: Any) -> None:
 
     snap = sub.add_parser("snapshot", help="create and inspect offset-bounded snapshots")
     snap_sub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ACTIONS["snapshot"] = snap_sub  # pin, unpin and delete are added by api.commands
     p = snap_sub.add_parser("create", help="materialise tables at a cut")
     p.add_argument("--tables", required=True, help="schema.table[,schema.table...]")
     p.add_argument("--at", default="latest", help="'latest', a cut as JSON, or @FILE holding one")

@@ -1,4 +1,5 @@
-"""Verify a snapshot against its manifest, and diff two snapshots, in DuckDB."""
+"""Verify the archive against its checksums, a snapshot against its manifest, and diff two
+snapshots, in DuckDB."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import duckdb
 
+from snapshotter.archive import Archive
 from snapshotter.digest import ContentSum, digest_with_erased, overall_digest, table_digest
 from snapshotter.layout import file_sha256, visible_sql
 from snapshotter.manifest import TableManifest
@@ -14,7 +16,30 @@ from snapshotter.snapshots import KEY_COLUMN, open_snapshot
 from tidelog.errors import DigestMismatch, SnapshotError
 from tidelog.settings import Settings
 
-__all__ = ["verify_snapshot", "diff_snapshots"]
+__all__ = ["verify_archive", "verify_snapshot", "diff_snapshots", "DAMAGED_HINT"]
+
+DAMAGED_HINT = (
+    "snapshots refuse to read a damaged segment. Restore it from a backup; or, while "
+    "Kafka's retention still holds its first offset, move it and every later segment of "
+    "its generation out of the archive and run `tidelog archive run` to archive them again")
+
+
+def verify_archive(settings: Settings) -> dict[str, Any]:
+    """Check every archived segment of every generation against its recorded checksum."""
+    archive = Archive(settings.archive_root)
+    damaged: list[str] = []
+    checked = 0
+    for row in archive.status():
+        topic, partition = str(row["topic"]), int(str(row["partition"]))
+        for gen in archive.generations(topic, partition):
+            segments = archive.segments(topic, partition, gen.number)
+            checked += len(segments)
+            damaged += [s.path for s in archive.damaged(segments)]
+    report: dict[str, Any] = {"ok": not damaged, "segments_checked": checked,
+                              "damaged": damaged}
+    if damaged:
+        report["hint"] = DAMAGED_HINT
+    return report
 
 
 def _damaged_files(directory: Path, table: TableManifest) -> list[str]:

@@ -25,6 +25,8 @@
     │   ├── SnapshotWriteError      snapshot_write_failed  507
     │   ├── DigestMismatch          digest_mismatch        409
     │   │   └── DatasetErased       dataset_erased         409
+    │   ├── SnapshotPinned          snapshot_pinned        409
+    │   ├── SnapshotInUse           snapshot_in_use        409
     │   └── ErasureError            erasure_error          400
     ├── TrainingError               training_error         400
     │   ├── RunNotFound             run_not_found          404
@@ -73,6 +75,8 @@ __all__ = [
     "SnapshotWriteError",
     "DigestMismatch",
     "DatasetErased",
+    "SnapshotPinned",
+    "SnapshotInUse",
     "ErasureError",
     "TrainingError",
     "RunNotFound",
@@ -251,6 +255,20 @@ class DatasetErased(DigestMismatch):
     """A run's data differs from its record because an erasure removed a subject."""
 
     code = "dataset_erased"
+    status = 409
+
+
+class SnapshotPinned(SnapshotError):
+    """A delete of a pinned snapshot: unpin it first."""
+
+    code = "snapshot_pinned"
+    status = 409
+
+
+class SnapshotInUse(SnapshotError):
+    """A delete of a snapshot a registered model version was trained on."""
+
+    code = "snapshot_in_use"
     status = 409
 
 

@@ -13,6 +13,7 @@ from api.responses import JSONBody
 from api.routes.jobs import IdempotencyKey, accept
 from api.schemas import (
     ArchiveStatusOut,
+    ArchiveVerifyReport,
     ConnectorApply,
     ConnectorRestart,
     ConnectorStatusOut,
@@ -61,3 +62,10 @@ def archive_status(state: State,
                    principal: Principal = reader) -> dict[str, Any]:
     """Archive high-water mark, log identity and broker lag per partition."""
     return state.core.archive_status(lag)
+
+
+@router.post("/archive/verify", response_model=ArchiveVerifyReport, name="cdc.archive_verify",
+             response_model_exclude_none=True)
+def verify_archive(state: State, principal: Principal = reader) -> dict[str, Any]:
+    """Check every archived segment against its recorded checksum (`tidelog archive verify`)."""
+    return state.core.verify_archive()

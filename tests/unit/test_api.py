@@ -3,6 +3,7 @@ and a real MLflow SQLite store; CDC and verification calls are swapped for stubs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -79,6 +80,7 @@ ROLE_OF: dict[tuple[str, str], str | None] = {
     ("POST", "/cdc/connector/apply"): "writer",
     ("POST", "/cdc/connector/restart"): "writer",
     ("GET", "/cdc/archive"): "reader",
+    ("POST", "/cdc/archive/verify"): "reader",
     ("GET", "/jobs"): "reader",
     ("GET", "/jobs/{job_id}"): "reader",
     ("POST", "/admin/keys"): "admin",
@@ -837,3 +839,80 @@ def test_readiness_reports_each_component(api: Api, monkeypatch: pytest.MonkeyPa
     stopped = readiness(settings, {"capture": CHECKS["capture"]})
     assert stopped["capture"]["ok"] is False
     assert "tidelog.public.prices[0] offset 41, column 'price'" in stopped["capture"]["error"]
+
+
+# -- the CLI answers as the API does ---------------------------------------------------------
+
+def _cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, db: Path, *argv: str
+         ) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from api.config import ApiEnv
+    from tidelog.cli import main
+    from tidelog.settings import env_name
+
+    for name, value in {**settings.to_environ(), env_name(ApiEnv, "db"): str(db)}.items():
+        monkeypatch.setenv(name, value)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_pin_unpin_and_delete_share_the_api_rules(api: Api, settings: Settings,
+                                                      tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = _snapshot(api, ["public.payments"])["snapshot_id"]
+    db = tmp_path / "api.db"  # the database make_app gave the API
+    code, out, _ = _cli(settings, monkeypatch, db, "snapshot", "pin", sid, "--reason",
+                        "audit 2026", "--json")
+    assert code == 0 and json.loads(out)["reason"] == "audit 2026"
+    shown = api.get(f"/snapshots/{sid}").json()
+    assert shown["pinned"] is True
+    err = assert_error(api.delete(f"/snapshots/{sid}", role="writer"), 409, "snapshot_pinned")
+    assert err["details"]["pin"]["pinned_by"] == "cli"
+    code, _, stderr = _cli(settings, monkeypatch, db, "snapshot", "delete", sid)
+    assert code == 2 and "pinned by cli (audit 2026); unpin it first" in stderr
+    assert (Path(settings.snapshot_root) / sid).exists()
+    assert _cli(settings, monkeypatch, db, "snapshot", "unpin", sid)[0] == 0
+    assert api.get(f"/snapshots/{sid}").json()["pinned"] is False
+    code, out, _ = _cli(settings, monkeypatch, db, "snapshot", "delete", sid, "--json")
+    assert code == 0 and json.loads(out) == {"deleted": sid}
+    assert_error(api.get(f"/snapshots/{sid}"), 404, "snapshot_not_found")
+    code, _, stderr = _cli(settings, monkeypatch, db, "snapshot", "pin", sid)
+    assert code == 2 and f"no snapshot '{sid}'" in stderr
+
+
+def test_archive_verify_answers_the_same_over_http_and_the_cli(
+        make_app: AppFactory, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dataclasses.replace(settings, archive_root=str(tmp_path / "archive"))
+    with contextlib.closing(_open(make_app(settings))) as opened:
+        _check_archive_verify(next(opened), settings, tmp_path, monkeypatch)
+
+
+def _check_archive_verify(api: Api, settings: Settings, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdc.reader import LogIdentity
+    from snapshotter.archive import TRANSACTION_SCHEMA, Archive
+
+    archive = Archive(settings.archive_root)
+    gen = archive.open_generation("tidelog.verify", 0, LogIdentity("c1", "t9"))
+    segment = archive.write_segment("tidelog.verify", 0, gen.number, 0, 3,
+                                    TRANSACTION_SCHEMA.empty_table())
+    db = tmp_path / "api.db"
+    clean = api.post("/cdc/archive/verify", role="reader").json()
+    assert clean["ok"] is True and clean["segments_checked"] >= 1 and clean["damaged"] == []
+    code, out, _ = _cli(settings, monkeypatch, db, "archive", "verify", "--json")
+    assert code == 0 and json.loads(out) == clean
+    path = Path(segment.path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    damaged = api.post("/cdc/archive/verify", role="reader").json()
+    assert damaged["ok"] is False and damaged["damaged"] == [segment.path]
+    assert "Restore it from a backup" in damaged["hint"]
+    code, out, _ = _cli(settings, monkeypatch, db, "archive", "verify", "--json")
+    assert code == 1 and json.loads(out) == damaged
+    assert api.post("/cdc/archive/verify", role="none").status_code == 401
