@@ -235,11 +235,15 @@ class Core:
         return connector_status(self.settings, name)
 
     def connector_apply(self, name: str, tables: Sequence[str], topic_prefix: str,
-                        timeout: float) -> dict[str, Any]:
-        from cdc.connector import ConnectorSpec, apply
+                        timeout: float, replica_identity_full: bool = False
+                        ) -> tuple[dict[str, Any], list[str]]:
+        """The connector's status once streaming, and `connector apply`'s warnings."""
+        from cdc.connector import ConnectorSpec, apply, toast_warnings
 
-        return apply(self.settings, ConnectorSpec(name, tuple(tables), topic_prefix),
-                     timeout=timeout)
+        spec = ConnectorSpec(name, tuple(tables), topic_prefix)
+        status = apply(self.settings, spec, timeout=timeout,
+                       replica_identity_full=replica_identity_full)
+        return status, toast_warnings(self.settings.require("postgres_dsn"), spec)
 
     def connector_restart(self, name: str, timeout: float) -> dict[str, Any]:
         from cdc.connector import ConnectorSpec, restart

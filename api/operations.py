@@ -109,10 +109,10 @@ def job_kinds(core: Core, config: ApiConfig) -> dict[str, JobKind]:
     def connector_apply(ctx: JobContext) -> dict[str, Any]:
         p = ctx.params
         name = p.get("name") or settings.connector_name
-        status = core.connector_apply(name, p["tables"],
-                                      p.get("topic_prefix") or settings.topic_prefix,
-                                      float(p.get("timeout", 120)))
-        return {"connector": name, "status": status}
+        status, warnings = core.connector_apply(
+            name, p["tables"], p.get("topic_prefix") or settings.topic_prefix,
+            float(p.get("timeout", 120)), bool(p.get("replica_identity_full", False)))
+        return {"connector": name, "status": status, "warnings": warnings}
 
     def connector_restart(ctx: JobContext) -> dict[str, Any]:
         p = ctx.params

@@ -170,6 +170,9 @@ class ConnectorApply(_In):
     name: Identifier | None = None
     topic_prefix: Identifier | None = None
     timeout: Annotated[float, Field(gt=0, le=600)] = 120.0
+    replica_identity_full: bool = Field(
+        False, description="ALTER TABLE ... REPLICA IDENTITY FULL first, so updates carry "
+                           "unchanged large (TOASTed) values")
 
 
 class ConnectorRestart(_In):

@@ -248,6 +248,15 @@ def toast_risks(dsn: str, spec: ConnectorSpec) -> list[str]:
     return risky
 
 
+def toast_warnings(dsn: str, spec: ConnectorSpec) -> list[str]:
+    """What `connector apply` warns about (CLI and API alike): one line per `toast_risks`."""
+    return [f"{table} has array or numeric columns and no REPLICA IDENTITY FULL; an update "
+            "that leaves such a large value unchanged does not carry it, and tidelog can "
+            "only fill in text, JSON and bytea values. Apply again with replica identity "
+            "full (`--replica-identity-full`, or `\"replica_identity_full\": true` over "
+            "the API)" for table in toast_risks(dsn, spec)]
+
+
 def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
     with postgres.connect(dsn) as conn:
         for table in tables:

@@ -43,8 +43,7 @@ from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
 
 __all__ = ["CatalogFiles", "catalog_path", "ensure_catalog", "sync_catalog",
-           "register_snapshot", "unregister_snapshot", "rebuild_catalog", "run_sql",
-           "view_names"]
+           "register_snapshot", "run_sql", "view_names"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -390,17 +389,6 @@ def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> 
 def register_snapshot(settings: Settings, manifest: Manifest) -> None:
     """Make a just-published snapshot queryable (and anything else the manifests say)."""
     sync_catalog(settings)
-
-
-def unregister_snapshot(settings: Settings, snapshot_id: str) -> None:
-    """Drop a snapshot whose manifest is gone (and anything else the manifests say)."""
-    sync_catalog(settings)
-
-
-def rebuild_catalog(settings: Settings, manifests: list[Manifest] | None = None) -> None:
-    """A new catalog from the manifests alone (`manifests` is accepted for old callers;
-    the manifests on disk are what counts)."""
-    sync_catalog(settings, rebuild=True)
 
 
 # -- reading it ------------------------------------------------------------------------

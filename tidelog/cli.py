@@ -80,11 +80,8 @@ def _connector_apply(args: argparse.Namespace) -> int:
     settings, spec = _spec(args, args.tables)
     status = connector.apply(settings, spec, timeout=args.timeout,
                              replica_identity_full=args.replica_identity_full)
-    for table in connector.toast_risks(settings.require("postgres_dsn"), spec):
-        print(f"warning: {table} has array or numeric columns and no REPLICA IDENTITY "
-              "FULL; an update that leaves such a large value unchanged does not carry it, "
-              "and tidelog can only fill in text, JSON and bytea values. Rerun with "
-              "--replica-identity-full.", file=sys.stderr)
+    for warning in connector.toast_warnings(settings.require("postgres_dsn"), spec):
+        print(f"warning: {warning}", file=sys.stderr)
     _print_json(status) if args.json else print(
         f"connector {spec.name} streaming tables {', '.join(spec.tables)} to topics "
         f"{', '.join(spec.topic(t) for t in spec.tables)}")

@@ -95,3 +95,20 @@ def test_unchanged_toast_bytea_and_placeholder_text_as_data(
     assert rows(first.id)[5]["note"] == UNAVAILABLE
     rebuilt = rebuild_snapshot(env, first.cut, [table], root / "rebuilt")
     assert rebuilt.digest == first.digest
+
+
+def test_apply_warns_of_unmergeable_toast_columns_until_replica_identity_full(
+        settings: Settings) -> None:
+    """The warning `connector apply` prints (CLI) and returns (API job result), read from
+    the real catalog: array and numeric columns without REPLICA IDENTITY FULL."""
+    from cdc.connector import set_replica_identity_full, toast_warnings
+
+    execute(settings, "drop table if exists public.toast_wide, public.toast_plain",
+            "create table public.toast_wide (id int primary key, amounts numeric[], n numeric)",
+            "create table public.toast_plain (id int primary key, body text)")
+    spec = ConnectorSpec("toast-check", ("public.toast_plain", "public.toast_wide"), "tc")
+    [warning] = toast_warnings(settings.postgres_dsn, spec)
+    assert warning.startswith("public.toast_wide has array or numeric columns")
+    assert "replica_identity_full" in warning and "--replica-identity-full" in warning
+    set_replica_identity_full(settings.postgres_dsn, ("public.toast_wide",))
+    assert toast_warnings(settings.postgres_dsn, spec) == []

@@ -754,11 +754,16 @@ def test_connector_and_archive_endpoints(api: Api, monkeypatch: pytest.MonkeyPat
     assert api.get("/cdc/connector?name=c1", role="reader").json()["name"] == "c1"
     applied: list[Any] = []
     monkeypatch.setattr(core, "connector_apply",
-                        lambda *a: applied.append(a) or status)
+                        lambda *a: applied.append(a) or (status, ["public.a has array ..."]))
     job = api.wait(api.post("/cdc/connector/apply", {"tables": ["public.a"], "timeout": 5},
                             role="writer").json()["id"])
     assert job["state"] == "succeeded" and job["result"]["connector"] == "tidelog-postgres"
-    assert applied == [("tidelog-postgres", ["public.a"], "tidelog", 5.0)]
+    assert job["result"]["warnings"] == ["public.a has array ..."]  # as the CLI prints them
+    job = api.wait(api.post("/cdc/connector/apply", {"tables": ["public.a"], "timeout": 5,
+                                                     "replica_identity_full": True},
+                            role="writer").json()["id"])
+    assert applied == [("tidelog-postgres", ["public.a"], "tidelog", 5.0, False),
+                       ("tidelog-postgres", ["public.a"], "tidelog", 5.0, True)]
     monkeypatch.setattr(core, "connector_restart",
                         lambda name, timeout: (_ for _ in ()).throw(
                             ConnectorNotFound(f"no connector named {name}")))
