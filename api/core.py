@@ -21,6 +21,7 @@ from tidelog.errors import CutError, TidelogError
 from tidelog.redact import redact_url
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
+from trainer.tags import rebuild_summary
 from trainer.tracking import DEFAULT_EXPERIMENT
 
 __all__ = ["Core", "run_to_json", "cut_or_latest"]
@@ -53,21 +54,9 @@ def run_to_json(lineage: Any, rebuilds: list[Any]) -> dict[str, Any]:
         "verification": own or None,
         "predictions_sha256": tags.get("tidelog.predictions.sha256"),
         "model_sha256": tags.get("tidelog.model.sha256"),
-        "rebuilds": [_rebuild_summary(r) for r in rebuilds],
+        "rebuilds": [rebuild_summary(r) for r in rebuilds],
         "tags": lineage.tidelog_tags(),
     }
-
-
-def _rebuild_summary(run: Any) -> dict[str, Any]:
-    tags = run.data.tags
-    checks = {k: tags.get(f"tidelog.rebuild.{k}") == "true"
-              for k in ("dataset_match", "model_match", "artifact_match")}
-    deterministic = tags.get("tidelog.model.deterministic", "true") == "true"
-    return {"run_id": run.info.run_id, "status": run.info.status,
-            "start_time_ms": run.info.start_time,
-            "rebuilt_snapshot_id": tags.get("tidelog.rebuild.snapshot_id"), **checks,
-            "verified": checks["dataset_match"] and checks["model_match"]
-            and (checks["artifact_match"] or not deterministic)}
 
 
 class Core:

@@ -18,7 +18,6 @@ from cdc.connector import (
     connector_status,
     current_tables,
     first_cause,
-    quoted,
     snapshot_in_progress,
     source_offset,
 )
@@ -26,6 +25,7 @@ from tidelog.adapters import postgres
 from tidelog.adapters.connect import KafkaConnect
 from tidelog.errors import ConnectorError
 from tidelog.settings import Settings
+from tidelog.sql import qualified
 
 __all__ = ["capture_problems", "OFFSET_FLUSH_SECONDS"]
 
@@ -95,8 +95,8 @@ def _write_probe(conn: psycopg.Connection[Any], spec: ConnectorSpec) -> int | No
     """
     try:
         with conn.transaction():
-            conn.execute(f"delete from {quoted(spec.signal_table)} where id like 'probe-%%'")
-            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
+            conn.execute(f"delete from {qualified(spec.signal_table)} where id like 'probe-%%'")
+            conn.execute(f"insert into {qualified(spec.signal_table)} (id, type, data) values "
                          "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
                                              '{"message": "tidelog capture probe"}'))
             row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
@@ -208,7 +208,7 @@ def _probe(settings: Settings, spec: ConnectorSpec) -> None:
     """A 'log' signal in the connector's signalling table: a transaction for it to see."""
     try:
         with postgres.connect(settings.require("postgres_dsn")) as conn:
-            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) values "
+            conn.execute(f"insert into {qualified(spec.signal_table)} (id, type, data) values "
                          "(%s, 'log', %s)", (f"probe-{uuid.uuid4().hex}",
                                              '{"message": "tidelog capture probe"}'))
     except psycopg.Error:

@@ -42,6 +42,7 @@ from tidelog.errors import (
 )
 from tidelog.retry import poll
 from tidelog.settings import Settings
+from tidelog.sql import literal, qualified
 from tidelog.stack.connectors import forget_connector, remember_connector
 from tidelog.topics import table_topic, transaction_topic
 
@@ -64,7 +65,6 @@ __all__ = [
     "install_ddl_refresh",
     "current_tables",
     "first_cause",
-    "quoted",
 ]
 
 
@@ -269,11 +269,6 @@ def set_replica_identity_full(dsn: str, tables: tuple[str, ...]) -> None:
                     "table owner, or apply without --replica-identity-full") from exc
 
 
-def quoted(table: str) -> str:
-    schema, name = table.split(".", 1)
-    return f'"{schema}"."{name}"'
-
-
 def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
     """The signalling table, and the publication of exactly the connector's tables.
 
@@ -281,11 +276,11 @@ def ensure_publication(dsn: str, spec: ConnectorSpec) -> None:
     partitioned table it belongs to (the table the connector captures); without it they
     carry the partition's name and no table filter matches them.
     """
-    tables = ", ".join(quoted(t) for t in (*spec.tables, spec.signal_table))
+    tables = ", ".join(qualified(t) for t in (*spec.tables, spec.signal_table))
     try:
         with postgres.connect(dsn) as conn:
             conn.execute(f'create schema if not exists "{SIGNAL_SCHEMA}"')
-            conn.execute(f"create table if not exists {quoted(spec.signal_table)} "
+            conn.execute(f"create table if not exists {qualified(spec.signal_table)} "
                          "(id varchar(64) primary key, type varchar(32) not null, "
                          "data varchar(2048))")
             exists = conn.execute("select 1 from pg_publication where pubname = %s",
@@ -321,7 +316,7 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
     """
     function = f'"{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"'
     trigger = f"tidelog_refresh_{spec.slot_name}"
-    tables = "array[" + ", ".join(_sql_text(t) for t in spec.tables) + "]::text[]"
+    tables = "array[" + ", ".join(literal(t) for t in spec.tables) + "]::text[]"
     body = f"""
         create or replace function {function}() returns event_trigger
         language plpgsql security definer set search_path = pg_catalog, pg_temp as $fn$
@@ -329,7 +324,7 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
         begin
           for target in select distinct object_identity from pg_event_trigger_ddl_commands()
                         where object_type = 'table' and object_identity = any({tables}) loop
-            insert into {quoted(spec.signal_table)} (id, type, data) values (
+            insert into {qualified(spec.signal_table)} (id, type, data) values (
               'ddl-' || md5(target || clock_timestamp()::text || random()::text),
               'execute-snapshot',
               json_build_object('data-collections', json_build_array(target),
@@ -358,10 +353,6 @@ def install_ddl_refresh(dsn: str, spec: ConnectorSpec) -> bool:
     return True
 
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> str:
     """Ask the running connector to re-read `tables` by an incremental snapshot.
 
@@ -372,7 +363,7 @@ def signal_snapshot(dsn: str, spec: ConnectorSpec, tables: tuple[str, ...]) -> s
     data = json.dumps({"data-collections": list(tables), "type": "incremental"})
     try:
         with postgres.connect(dsn) as conn:
-            conn.execute(f"insert into {quoted(spec.signal_table)} (id, type, data) "
+            conn.execute(f"insert into {qualified(spec.signal_table)} (id, type, data) "
                          "values (%s, 'execute-snapshot', %s)", (signal_id, data))
     except psycopg.Error as exc:
         raise SourceError(f"cannot signal connector {spec.name} through "
@@ -588,7 +579,7 @@ def delete(settings: Settings, spec: ConnectorSpec, drop_slot: bool = False, *,
         conn.execute(f'drop publication if exists "{spec.publication_name}"')
         conn.execute(f'drop event trigger if exists "tidelog_refresh_{spec.slot_name}"')
         conn.execute(f'drop function if exists "{SIGNAL_SCHEMA}"."refresh_{spec.slot_name}"()')
-        conn.execute(f"drop table if exists {quoted(spec.signal_table)}")
+        conn.execute(f"drop table if exists {qualified(spec.signal_table)}")
 
 
 def restart(settings: Settings, spec: ConnectorSpec, timeout: float = 120, *,

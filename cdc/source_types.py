@@ -31,6 +31,7 @@ import psycopg
 
 from tidelog.adapters import postgres
 from tidelog.errors import SourceError
+from tidelog.sql import ident
 
 __all__ = ["TYPE_REFUSALS", "SourceColumn", "Refusal", "source_columns", "refusals",
            "array_guard", "unguarded_arrays", "check_source_types"]
@@ -120,13 +121,9 @@ def _type_refusal(table: str, col: SourceColumn) -> str | None:
     return None
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _value_checks(col: SourceColumn) -> list[tuple[str, str]]:
     """(SQL predicate on existing rows, why it cannot be carried) for one column."""
-    c = _quote(col.name)
+    c = ident(col.name)
     checks: list[tuple[str, str]] = []
     if col.is_array:
         checks.append((f"array_ndims({c}) > 1 or array_lower({c}, 1) <> 1",
@@ -180,7 +177,7 @@ _ELEMENT_SAMPLES = ("0", "a", "2000-01-01", "00:00:00", "2000-01-01 00:00:00+00"
 
 
 def _ident(name: str) -> str:
-    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else _quote(name)
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else ident(name)
 
 
 def array_guard(column: str, type_name: str, type_kind: str) -> str:
@@ -228,7 +225,7 @@ def _accepts(conn: psycopg.Connection[Any], col: SourceColumn, checks: Sequence[
             conn.execute(f"select %s::{col.sql_type}", (literal,))
             for check in checks:
                 row = conn.execute(f"select coalesce(({check}), true) from "
-                                   f"(select %s::{col.sql_type} as {_quote(col.name)}) probe",
+                                   f"(select %s::{col.sql_type} as {ident(col.name)}) probe",
                                    (literal,)).fetchone()
                 if row is not None and row[0] is False:
                     return False
@@ -253,7 +250,7 @@ def _array_guard_refusal(conn: psycopg.Connection[Any], table: str, col: SourceC
         "select pg_get_expr(c.conbin, c.conrelid) from pg_constraint c "
         "join pg_attribute a on a.attrelid = c.conrelid and c.conkey = array[a.attnum] "
         "where c.conrelid = %s::regclass and c.contype = 'c' and a.attname = %s",
-        (f"{_quote(schema)}.{_quote(name)}", col.name)).fetchall()]
+        (f"{ident(schema)}.{ident(name)}", col.name)).fetchall()]
     e = _element_sample(conn, col)
     bad = {"[0:0]=" + _array_literal(e): "another lower bound ('[0:1]={1,2}' arrives as "
                                            "{1,2})",
@@ -304,7 +301,7 @@ def refusals(conn: psycopg.Connection[Any], table: str,
     if checks:
         schema, name = table.split(".", 1)
         counts = ", ".join(f"count(*) filter (where {sql})" for _, sql, _ in checks)
-        row = conn.execute(f"select {counts} from {_quote(schema)}.{_quote(name)}").fetchone()
+        row = conn.execute(f"select {counts} from {ident(schema)}.{ident(name)}").fetchone()
         for (column, _, why), count in zip(checks, row or (), strict=True):
             if count:
                 found.append(Refusal(table, column, f"{count} row(s) {why}"))

@@ -15,7 +15,7 @@ from tidelog.errors import TrainingError
 from tidelog.settings import Settings
 from trainer.announce import PIPELINE_TAG
 from trainer.tags import REBUILD_OF, RunLineage
-from trainer.tracking import Tracking, connect, mlflow_errors
+from trainer.tracking import Tracking, connect, filter_literal, mlflow_errors
 
 __all__ = ["PIPELINE_TAG", "TRIGGER_TAG", "SIGNALS_TAG", "Champion", "Registry"]
 
@@ -35,10 +35,6 @@ class Champion:
     @property
     def ref(self) -> str:
         return f"{self.model}/{self.version}"
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _started(run: Any) -> dt.datetime:
@@ -73,21 +69,21 @@ class Registry:
         return runs[:limit] if limit is not None else runs
 
     def pipeline_runs(self, pipeline: str, status: str | None = "FINISHED") -> list[Any]:
-        query = f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}'"
+        query = f"tags.`{PIPELINE_TAG}` = '{filter_literal(pipeline)}'"
         if status:
             query += f" and attributes.status = '{status}'"
         return self._search(query)
 
     def run_for_cut(self, pipeline: str, fingerprint: str) -> Any | None:
         """The finished run this pipeline trained at this cut, if any (idempotency)."""
-        found = self._search(f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}' and "
+        found = self._search(f"tags.`{PIPELINE_TAG}` = '{filter_literal(pipeline)}' and "
                              f"tags.`tidelog.cut.fingerprint` = '{fingerprint}' and "
                              "attributes.status = 'FINISHED'")
         return found[0] if found else None
 
     def abandon_unfinished(self, pipeline: str, fingerprint: str) -> list[str]:
         """Mark runs a killed worker left RUNNING at this cut as KILLED; return their ids."""
-        found = self._search(f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}' and "
+        found = self._search(f"tags.`{PIPELINE_TAG}` = '{filter_literal(pipeline)}' and "
                              f"tags.`tidelog.cut.fingerprint` = '{fingerprint}' and "
                              "attributes.status = 'RUNNING'")
         with mlflow_errors("mark abandoned runs KILLED", self.uri):
@@ -96,7 +92,7 @@ class Registry:
         return [r.info.run_id for r in found]
 
     def last_training_at(self, pipeline: str) -> dt.datetime | None:
-        runs = self._search(f"tags.`{PIPELINE_TAG}` = '{_quote(pipeline)}' and "
+        runs = self._search(f"tags.`{PIPELINE_TAG}` = '{filter_literal(pipeline)}' and "
                             "attributes.status = 'FINISHED'", newest_first=True, limit=1)
         return _started(runs[0]) if runs else None
 
@@ -107,9 +103,9 @@ class Registry:
 
         run = self.get_run(run_id)
         with mlflow_errors(f"find the model logged by run {run_id}", self.uri):
+            query = f"source_run_id = '{filter_literal(run_id)}'"
             found = [m for m in self.client.search_logged_models(
-                [run.info.experiment_id], filter_string=f"source_run_id = '{_quote(run_id)}'")
-                if m.name == MODEL_NAME]
+                [run.info.experiment_id], filter_string=query) if m.name == MODEL_NAME]
         if not found:
             raise TrainingError(f"run {run_id} logged no model named {MODEL_NAME!r}; only runs "
                                 "made by `tidelog train` can be gated or registered",
@@ -164,8 +160,8 @@ class Registry:
 
     def version_of_run(self, model: str, run_id: str) -> str | None:
         with mlflow_errors(f"list versions of {model}", self.uri):
-            found = [v for v in self.client.search_model_versions(f"name = '{_quote(model)}'")
-                     if v.run_id == run_id]
+            query = f"name = '{filter_literal(model)}'"
+            found = [v for v in self.client.search_model_versions(query) if v.run_id == run_id]
         return str(min(int(v.version) for v in found)) if found else None
 
     def register(self, model: str, run_id: str) -> str:

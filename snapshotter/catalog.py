@@ -41,6 +41,7 @@ from snapshotter.store import SnapshotStore
 from tidelog.crashpoints import crash_point
 from tidelog.errors import SnapshotError
 from tidelog.settings import Settings
+from tidelog.sql import ident
 
 __all__ = ["CatalogFiles", "catalog_path", "ensure_catalog", "sync_catalog",
            "register_snapshot", "run_sql", "view_names"]
@@ -91,10 +92,6 @@ def view_names(manifest: Manifest) -> dict[str, str]:
     short = [t.split(".", 1)[1] for t in manifest.tables]
     return {t: (t.split(".", 1)[1] if short.count(t.split(".", 1)[1]) == 1
                 else t.replace(".", "__")) for t in manifest.tables}
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # -- what the catalog should hold ------------------------------------------------------
@@ -310,10 +307,10 @@ def _apply(con: duckdb.DuckDBPyConnection, settings: Settings,
         return False
     con.execute("begin")
     for sid in removed:
-        con.execute(f"drop schema if exists {_quote('snap_' + sid)} cascade")
+        con.execute(f"drop schema if exists {ident('snap_' + sid)} cascade")
         con.execute("delete from tidelog.snapshots where id = ?", [sid])
     for schema in orphans:
-        con.execute(f"drop schema if exists {_quote(schema)} cascade")
+        con.execute(f"drop schema if exists {ident(schema)} cascade")
     for manifest in added:  # in creation order: the newest one's change views win
         _insert(con, settings, manifest)
     con.execute("drop schema if exists latest cascade")
@@ -344,10 +341,10 @@ def _insert(con: duckdb.DuckDBPyConnection, settings: Settings, manifest: Manife
 
 def _create_views(con: duckdb.DuckDBPyConnection, schema: str, manifest: Manifest,
                   snapshot_dir: Path) -> None:
-    con.execute(f"create schema if not exists {_quote(schema)}")
+    con.execute(f"create schema if not exists {ident(schema)}")
     for table, view in view_names(manifest).items():
         relation = visible_sql(snapshot_dir, manifest.tables[table])
-        con.execute(f"create or replace view {_quote(schema)}.{_quote(view)} as "
+        con.execute(f"create or replace view {ident(schema)}.{ident(view)} as "
                     f"select * from {relation}")
 
 
@@ -370,7 +367,7 @@ def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
             continue
         pattern = f"{root}/{part.topic}/p{part.partition}/g{generation}/*.parquet"
         con.execute(
-            f"create or replace view changes.{_quote(view)} as select "
+            f"create or replace view changes.{ident(view)} as select "
             "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
             "* exclude (__partition, __offset, __op, __key, __lsn, __txid, __tx, __ts_ms, "
             f"__before) from read_parquet({sql_text(pattern)}, union_by_name = true)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import duckdb
 
 from tidelog.errors import SnapshotError
+from tidelog.sql import ident
 
 __all__ = [
     "DIGEST_VERSION",
@@ -48,10 +49,6 @@ class TableDigest:
     digest: str
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _set_timezone(con: duckdb.DuckDBPyConnection, zone: str) -> None:
     quoted = zone.replace("'", "''")
     con.execute(f"SET TimeZone = '{quoted}'")
@@ -64,7 +61,7 @@ def _field(text: str | None) -> str:
 
 def render_expr(name: str, type_name: str) -> str:
     """SQL rendering one column as text; the rules are in docs/digest.md."""
-    col = _quote(name)
+    col = ident(name)
     if type_name == "TIMESTAMP WITH TIME ZONE":
         return f"strftime(timezone('UTC', {col}), '%Y-%m-%dT%H:%M:%S.%fZ')"
     if type_name == "TIMESTAMP":

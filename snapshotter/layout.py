@@ -24,6 +24,8 @@ import polars as pl
 
 from snapshotter.manifest import TableManifest
 from snapshotter.materialise import KEY
+from tidelog.sql import ident as quote
+from tidelog.sql import literal as sql_text
 
 __all__ = ["KEY", "scan_visible", "base_pieces_of", "read_table", "visible_sql", "quote",
            "sql_text", "sql_paths", "file_sha256", "file_stat", "changed_files", "fsync"]
@@ -69,15 +71,6 @@ def read_table(directory: Path, table: TableManifest) -> pl.DataFrame:
         keys = [k for k in table.key_columns if k in frame.columns]
         frame = frame.sort([*keys, KEY], maintain_order=True)
     return frame.drop(KEY, strict=False)
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_text(text: str) -> str:
-    """A SQL string literal (a path may contain quotes)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def sql_paths(paths: list[str]) -> str:

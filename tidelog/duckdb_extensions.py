@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from tidelog.errors import ConfigError
+from tidelog.sql import literal
 
 __all__ = ["EXTENSIONS", "extension_path", "load_extension"]
 
@@ -54,9 +55,8 @@ def extension_path(name: str) -> Path:
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Load `name` into `con` from its installed package (idempotent)."""
     path = extension_path(name)
-    quoted = str(path).replace("'", "''")
     try:
-        con.execute(f"LOAD '{quoted}'")
+        con.execute(f"LOAD {literal(str(path))}")
     except duckdb.Error as exc:
         raise ConfigError(f"DuckDB could not load extension {name!r} from {path}: {exc}; "
                           f"reinstall with `make venv`", extension=name) from exc

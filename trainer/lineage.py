@@ -16,7 +16,7 @@ from typing import Any
 from tidelog.errors import TableNotFound, TrainingError
 from tidelog.settings import Settings
 from trainer.provider import SnapshotProvider, default_provider
-from trainer.tags import REBUILD_OF, SNAPSHOT_ID, RunLineage, canonical_json
+from trainer.tags import REBUILD_OF, SNAPSHOT_ID, RunLineage, tag_json
 from trainer.tracking import DEFAULT_EXPERIMENT, Tracking, connect
 
 __all__ = ["ModelLineage", "RowVersion", "RowLineage", "model_lineage", "row_lineage",
@@ -100,7 +100,7 @@ class RowVersion:
         """A short fingerprint of the row values: equal versions saw the same row."""
         if not self.rows:
             return None
-        return hashlib.sha256(canonical_json(self.rows).encode()).hexdigest()[:12]
+        return hashlib.sha256(tag_json(self.rows).encode()).hexdigest()[:12]
 
     def to_json(self) -> dict[str, Any]:
         return {"snapshot_id": self.snapshot_id, "created_at": self.created_at,

@@ -36,7 +36,7 @@ from trainer.fingerprint import array_sha256, model_sha256, predict
 from trainer.openlineage import describe_rebuild
 from trainer.provider import SnapshotLike, SnapshotProvider, default_provider
 from trainer.recipe import Recipe, file_sha256, load_recipe, run_recipe
-from trainer.tags import REBUILD_OF, RunLineage, tidelog_version
+from trainer.tags import REBUILD_OF, RunLineage, rebuild_verified, tidelog_version
 from trainer.tracking import DEFAULT_EXPERIMENT, connect
 from trainer.train import read_tables
 
@@ -106,8 +106,8 @@ class RebuildReport:
     @property
     def verified(self) -> bool:
         """Same data, same predictions, and same bytes where the estimator promises it."""
-        return (self.dataset_match and self.model_match
-                and (self.artifact_match or not self.deterministic))
+        return rebuild_verified(self.dataset_match, self.model_match, self.artifact_match,
+                                self.deterministic)
 
     def to_json(self) -> dict[str, Any]:
         return {

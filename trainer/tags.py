@@ -25,8 +25,10 @@ __all__ = [
     "RunLineage",
     "lineage_tags",
     "version_tags",
-    "canonical_json",
+    "tag_json",
     "tidelog_version",
+    "rebuild_verified",
+    "rebuild_summary",
 ]
 
 PREFIX = "tidelog."
@@ -39,7 +41,10 @@ MAX_TAG_VALUE = 8000
 _IN_ARTIFACT = f"@artifact:{MANIFEST_ARTIFACT}"
 
 
-def canonical_json(value: Any) -> str:
+def tag_json(value: Any) -> str:
+    """The JSON text of a tag value (params, log identity). Not `cdc.types.canonical_json`,
+    which makes row keys: this one must keep reading what earlier runs recorded (ASCII
+    escapes, `str()` for anything else), so it never changes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -55,6 +60,26 @@ def tidelog_version() -> str:
         return importlib.metadata.version("tidelog")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def rebuild_verified(dataset_match: bool, model_match: bool, artifact_match: bool,
+                     deterministic: bool) -> bool:
+    """What "verified" means for a rebuild: same data, same predictions, and the same
+    model bytes where the estimator promises it (RebuildReport and the API both ask)."""
+    return dataset_match and model_match and (artifact_match or not deterministic)
+
+
+def rebuild_summary(run: Any) -> dict[str, Any]:
+    """A rebuild run as the run it rebuilt lists it, from the tags `rebuild` wrote."""
+    tags = run.data.tags
+    checks = {k: tags.get(f"{PREFIX}rebuild.{k}") == "true"
+              for k in ("dataset_match", "model_match", "artifact_match")}
+    deterministic = tags.get(f"{PREFIX}model.deterministic", "true") == "true"
+    return {"run_id": run.info.run_id, "status": run.info.status,
+            "start_time_ms": run.info.start_time,
+            "rebuilt_snapshot_id": tags.get(f"{PREFIX}rebuild.snapshot_id"), **checks,
+            "verified": rebuild_verified(checks["dataset_match"], checks["model_match"],
+                                         checks["artifact_match"], deterministic)}
 
 
 def _tp(topic: str, partition: int) -> str:
@@ -81,13 +106,13 @@ def lineage_tags(manifest: Manifest, version: RecipeVersion, params: Params, see
         "tidelog.cut.fingerprint": cut.fingerprint(),
         "tidelog.cut.transaction_aligned": str(cut.transaction_aligned).lower(),
         "tidelog.window": str(cut.is_window).lower(),
-        "tidelog.log_identity": canonical_json(
+        "tidelog.log_identity": tag_json(
             {_tp(p.topic, p.partition): {"cluster_id": p.cluster_id, "topic_id": p.topic_id}
              for p in cut.partitions}),
         "tidelog.digest": manifest.digest,
         "tidelog.tables": ",".join(sorted(manifest.tables)),
         "tidelog.recipe": version.reference,
-        "tidelog.params": canonical_json(params),
+        "tidelog.params": tag_json(params),
         "tidelog.seed": str(seed),
     }
     for p in cut.partitions:

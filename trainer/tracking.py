@@ -56,9 +56,9 @@ def _unavailable(exc: Any, what: str, uri: str) -> TrackingUnavailable:
         mlflow_uri=uri)
 
 
-def _quote(text: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return text.replace("'", "\\'")
+def filter_literal(text: str) -> str:
+    """The inside of a string literal in an MLflow search filter (backslash-escaped)."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Tracking:
         from mlflow.exceptions import MlflowException
 
         if version is None:
-            versions = self.model_versions(f"name = '{_quote(name)}'")
+            versions = self.model_versions(f"name = '{filter_literal(name)}'")
             if not versions:
                 raise ModelNotFound(f"no registered model {name!r} in MLflow at {self.uri}; "
                                     "register one with `tidelog train ... --register NAME`",
@@ -216,7 +216,7 @@ class Tracking:
             if not experiments:
                 return []
             return list(self.client.search_runs(experiments,
-                                                f"tags.`{key}` = '{_quote(value)}'",
+                                                f"tags.`{key}` = '{filter_literal(value)}'",
                                                 order_by=["attributes.start_time ASC"]))
 
     def runs_with_table(self, table: str) -> list[Any]:
@@ -226,7 +226,7 @@ class Tracking:
             if not experiments:
                 return []
             found = self.client.search_runs(
-                experiments, f"tags.`tidelog.tables` LIKE '%{_quote(table)}%'",
+                experiments, f"tags.`tidelog.tables` LIKE '%{filter_literal(table)}%'",
                 max_results=50_000, order_by=["attributes.start_time ASC"])
         return [r for r in found
                 if table in r.data.tags.get("tidelog.tables", "").split(",")]
@@ -244,7 +244,7 @@ class Tracking:
     def versions_of_run(self, run_id: str) -> list[tuple[str, str]]:
         """(model name, version) of every registered version made from the run."""
         return [(str(v.name), str(v.version))
-                for v in self.model_versions(f"run_id = '{_quote(run_id)}'")]
+                for v in self.model_versions(f"run_id = '{filter_literal(run_id)}'")]
 
     def log_run(self, *, run_name: str, params: Mapping[str, Any], seed: int,
                 result: RecipeResult, predictions: Any, tags: Mapping[str, str],
