@@ -321,16 +321,7 @@ def plan_materialise(
     base_lf = _lazy(base) if base is not None else None
     base_schema = dict(base_lf.collect_schema()) if base_lf is not None else None
 
-    # Output schema: the latest event's segment; else the base; else the last segment.
-    if live:
-        out_schema = live[-1].schema
-    elif base_schema is not None:
-        out_schema = base_schema
-    elif segments:
-        out_schema = segments[-1].schema
-    else:
-        out_schema = {}
-    out = {n: out_schema[n] for n in data_columns(list(out_schema))}
+    out = _output_columns(live, base_schema, segments)
     missing_keys = [k for k in keys if k not in out]
     if missing_keys and out and key_columns is not None:  # no columns known: empty state
         raise SnapshotError(
@@ -338,52 +329,20 @@ def plan_materialise(
             missing=missing_keys,
         )
 
-    # A column's values count only from a segment onwards if no later segment lacks it:
-    # a dropped column is gone for good, even if a column of that name comes back.
-    alive: list[set[str]] = []
-    running = set(out)
-    for seg in reversed(live):
-        running &= set(seg.schema)
-        alive.append(set(running))
-    alive.reverse()
-
+    alive = _alive_columns(live, out)
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
-    # After ALTER COLUMN ... TYPE, older segments hold values the new type may not take
-    # ('abc' for an int made with USING length(v)). Only an event that is its key's last
-    # can reach the state, so such segments are cut down to those before the cast: a value
-    # that does survive and cannot be cast is still an error, never a silent null.
-    winners: pl.LazyFrame | None = None
-    if not fill_unavailable and any(_retyped(seg.schema, out, cols)
-                                    for seg, cols in zip(live, alive, strict=True)):
-        winners = pl.concat(
-            [seg.frame.filter(keep).select(*meta[:2], pl.col(KEY).cast(pl.String))
-             for seg in live], how="vertical"
-        ).filter(pl.col(KEY).is_not_null()).sort([PARTITION, OFFSET]).unique(
-            subset=KEY, keep="last").select(PARTITION, OFFSET, pl.lit(True).alias(_WINNER))
-    parts: list[pl.LazyFrame] = []
+    winners = (None if fill_unavailable else _winners(live, alive, out, keep, meta))
+    parts = [_event_rows(seg, cols, out, keep, where, truncate_at, winners, meta,
+                         placeholders=bool(fill_unavailable))
+             for seg, cols in zip(live, alive, strict=True)
+             if truncate_at is None or seg.last[1] > truncate_at]  # else nothing survives
     in_order = all(s.in_order for s in live) and all(
         a.last < b.first for a, b in zip(live, live[1:], strict=False)
     )
-    for seg, cols in zip(live, alive, strict=True):
-        if truncate_at is not None and seg.last[1] <= truncate_at:
-            continue  # wholly before the truncate: nothing in it survives
-        rows = seg.frame.filter(keep)
-        if where is not None:
-            rows = rows.filter(where)
-        if truncate_at is not None:
-            rows = rows.filter(pl.col(OFFSET) > truncate_at)
-        if winners is not None and _retyped(seg.schema, out, cols):
-            rows = rows.with_columns(*meta[:2]).join(
-                winners, on=[PARTITION, OFFSET], how="left", maintain_order="left",
-            ).filter(pl.col(KEY).is_null() | pl.col(_WINNER).is_not_null()).drop(_WINNER)
-        extra = [_may_be_placeholder(seg.schema)] if fill_unavailable else []
-        parts.append(rows.select(*meta, *extra,
-                                 *(_column_expr(n, t, n in cols) for n, t in out.items())))
 
     upsert = pl.col(OP).is_in(UPSERT_OPS)
     keyed = pl.col(KEY).is_not_null()
     wanted = [*out, KEY]
-    pieces: list[pl.LazyFrame] = []
     last: pl.LazyFrame | None = None
     keyless: pl.LazyFrame | None = None
     ev: pl.LazyFrame | None = None
@@ -401,21 +360,8 @@ def plan_materialise(
 
     base_rows: pl.LazyFrame | None = None
     if base_lf is not None and base_schema is not None and truncate_at is None:
-        if KEY not in base_schema:
-            if keys and set(keys) <= set(out):
-                check_key_dtypes(base_schema, keys)
-                base_lf = base_lf.with_columns(key_expr(keys))
-            else:
-                base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
-        base_alive = set(base_schema) & (alive[0] if alive else set(out))
-        if last is not None and not fill_unavailable and _retyped(base_schema, out,
-                                                                  base_alive):
-            # as for older segments: only base rows no event replaces are cast
-            base_lf = base_lf.join(last.select(KEY), on=KEY, how="anti")
-        base_rows = base_lf.select(
-            *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
-            pl.col(KEY).cast(pl.String),
-        )
+        base_rows = _base_rows(base_lf, base_schema, keys, out, alive, last,
+                               cast_all=bool(fill_unavailable))
     upserts: pl.LazyFrame | None = None
     if last is not None:
         if fill_unavailable and ev is not None:
@@ -423,6 +369,41 @@ def plan_materialise(
                                         ev, base_rows, fill_unavailable, out).select(wanted)
         else:
             upserts = last.filter(upsert).select(wanted)
+    state = _state(base_rows, last, upserts, keyless, out)
+    # Keyed rows are totally ordered by (key columns, __key); keyless rows (null __key)
+    # keep event order, which costs a stable sort, so only when there may be some. Nulls
+    # sort first: `nulls_last` makes polars' multi-column sort several times slower.
+    present = [k for k in keys if k in out]
+    may_be_keyless = keyless is not None or base_lf is not None
+    state = state.sort([*present, KEY], maintain_order=may_be_keyless)
+    return state.select(wanted if keep_key else list(out))
+
+
+def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], keep: pl.Expr,
+                where: pl.Expr | None, truncate_at: int | None, winners: pl.LazyFrame | None,
+                meta: Sequence[pl.Expr], *, placeholders: bool) -> pl.LazyFrame:
+    """One segment's events in the output columns: those after the base and the truncate
+    and chosen by `where`; of a retyped segment, only each key's last event."""
+    rows = seg.frame.filter(keep)
+    if where is not None:
+        rows = rows.filter(where)
+    if truncate_at is not None:
+        rows = rows.filter(pl.col(OFFSET) > truncate_at)
+    if winners is not None and _retyped(seg.schema, out, cols):
+        rows = rows.with_columns(*meta[:2]).join(
+            winners, on=[PARTITION, OFFSET], how="left", maintain_order="left",
+        ).filter(pl.col(KEY).is_null() | pl.col(_WINNER).is_not_null()).drop(_WINNER)
+    extra = [_may_be_placeholder(seg.schema)] if placeholders else []
+    return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols) for n, t in out.items()))
+
+
+def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
+           upserts: pl.LazyFrame | None, keyless: pl.LazyFrame | None,
+           out: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """The unsorted state: base rows no event replaced, the keys' last upserts, the base's
+    keyless rows, then keyless upserts (in that order: keyless rows keep event order)."""
+    keyed = pl.col(KEY).is_not_null()
+    pieces: list[pl.LazyFrame] = []
     if base_rows is not None:
         base_keyed = base_rows.filter(keyed)
         if last is not None:
@@ -435,18 +416,80 @@ def plan_materialise(
         pieces.append(upserts)
     if keyless is not None:
         pieces.append(keyless)
-
     if not pieces:
-        empty = pl.DataFrame(schema={**out, KEY: pl.String()}).lazy()
-        pieces.append(empty)
-    state = pl.concat(pieces, how="vertical")
-    # Keyed rows are totally ordered by (key columns, __key); keyless rows (null __key)
-    # keep event order, which costs a stable sort, so only when there may be some. Nulls
-    # sort first: `nulls_last` makes polars' multi-column sort several times slower.
-    present = [k for k in keys if k in out]
-    may_be_keyless = keyless is not None or base_lf is not None
-    state = state.sort([*present, KEY], maintain_order=may_be_keyless)
-    return state.select(wanted if keep_key else list(out))
+        pieces.append(pl.DataFrame(schema={**out, KEY: pl.String()}).lazy())
+    return pl.concat(pieces, how="vertical")
+
+
+def _output_columns(live: Sequence[Surveyed], base_schema: Mapping[str, pl.DataType] | None,
+                    segments: Sequence[Surveyed]) -> dict[str, pl.DataType]:
+    """The state's data columns: the latest event's segment's; else the base's; else the
+    last segment's."""
+    schema: Mapping[str, pl.DataType]
+    if live:
+        schema = live[-1].schema
+    elif base_schema is not None:
+        schema = base_schema
+    elif segments:
+        schema = segments[-1].schema
+    else:
+        schema = {}
+    return {n: schema[n] for n in data_columns(list(schema))}
+
+
+def _alive_columns(live: Sequence[Surveyed], out: Mapping[str, pl.DataType]
+                   ) -> list[set[str]]:
+    """Per live segment, the output columns whose values count from it on: only if no
+    later segment lacks the column (a dropped column is gone for good, even if a column
+    of that name comes back)."""
+    alive: list[set[str]] = []
+    running = set(out)
+    for seg in reversed(live):
+        running &= set(seg.schema)
+        alive.append(set(running))
+    alive.reverse()
+    return alive
+
+
+def _winners(live: Sequence[Surveyed], alive: Sequence[set[str]],
+             out: Mapping[str, pl.DataType], keep: pl.Expr, meta: Sequence[pl.Expr]
+             ) -> pl.LazyFrame | None:
+    """(partition, offset) of each key's last event, when some segment was retyped.
+
+    After ALTER COLUMN ... TYPE, older segments hold values the new type may not take
+    ('abc' for an int made with USING length(v)). Only an event that is its key's last
+    can reach the state, so such segments are cut down to those before the cast: a value
+    that does survive and cannot be cast is still an error, never a silent null.
+    """
+    if not any(_retyped(seg.schema, out, cols) for seg, cols in zip(live, alive, strict=True)):
+        return None
+    return pl.concat(
+        [seg.frame.filter(keep).select(*meta[:2], pl.col(KEY).cast(pl.String))
+         for seg in live], how="vertical"
+    ).filter(pl.col(KEY).is_not_null()).sort([PARTITION, OFFSET]).unique(
+        subset=KEY, keep="last").select(PARTITION, OFFSET, pl.lit(True).alias(_WINNER))
+
+
+def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
+               keys: Sequence[str], out: Mapping[str, pl.DataType],
+               alive: Sequence[set[str]], last: pl.LazyFrame | None, *, cast_all: bool
+               ) -> pl.LazyFrame:
+    """The base state in the output columns, with `__key` (rebuilt from the key columns
+    if the base lacks it). Where a column was retyped, only base rows no event replaces
+    are cast (as for older segments), unless `cast_all`."""
+    if KEY not in base_schema:
+        if keys and set(keys) <= set(out):
+            check_key_dtypes(base_schema, keys)
+            base_lf = base_lf.with_columns(key_expr(keys))
+        else:
+            base_lf = base_lf.with_columns(pl.lit(None, dtype=pl.String).alias(KEY))
+    base_alive = set(base_schema) & (alive[0] if alive else set(out))
+    if last is not None and not cast_all and _retyped(base_schema, out, base_alive):
+        base_lf = base_lf.join(last.select(KEY), on=KEY, how="anti")
+    return base_lf.select(
+        *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
+        pl.col(KEY).cast(pl.String),
+    )
 
 
 UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's unavailable.value.placeholder
