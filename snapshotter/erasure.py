@@ -42,6 +42,7 @@ from snapshotter.layout import KEY, file_sha256, file_stat, sql_text, visible_sq
 from snapshotter.layout import fsync as _fsync
 from snapshotter.manifest import MANIFEST_NAME, ErasedRows, Manifest, TableManifest
 from snapshotter.materialise import materialise
+from snapshotter.storage import Storage
 from snapshotter.store import SnapshotStore
 from tidelog.crashpoints import crash_point
 from tidelog.errors import ErasureError
@@ -198,8 +199,9 @@ def _partitions(archive: Archive, topic: str) -> list[tuple[int, int]]:
     return found
 
 
-def _has_key(path: str, key_json: str) -> int:
-    frame = pl.scan_parquet(path)
+def _has_key(path: str, key_json: str, storage: Storage | None = None) -> int:
+    """Events (or rows) of the key in one Parquet file, local or in `storage`."""
+    frame = storage.scan(path) if storage is not None else pl.scan_parquet(path)
     if KEY not in frame.collect_schema():
         return 0
     return int(frame.filter(pl.col(KEY) == key_json).select(pl.len()).collect().item())
@@ -215,7 +217,7 @@ def find_segments(settings: Settings, subject: Subject,
         segments = archive.segments(topic, partition, generation)
         archive.verify(segments)  # never rewrite (and so bless) altered history
         for seg in segments:
-            count = _has_key(seg.path, subject.key_json)
+            count = _has_key(seg.path, subject.key_json, archive.storage)
             if count:
                 hits.append(SegmentHit(seg, count))
     return hits
@@ -227,13 +229,14 @@ def subject_sum_at(settings: Settings, subject: Subject, hits: Sequence[SegmentH
     """The content sum of the subject's row in the table state at `cut` (None: no row),
     from the archive: what the row added to the digest of a dataset at that cut."""
     topic = table_topic(settings.topic_prefix, subject.table)
+    storage = Archive(settings.archive_root).storage
     frames = []
     for p in (p for p in cut.partitions if p.topic == topic):
         for hit in hits:
             seg = hit.segment
             if seg.partition != p.partition or seg.end <= p.start or seg.start >= p.end:
                 continue
-            frames.append(pl.scan_parquet(seg.path)
+            frames.append(storage.scan(seg.path)
                           .filter((pl.col(KEY) == subject.key_json)
                                   & (pl.col("__offset") >= p.start)
                                   & (pl.col("__offset") < p.end)))

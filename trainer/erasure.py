@@ -216,11 +216,6 @@ def erase(settings: Settings, table: str, key: Mapping[str, Any], reason: str, a
     reports what would change."""
     if not reason.strip():
         raise ErasureError("an erasure needs a reason (--reason), for the ledger")
-    if "://" in settings.archive_root:
-        raise ErasureError(
-            f"the archive at {settings.archive_root} is on object storage; erasure rewrites "
-            "local archives only so far. Copy the affected topic's directory locally, or "
-            "erase there by hand (docs/erasure.md)")
     subject = Subject(table, dict(key))
     files = ErasureFiles(Path(settings.home))
     tracking = _tracking(settings, experiment)

@@ -4,6 +4,7 @@ named point leaves old or new state and a re-run completes it, and the ledger ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -69,10 +70,13 @@ def _cut(end: int) -> Cut:
                lsn=1000 + end)
 
 
-def _world(root: Path) -> tuple[Settings, list[str]]:
+def _world(root: Path, archive_root: str | None = None) -> tuple[Settings, list[str]]:
     """Three segments; the subject (id 7) is inserted, updated and kept; two snapshots
-    (a full one and a layered one built on it) both hold it."""
+    (a full one and a layered one built on it) both hold it. `archive_root`: another
+    archive location (object storage) than `root/archive`."""
     settings = _settings(root)
+    if archive_root is not None:
+        settings = dataclasses.replace(settings, archive_root=archive_root)
     archive = Archive(settings.archive_root)
     archive.open_generation(TOPIC, 0, IDENTITY)
     _segment(archive, [_event(i, "r", i, f"person {i}", f"p{i}@x.example") for i in range(10)]
