@@ -42,6 +42,7 @@ RECIPE = "examples.churn:train"
 MODEL_NAME = "demo-churn"
 PARAMS: dict[str, str | int | float] = {"model": "forest", "n_estimators": 60, "max_depth": 8}
 SEED = 42
+GATE_ACCURACY = 0.5  # what run 2 must reach on its held-out split to be promoted
 CONNECTOR_RE = re.compile(r"^tidelog-demo-(\d+)$")
 SCHEMA_RE = re.compile(r"^shop_(\d+)$")
 SLOT_RE = re.compile(r"^tidelog_demo_(\d+)$")
@@ -395,6 +396,9 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
                                            if s["present"] else "absent")
                 for s in story["snapshots"])
             p.say(f"  row {table} id={story['key']['id']} ({kind}): {seen}")
+    with p.step("serve", f"Gate run 2 against {MODEL_NAME}@champion, then predict: each "
+                         "answer names its model and the data behind it"):
+        served = _gate_and_predict(settings, p, first, second)
     with p.step("query", "DuckDB: one query over both snapshots, through the catalog"):
         query = _query(settings, first["snapshot_id"], second["snapshot_id"])
         _print_query(p, query)
@@ -429,6 +433,7 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         "lineage_present": all(m["run_id"] and m["cut"]["partitions"] for m in models)
         and any(r["run_id"] == report.new_run_id for r in models[0]["rebuilds"]),
         "diff_non_empty": diff_changes > 0,
+        "prediction_names_its_data": served["names_its_data"],
     }
     verification["ok"] = all(verification.values())
     where = _where(settings, first, second, names.schema)
@@ -458,6 +463,7 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         "runs": [first, second],
         "rebuild": rebuilt,
         "lineage": {"models": models, "rows": rows_seen},
+        "serve": served,
         "query": query,
         "diff": diff,
         "catalog": str(catalog_path(settings)),
@@ -465,6 +471,44 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         "timings": {**p.timings, "total": round(time.perf_counter() - p.started, 3)},
     })
     return summary
+
+
+def _gate_and_predict(settings: Settings, p: Progress, first: dict[str, Any],
+                      second: dict[str, Any]) -> dict[str, Any]:
+    """Run 1's version becomes the champion; run 2 is gated against it on run 2's own
+    held-out split (accuracy at least GATE_ACCURACY) and promoted if it passes; then the
+    champion answers for three customers of the second snapshot."""
+    from examples.churn import features
+    from pipelines.config import MetricThreshold
+    from pipelines.gate import gate
+    from pipelines.registry import Registry
+    from serving.predict import Predictor
+    from snapshotter.snapshots import open_snapshot
+    from trainer.tracking import DEFAULT_EXPERIMENT
+
+    registry = Registry(settings, DEFAULT_EXPERIMENT)
+    registry.set_alias(MODEL_NAME, "champion", str(first["registered_version"]))
+    p.say(f"  {MODEL_NAME}@champion -> version {first['registered_version']} (run 1)")
+    result = gate(settings, second["run_id"], MODEL_NAME, "champion",
+                  [MetricThreshold("accuracy", threshold=GATE_ACCURACY)])
+    for check in result.checks:
+        p.say(f"  gate: {check.metric} {result.candidate_metrics.get(check.metric, 0):.3f} "
+              f"(champion {(result.champion_metrics or {}).get(check.metric, 0):.3f}), "
+              f"needs >= {GATE_ACCURACY}: {'pass' if check.passed else 'fail'}")
+    champion = second if result.passed else first
+    if result.passed:
+        registry.set_alias(MODEL_NAME, "champion", str(second["registered_version"]))
+    p.say(f"  {result.decision}: {MODEL_NAME}@champion is version "
+          f"{champion['registered_version']} ({champion['label']})")
+    frame, _ = features(open_snapshot(settings, second["snapshot_id"]).tables())
+    answer = Predictor(settings).predict(MODEL_NAME, frame.head(3).to_dicts()).to_json()
+    p.say(f"  predictions {answer['predictions']} by {MODEL_NAME} version "
+          f"{answer['model']['version']}, run {answer['model']['run_id']}, trained on "
+          f"snapshot {answer['snapshot_id']} (cut digest {answer['cut_digest'][:16]}...)")
+    names = (answer["model"]["run_id"] == champion["run_id"]
+             and answer["snapshot_id"] == champion["snapshot_id"] and bool(answer["cut_digest"]))
+    return {"gate": result.to_json(), "champion": champion["model"], "prediction": answer,
+            "names_its_data": names}
 
 
 def _where(settings: Settings, first: dict[str, Any], second: dict[str, Any], schema: str

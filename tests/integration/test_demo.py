@@ -33,7 +33,7 @@ def _check(summary: dict[str, Any], progress: str) -> None:
     checks = summary["verification"]
     for name in ("dataset_match", "model_match", "artifact_match", "verified", "digests_equal",
                  "snapshots_equal_source", "database_moved_on", "lineage_present",
-                 "diff_non_empty"):
+                 "diff_non_empty", "prediction_names_its_data"):
         assert checks[name] is True, name
 
     first, second = summary["runs"]
@@ -78,6 +78,22 @@ def _check(summary: dict[str, Any], progress: str) -> None:
     assert first["run_id"] in updated[0]["runs"] and second["run_id"] in updated[1]["runs"]
     assert [s["present"] for s in rows["deleted"]["snapshots"]] == [True, False]
     assert [s["present"] for s in rows["inserted"]["snapshots"]] == [False, True]
+
+    # the gate, then a prediction that names its model, run, snapshot and cut
+    served = summary["serve"]
+    gate = served["gate"]
+    assert gate["candidate_run_id"] == second["run_id"]
+    assert gate["champion_run_id"] == first["run_id"]
+    assert [c["metric"] for c in gate["checks"]] == ["accuracy"]
+    champion = second if gate["passed"] else first
+    assert gate["decision"] == ("promote" if gate["passed"] else "reject")
+    assert served["champion"] == champion["model"]
+    answer = served["prediction"]
+    assert answer["model"]["run_id"] == champion["run_id"]
+    assert answer["model"]["version"] == str(champion["registered_version"])
+    assert answer["model"]["alias"] == "champion" and len(answer["predictions"]) == 3
+    assert answer["snapshot_id"] == champion["snapshot_id"]
+    assert len(answer["cut_digest"]) == 64 and checks["prediction_names_its_data"] is True
 
     # the DuckDB query over both snapshots, and the diff
     query = summary["query"]
