@@ -30,7 +30,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from cdc.types import RowCodec, canonical_json, codec_for_schema_text, key_normaliser, row_codec
+from cdc.rows import RowCodec, codec_for_schema_text, key_normaliser, row_codec
+from cdc.values import canonical_json
 from tidelog.errors import DecodeError
 
 __all__ = [

@@ -42,7 +42,7 @@ _IN_ARTIFACT = f"@artifact:{MANIFEST_ARTIFACT}"
 
 
 def tag_json(value: Any) -> str:
-    """The JSON text of a tag value (params, log identity). Not `cdc.types.canonical_json`,
+    """The JSON text of a tag value (params, log identity). Not `cdc.values.canonical_json`,
     which makes row keys: this one must keep reading what earlier runs recorded (ASCII
     escapes, `str()` for anything else), so it never changes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,4 +1,5 @@
-"""cdc.types: Connect field schema -> Arrow type + exact Python value, both paths agreeing."""
+"""cdc.types, cdc.values, cdc.rows: Connect field schema -> Arrow type + exact Python value,
+both paths agreeing."""
 
 from __future__ import annotations
 
@@ -21,18 +22,9 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 
 from cdc.events import events_to_arrow
-from cdc.types import (
-    PG_TYPE_KEY,
-    _days_from_civil,
-    _zoned_to_us,
-    arrow_field,
-    codec_for_schema_text,
-    column_type,
-    key_normaliser,
-    python_converter,
-    row_codec,
-    rows_to_arrow,
-)
+from cdc.rows import codec_for_schema_text, key_normaliser, row_codec, rows_to_arrow
+from cdc.types import PG_TYPE_KEY, arrow_field, column_type, python_converter
+from cdc.values import _days_from_civil, zoned_to_us
 from tidelog.errors import DecodeError
 
 ENVELOPES = Path(__file__).resolve().parents[1] / "fixtures" / "envelopes"
@@ -601,7 +593,7 @@ def test_zoned_timestamps_match_python(moment: datetime, offset_minutes: int) ->
     local = moment.astimezone(zone) if 1 < moment.year < 9999 else moment
     text = local.isoformat().replace("+00:00", "Z")
     expected = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    assert _zoned_to_us(text) == expected
+    assert zoned_to_us(text) == expected
     assert _one(TSTZ, [text]) == _one(TSTZ, [moment.isoformat()])
 
 
