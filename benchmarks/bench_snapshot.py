@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_materialise import generate  # noqa: E402
 
-from snapshotter.archive import Archive, archive_topics  # noqa: E402
+from snapshotter.archive import Archive  # noqa: E402
+from snapshotter.archiving import archive_topics  # noqa: E402
 from snapshotter.materialise import materialise  # noqa: E402
 from snapshotter.writers import DEFAULT_MEMORY_MB, write_full  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402

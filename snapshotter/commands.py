@@ -19,7 +19,7 @@ def _tables(text: str) -> list[str]:
 
 
 def _archive_run(args: argparse.Namespace) -> int:
-    from snapshotter.archive import run_archiver
+    from snapshotter.archiving import run_archiver
 
     settings = load_settings()
     topics = args.topics.split(",") if args.topics else None

@@ -19,7 +19,8 @@ import polars as pl
 
 from cdc.reader import LogIdentity
 from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows
-from snapshotter.archive import Archive, Generation, archive_topics
+from snapshotter.archive import Archive, Generation
+from snapshotter.archiving import archive_topics
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
 from tidelog.errors import CutError, DigestMismatch

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from cdc.connector import ConnectorSpec, apply, connector_status, delete
-from snapshotter.archive import Archive, archive_topics, run_archiver
+from snapshotter.archive import Archive
+from snapshotter.archiving import archive_topics, run_archiver
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from tests.integration.cdc_helpers import (
     execute,

@@ -25,7 +25,7 @@ from pipelines.config import Pipeline, load_pipeline
 from pipelines.feed import read_events
 from pipelines.registry import Registry
 from pipelines.worker import Cycle, Worker
-from snapshotter.archive import cdc_topics
+from snapshotter.archiving import cdc_topics
 from tests.integration.cdc_helpers import cli_env, execute, private_settings, unique_name
 from tidelog.demo import wait_for_capture
 from tidelog.events import CloudEvent, Publisher, event_topics, load_schema, new_event

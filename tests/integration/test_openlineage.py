@@ -10,7 +10,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc.connector import ConnectorSpec, apply
-from snapshotter.archive import Archive, archive_topics
+from snapshotter.archive import Archive
+from snapshotter.archiving import archive_topics
 from snapshotter.snapshots import create_snapshot
 from tests.integration.cdc_helpers import execute, private_settings, unique_name, wait_for_events
 from tests.unit.test_openlineage import Receiver

@@ -13,7 +13,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from cdc.connector import ConnectorSpec, apply
-from snapshotter.archive import Archive, archive_topics
+from snapshotter.archive import Archive
+from snapshotter.archiving import archive_topics
 from snapshotter.catalog import catalog_path, run_sql
 from snapshotter.cut import Cut
 from snapshotter.snapshots import create_snapshot, open_snapshot, rebuild_snapshot

@@ -100,7 +100,8 @@ def test_killed_broker_or_worker_then_stack_up_brings_cdc_back() -> None:
     right and its connector re-submitted, and the archive must take the new log as a new
     generation, never mixing it with the old."""
     from cdc.connector import ConnectorSpec, apply, connector_status
-    from snapshotter.archive import Archive, archive_topics
+    from snapshotter.archive import Archive
+    from snapshotter.archiving import archive_topics
     from snapshotter.snapshots import create_snapshot, rebuild_snapshot
     from tests.integration.cdc_helpers import execute, wait_for_events
     from tidelog.settings import load_settings

@@ -20,7 +20,8 @@ import pytest
 
 from cdc.connector import ConnectorSpec, apply, delete
 from examples.shop import Shop
-from snapshotter.archive import Archive, cdc_topics
+from snapshotter.archive import Archive
+from snapshotter.archiving import cdc_topics
 from snapshotter.verify import verify_snapshot
 from tests.integration.cdc_helpers import private_settings, unique_name
 from tidelog.demo import wait_for_capture

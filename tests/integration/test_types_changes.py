@@ -19,7 +19,8 @@ import pytest
 
 from cdc.connector import ConnectorSpec, apply, connector_status, delete
 from cdc.source_types import array_guard
-from snapshotter.archive import Archive, run_archiver
+from snapshotter.archive import Archive
+from snapshotter.archiving import run_archiver
 from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
 from tests.integration import type_coverage as tc
 from tests.integration.cdc_helpers import (

@@ -52,10 +52,10 @@ class FakeBroker:
                 yield batch
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeBroker:
-        import snapshotter.archive
+        import snapshotter.archiving
 
         for name in ("log_identity", "list_partitions", "cdc_topics", "read_range"):
-            monkeypatch.setattr(snapshotter.archive, name, getattr(self, name))
+            monkeypatch.setattr(snapshotter.archiving, name, getattr(self, name))
         return self
 
 

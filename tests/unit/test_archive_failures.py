@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import snapshotter.storage
-from snapshotter.archive import TRANSACTION_SCHEMA, Archive, archive_topics
+from snapshotter.archive import TRANSACTION_SCHEMA, Archive
+from snapshotter.archiving import archive_topics
 from snapshotter.snapshots import create_snapshot
 from tests.unit.fakes import FakeBroker
 from tests.unit.test_snapshot_layout import History

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from cdc.reader import LogIdentity, RawMessage
-from snapshotter import archive as archive_module
-from snapshotter.archive import Archive, _default_decoder, archive_topics, run_archiver
+from snapshotter import archiving as archive_module
+from snapshotter.archive import Archive
+from snapshotter.archiving import _default_decoder, archive_topics, run_archiver
 from tests.unit.test_archive_runs import recorded_table_messages
 from tidelog.errors import DecodeError, PoisonEventError
 from tidelog.settings import Settings

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from cdc.reader import RawMessage
-from snapshotter.archive import _default_decoder, _merge_runs
+from snapshotter.archiving import _default_decoder, _merge_runs
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
 
