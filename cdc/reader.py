@@ -8,9 +8,9 @@ that is right on Apache Kafka and on Tansu alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -60,6 +60,26 @@ def list_partitions(settings: Settings, topics: list[str], *,
     return (admin or KafkaAdmin.for_settings(settings)).partitions(topics)
 
 
+# The reader's consumer settings (on top of the connection's).
+READER_CONFIG: dict[str, KafkaValue] = {
+    "group.id": "tidelog-reader",
+    "enable.auto.commit": False,
+    "enable.partition.eof": True,
+    "auto.offset.reset": "error",
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    # A small local queue refilled promptly: with ~10 KB messages a large one
+    # (256 MB) ran slower, the memory touched costs more than it buys.
+    "queued.max.messages.kbytes": 16384,
+    # When the local queue is full librdkafka waits this long before fetching
+    # again (default 1 s): with large messages that stalled every read.
+    "fetch.queue.backoff.ms": 10,
+    # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
+    # which they hold this long.
+    "fetch.wait.max.ms": 50,
+}
+
+
 def read_range(
     settings: Settings,
     start: dict[TopicPartitionKey, int],
@@ -75,48 +95,19 @@ def read_range(
     A partition whose first available offset is above its start raises CutError: the
     offsets were deleted by retention and cannot be read from Kafka any more.
     """
+    # partition -> exclusive end offset, or None: up to its end as seen now
     pending = {
         tp: (end or {}).get(tp) for tp, offset in start.items()
         if end is None or offset < end.get(tp, offset)
     }
     if not pending:
         return
-    overrides: dict[str, KafkaValue] = {
-        "group.id": "tidelog-reader",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        # A small local queue refilled promptly: with ~10 KB messages a large one
-        # (256 MB) ran slower, the memory touched costs more than it buys.
-        "queued.max.messages.kbytes": 16384,
-        # When the local queue is full librdkafka waits this long before fetching
-        # again (default 1 s): with large messages that stalled every read.
-        "fetch.queue.backoff.ms": 10,
-        # Some brokers (Tansu) report partition EOF only on the next, empty fetch,
-        # which they hold this long.
-        "fetch.wait.max.ms": 50,
-    }
-    consumer = kafka.consumer(settings.kafka_config(**overrides))
+    consumer = kafka.consumer(settings.kafka_config(**READER_CONFIG))
     servers = settings.bootstrap_servers
     try:
         with kafka.kafka_errors(f"read {sorted(pending)}", servers):
             consumer.assign([TopicPartition(t, p, start[(t, p)]) for (t, p) in pending])
-        # Under continuous writes partition EOF may never come. After `eof_patience`
-        # seconds an open-ended read also stops at the end offset the broker reported when
-        # it began. Not sooner: some brokers (Tansu) report an end one batch early, and
-        # only EOF is exact.
-        horizon: dict[TopicPartitionKey, int] = {}
-        if end is None:
-            for tp in pending:
-                try:
-                    _low, high = consumer.get_watermark_offsets(
-                        TopicPartition(*tp), timeout=10, cached=False)
-                except KafkaException:
-                    continue
-                if high > start[tp]:
-                    horizon[tp] = high
+        horizon = _horizon(consumer, pending, start) if end is None else {}
         last_progress = time.monotonic()
         patience_ends = last_progress + eof_patience
         while pending:
@@ -124,41 +115,8 @@ def read_range(
             # and with large messages the local queue may hold less than a full batch.
             with kafka.kafka_errors(f"read {sorted(pending)}", servers):
                 messages = consumer.consume(num_messages=batch_size, timeout=0.05)
-            batch: list[RawMessage] = []
             patient = time.monotonic() > patience_ends
-            for msg in messages:
-                err = msg.error()
-                if err is not None:
-                    # confluent-kafka types these as optional; a partition error names both.
-                    tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        if tp in pending and pending[tp] is None:
-                            del pending[tp]
-                        continue
-                    if err.code() == KafkaError._AUTO_OFFSET_RESET:
-                        raise CutError(
-                            f"offset {start.get(tp)} of {tp[0]}[{tp[1]}] is no longer on the "
-                            "broker (retention or a recreated topic); read it from the archive"
-                        )
-                    raise kafka.broker_error(KafkaException(err), f"read {tp[0]}[{tp[1]}]",
-                                             servers)
-                # A message without an error always has its topic, partition and offset.
-                tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
-                topic, partition = tp
-                offset = cast(int, msg.offset())
-                if tp not in pending:
-                    continue
-                stop = pending[tp]
-                if stop is None:
-                    # Open-ended: stop at the horizon only once patience has run out.
-                    stop = horizon.get(tp) if patient else None
-                if stop is not None and offset >= stop:
-                    del pending[tp]
-                    continue
-                batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(),
-                                        msg.timestamp()[1]))
-                if stop is not None and offset + 1 >= stop:
-                    del pending[tp]
+            batch = _take(messages, pending, start, horizon if patient else {}, servers)
             if batch:
                 last_progress = time.monotonic()
                 yield batch
@@ -169,3 +127,62 @@ def read_range(
                     "written?", bootstrap_servers=servers)
     finally:
         consumer.close()
+
+
+def _horizon(consumer: Any, pending: Mapping[TopicPartitionKey, int | None],
+             start: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+    """The end offsets the broker reports now, where an open-ended read may stop.
+
+    Under continuous writes partition EOF may never come, so after `eof_patience` an
+    open-ended read also stops there. Not sooner: some brokers (Tansu) report an end one
+    batch early, and only EOF is exact.
+    """
+    horizon: dict[TopicPartitionKey, int] = {}
+    for tp in pending:
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=10,
+                                                        cached=False)
+        except KafkaException:
+            continue
+        if high > start[tp]:
+            horizon[tp] = high
+    return horizon
+
+
+def _take(messages: Sequence[Any], pending: dict[TopicPartitionKey, int | None],
+          start: Mapping[TopicPartitionKey, int], horizon: Mapping[TopicPartitionKey, int],
+          servers: str) -> list[RawMessage]:
+    """The messages of one poll still wanted; drops each partition from `pending` once
+    it is done (its end, its EOF, or for an open-ended read its `horizon`)."""
+    batch: list[RawMessage] = []
+    for msg in messages:
+        err = msg.error()
+        if err is not None:
+            # confluent-kafka types these as optional; a partition error names both.
+            tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
+            if err.code() == KafkaError._PARTITION_EOF:
+                if tp in pending and pending[tp] is None:
+                    del pending[tp]
+                continue
+            if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                raise CutError(
+                    f"offset {start.get(tp)} of {tp[0]}[{tp[1]}] is no longer on the "
+                    "broker (retention or a recreated topic); read it from the archive"
+                )
+            raise kafka.broker_error(KafkaException(err), f"read {tp[0]}[{tp[1]}]", servers)
+        # A message without an error always has its topic, partition and offset.
+        tp = cast(TopicPartitionKey, (msg.topic(), msg.partition()))
+        offset = cast(int, msg.offset())
+        if tp not in pending:
+            continue
+        stop = pending[tp]
+        if stop is None:
+            stop = horizon.get(tp)  # open-ended: the horizon, once patience has run out
+        if stop is not None and offset >= stop:
+            del pending[tp]
+            continue
+        batch.append(RawMessage(tp[0], tp[1], offset, msg.key(), msg.value(),
+                                msg.timestamp()[1]))
+        if stop is not None and offset + 1 >= stop:
+            del pending[tp]
+    return batch
