@@ -331,7 +331,6 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
     from snapshotter.catalog import catalog_path
     from snapshotter.verify import diff_snapshots
     from tidelog import stack
-    from trainer.lineage import model_lineage
     from trainer.rebuild import rebuild
 
     p = Progress(progress or sys.stdout)
@@ -383,19 +382,8 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         report = rebuild(settings, first["run_id"])
         _print_rebuild(p, report)
     with p.step("lineage", "Lineage"):
-        models = [model_lineage(settings, MODEL_NAME, run["registered_version"]).to_json()
-                  for run in (first, second)]
-        for data in models:
-            _print_model_lineage(p, data)
-        table = f"{names.schema}.customers"
-        rows_seen = {kind: _row_story(settings, table, key)
-                     for kind, key in shop.tracked.items()}
-        for kind, story in rows_seen.items():
-            seen = "; ".join(
-                f"{s['snapshot_id']}: " + (f"version {s['version']} ({s['email']})"
-                                           if s["present"] else "absent")
-                for s in story["snapshots"])
-            p.say(f"  row {table} id={story['key']['id']} ({kind}): {seen}")
+        models, rows_seen = _lineage(settings, p, (first, second),
+                                     f"{names.schema}.customers", shop.tracked)
     with p.step("serve", f"Gate run 2 against {MODEL_NAME}@champion, then predict: each "
                          "answer names its model and the data behind it"):
         served = _gate_and_predict(settings, p, first, second)
@@ -404,11 +392,7 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         _print_query(p, query)
     with p.step("diff", f"Diff {first['snapshot_id']} -> {second['snapshot_id']}"):
         diff = diff_snapshots(settings, first["snapshot_id"], second["snapshot_id"], limit=5)
-        for name, d in sorted(diff["tables"].items()):
-            added = f", columns added: {', '.join(d['columns_added'])}" \
-                if d["columns_added"] else ""
-            p.say(f"    {name:26} +{d['inserted']} inserted, ~{d['updated']} updated, "
-                  f"-{d['deleted']} deleted{added}")
+        _print_diff(p, diff)
     with p.step("tidy", "Tidy up earlier runs (slots, publications, source schemas)"):
         try:
             dropped = drop_previous_runs(settings, names)
@@ -418,37 +402,14 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
             dropped = []
             p.say(f"  left for the next run: {exc.message}")
 
-    rebuilt = report.to_json()
-    diff_changes = sum(d["inserted"] + d["updated"] + d["deleted"]
-                       for d in diff["tables"].values())
-    verification = {
-        "dataset_match": report.dataset_match,
-        "model_match": report.model_match,
-        "artifact_match": report.artifact_match,
-        "verified": report.verified,
-        "digests_equal": all(c.match for c in report.tables.values())
-        and report.digest_recorded == report.digest_rebuilt,
-        "snapshots_equal_source": first["source_match"] and second["source_match"],
-        "database_moved_on": first["digest"] != second["digest"],
-        "lineage_present": all(m["run_id"] and m["cut"]["partitions"] for m in models)
-        and any(r["run_id"] == report.new_run_id for r in models[0]["rebuilds"]),
-        "diff_non_empty": diff_changes > 0,
-        "prediction_names_its_data": served["names_its_data"],
-    }
-    verification["ok"] = all(verification.values())
+    verification = _verification(report, first, second, models, diff, served)
     where = _where(settings, first, second, names.schema)
     p.say(f"\n[{time.perf_counter() - p.started:5.1f}s] "
           + ("Verified: same data, same model, although the database moved on."
              if verification["ok"] else "VERIFICATION FAILED: "
              + ", ".join(k for k, v in verification.items() if not v)))
-    p.say("\nWhere to look:")
-    p.say(f"  MLflow UI         {where['mlflow_ui']}  (model {MODEL_NAME}, experiment tidelog)")
-    p.say(f"  DuckDB catalog    {where['catalog']}")
-    p.say(f"                    {where['duckdb_command']}")
-    p.say(f"                    {where['sql_command']}")
-    p.say(f"  REST API          {where['api_command']}")
-    p.say(f"  rebuild yourself  {where['rebuild_command']}")
-    p.say(f"  lineage           {where['lineage_command']}")
+    _print_where(p, where)
+    rebuilt = report.to_json()
     summary.update({
         "ok": verification["ok"],
         "verification": verification,
@@ -471,6 +432,68 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         "timings": {**p.timings, "total": round(time.perf_counter() - p.started, 3)},
     })
     return summary
+
+
+def _lineage(settings: Settings, p: Progress, runs: tuple[dict[str, Any], ...], table: str,
+             tracked: dict[str, int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Model lineage of each run's version, and the story of each tracked row."""
+    from trainer.lineage import model_lineage
+
+    models = [model_lineage(settings, MODEL_NAME, run["registered_version"]).to_json()
+              for run in runs]
+    for data in models:
+        _print_model_lineage(p, data)
+    rows_seen = {kind: _row_story(settings, table, key) for kind, key in tracked.items()}
+    for kind, story in rows_seen.items():
+        seen = "; ".join(
+            f"{s['snapshot_id']}: " + (f"version {s['version']} ({s['email']})"
+                                       if s["present"] else "absent")
+            for s in story["snapshots"])
+        p.say(f"  row {table} id={story['key']['id']} ({kind}): {seen}")
+    return models, rows_seen
+
+
+def _print_diff(p: Progress, diff: dict[str, Any]) -> None:
+    for name, d in sorted(diff["tables"].items()):
+        added = f", columns added: {', '.join(d['columns_added'])}" \
+            if d["columns_added"] else ""
+        p.say(f"    {name:26} +{d['inserted']} inserted, ~{d['updated']} updated, "
+              f"-{d['deleted']} deleted{added}")
+
+
+def _verification(report: Any, first: dict[str, Any], second: dict[str, Any],
+                  models: list[dict[str, Any]], diff: dict[str, Any],
+                  served: dict[str, Any]) -> dict[str, bool]:
+    """The demo's claims, each a boolean (docs/demo.md lists them); `ok` when all hold."""
+    diff_changes = sum(d["inserted"] + d["updated"] + d["deleted"]
+                       for d in diff["tables"].values())
+    verification = {
+        "dataset_match": report.dataset_match,
+        "model_match": report.model_match,
+        "artifact_match": report.artifact_match,
+        "verified": report.verified,
+        "digests_equal": all(c.match for c in report.tables.values())
+        and report.digest_recorded == report.digest_rebuilt,
+        "snapshots_equal_source": first["source_match"] and second["source_match"],
+        "database_moved_on": first["digest"] != second["digest"],
+        "lineage_present": all(m["run_id"] and m["cut"]["partitions"] for m in models)
+        and any(r["run_id"] == report.new_run_id for r in models[0]["rebuilds"]),
+        "diff_non_empty": diff_changes > 0,
+        "prediction_names_its_data": served["names_its_data"],
+    }
+    verification["ok"] = all(verification.values())
+    return verification
+
+
+def _print_where(p: Progress, where: dict[str, str]) -> None:
+    p.say("\nWhere to look:")
+    p.say(f"  MLflow UI         {where['mlflow_ui']}  (model {MODEL_NAME}, experiment tidelog)")
+    p.say(f"  DuckDB catalog    {where['catalog']}")
+    p.say(f"                    {where['duckdb_command']}")
+    p.say(f"                    {where['sql_command']}")
+    p.say(f"  REST API          {where['api_command']}")
+    p.say(f"  rebuild yourself  {where['rebuild_command']}")
+    p.say(f"  lineage           {where['lineage_command']}")
 
 
 def _gate_and_predict(settings: Settings, p: Progress, first: dict[str, Any],
