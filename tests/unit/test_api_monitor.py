@@ -125,14 +125,17 @@ def test_chromium_renders_the_html_report(world: dict[str, Any]) -> None:
 
 
 def test_the_audit_pages_link_to_the_drift_report(world: dict[str, Any]) -> None:
-    cookies = {"tidelog_key": world["key"]}
-    page = world["client"].get("/ui/models/churn/1", cookies=cookies)
-    assert page.status_code == 200, page.text
-    assert 'href="/ui/monitor/churn?alias=champion"' in page.text
-    report = world["client"].get("/ui/monitor/churn?alias=champion&against=latest",
-                                 cookies=cookies)
-    assert report.status_code == 200, report.text
-    assert report.headers["content-type"].startswith("text/html")
-    assert "total_paid" in report.text and "churn" in report.text
-    signed_out = world["client"].get("/ui/monitor/churn", follow_redirects=False)
+    client = world["client"]
+    signed_out = client.get("/ui/monitor/churn", follow_redirects=False)
     assert signed_out.status_code == 303
+    client.cookies.set("tidelog_key", world["key"])  # signed in, as the login page does
+    try:
+        page = client.get("/ui/models/churn/1")
+        assert page.status_code == 200, page.text
+        assert 'href="/ui/monitor/churn?alias=champion"' in page.text
+        report = client.get("/ui/monitor/churn?alias=champion&against=latest")
+        assert report.status_code == 200, report.text
+        assert report.headers["content-type"].startswith("text/html")
+        assert "total_paid" in report.text and "churn" in report.text
+    finally:
+        client.cookies.clear()
