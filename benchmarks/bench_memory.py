@@ -5,7 +5,7 @@
 
 Generates archive-layout segments (bench_materialise.generate), then, for each
 `--memory-mb` budget (`TIDELOG_SNAPSHOT_MEMORY_MB`), in a fresh process, runs the
-snapshotter's full build (`snapshotter.writers.write_full`: as many key-hash buckets as
+snapshotter's full build (`snapshotter.full_build.write_full`: as many key-hash buckets as
 the budget asks for, the events spilled once sorted by bucket, each bucket folded in
 groups of FOLD_EVENTS and written before the next; then the DuckDB digest) and reports its
 peak RSS next to the size of the whole state. A budget large enough gives one bucket: the
@@ -32,12 +32,12 @@ def child(directory: Path, memory_mb: int) -> None:
     import duckdb
     import polars as pl
 
-    from snapshotter import writers
+    from snapshotter import full_build
 
     segments = sorted(str(p) for p in directory.glob("segment-0*.parquet"))
     out = Path(tempfile.mkdtemp(prefix="out-", dir=directory))
     t = time.perf_counter()
-    table = writers.write_full(duckdb.connect(), "public.big", "bench.public.big", out,
+    table = full_build.write_full(duckdb.connect(), "public.big", "bench.public.big", out,
                                   [pl.scan_parquet(s) for s in segments], None,
                                   memory_mb << 20)
     elapsed = time.perf_counter() - t

@@ -34,8 +34,8 @@ from bench_materialise import generate  # noqa: E402
 
 from snapshotter.archive import Archive  # noqa: E402
 from snapshotter.archiving import archive_topics  # noqa: E402
+from snapshotter.full_build import DEFAULT_MEMORY_MB, write_full  # noqa: E402
 from snapshotter.materialise import materialise  # noqa: E402
-from snapshotter.writers import DEFAULT_MEMORY_MB, write_full  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402
 from tidelog.stack.broker import start_broker  # noqa: E402
 from tidelog.stack.postgres import postgres_dsn, start_postgres  # noqa: E402

@@ -3,9 +3,9 @@
 A snapshot lives in `<snapshot_root>/<id>/`: a directory of Parquet files per table
 (layout.py, docs/archive.md "Snapshot layout on disk") and `manifest.json`, written last.
 The pieces: which offsets a cut covers (planning.py), how one table's files are written
-(writers.py), and how a build directory becomes a published snapshot, atomically and
-under the id's lock (store.py). The id is derived from the cut and the tables, so asking
-twice for the same data yields one snapshot.
+(writers.py picks full_build.py or layered_build.py), and how a build directory becomes a
+published snapshot, atomically and under the id's lock (store.py). The id is derived from
+the cut and the tables, so asking twice for the same data yields one snapshot.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from snapshotter.planning import (
     validate_cut,
 )
 from snapshotter.store import SnapshotStore
-from snapshotter.writers import KEY_COLUMN, Base, build_table
+from snapshotter.table_files import KEY_COLUMN, Base
+from snapshotter.writers import build_table
 from tidelog import __version__
 from tidelog.crashpoints import crash_point
 from tidelog.errors import (

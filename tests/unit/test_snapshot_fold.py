@@ -8,7 +8,7 @@ import random
 import polars as pl
 import pytest
 
-from snapshotter import writers
+from snapshotter import full_build
 from snapshotter.materialise import materialise
 
 
@@ -36,9 +36,9 @@ def _segments(n_segments: int, per_segment: int, keys: int, seed: int) -> list[p
 def test_fold_equals_single_pass(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     frames = _segments(9, 200, 150, seed)
     whole = materialise(frames, keep_key=True)
-    monkeypatch.setattr(writers, "FOLD_EVENTS", 500)
-    folded = writers.fold(frames, None)
+    monkeypatch.setattr(full_build, "FOLD_EVENTS", 500)
+    folded = full_build.fold(frames, None)
     assert folded.equals(whole)
     # and on top of a base state, as an incremental build does
     base = materialise(frames[:3], keep_key=True)
-    assert writers.fold(frames[3:], base.lazy()).equals(whole)
+    assert full_build.fold(frames[3:], base.lazy()).equals(whole)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cdc.reader import LogIdentity
 from snapshotter import archive as archive_module
-from snapshotter import writers
+from snapshotter import full_build, layered_build
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
@@ -194,7 +194,7 @@ def test_delta_past_threshold_is_compacted(tmp_path: Path,
     rng = random.Random(3)
     history.seed(200)
     create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
-    monkeypatch.setattr(writers, "COMPACT_FRACTION", 0.05)
+    monkeypatch.setattr(layered_build, "COMPACT_FRACTION", 0.05)
     _random_changes(history, rng, 40, 200)  # ~20% of keys: past the threshold
     manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     table = manifest.tables["public.items"]
@@ -244,8 +244,8 @@ def test_key_hash_buckets_equal_one_file(tmp_path: Path,
     cut = history.cut()
     one, one_snap = _full(settings, tmp_path, cut, ["public.items"])
     assert len(one.tables["public.items"].files) == 1
-    monkeypatch.setattr(writers, "plan_buckets", lambda input_bytes, memory: 9)
-    monkeypatch.setattr(writers, "FOLD_EVENTS", 120)  # and fold within each bucket
+    monkeypatch.setattr(full_build, "plan_buckets", lambda input_bytes, memory: 9)
+    monkeypatch.setattr(full_build, "FOLD_EVENTS", 120)  # and fold within each bucket
     many = create_snapshot(settings, ["public.items"], cut, catch_up=False,
                            incremental=False)
     assert len(many.tables["public.items"].files) == 9
@@ -264,7 +264,7 @@ def test_key_hash_buckets_keep_keyless_event_order(tmp_path: Path,
             history.flush()
     cut = history.cut()
     one, _ = _full(settings, tmp_path, cut, ["public.log"])
-    monkeypatch.setattr(writers, "plan_buckets", lambda input_bytes, memory: 6)
+    monkeypatch.setattr(full_build, "plan_buckets", lambda input_bytes, memory: 6)
     many = create_snapshot(settings, ["public.log"], cut, catch_up=False, incremental=False)
     assert len(many.tables["public.log"].files) > 1
     assert many.digest == one.digest
@@ -334,8 +334,8 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
     snapshot equals its full rebuild and a last-write-wins replay."""
     import tempfile
 
-    monkeypatch.setattr(writers, "COMPACT_FRACTION", compact)
-    monkeypatch.setattr(writers, "FOLD_EVENTS", fold_events)
+    monkeypatch.setattr(layered_build, "COMPACT_FRACTION", compact)
+    monkeypatch.setattr(full_build, "FOLD_EVENTS", fold_events)
     with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
         root = Path(scratch)
         settings = _settings(root)
@@ -357,7 +357,7 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
                 extra = True
             elif history.offset and history.cut().partitions[0].end:
                 with monkeypatch.context() as patch:
-                    patch.setattr(writers, "plan_buckets", lambda *_: buckets)
+                    patch.setattr(full_build, "plan_buckets", lambda *_: buckets)
                     manifest = create_snapshot(settings, ["public.items"], history.cut(),
                                                catch_up=False)
                 _assert_same_as_full(settings, root, manifest)  # one bucket
@@ -370,17 +370,17 @@ def test_any_history_any_layout_equals_full_build(tmp_path: Path, steps: list[tu
 def test_bucket_count_follows_the_memory_budget(tmp_path: Path) -> None:
     gib = 1 << 30
     # the benchmark table: ~114 bytes per event in memory
-    assert writers.plan_buckets(3_000_000 * 114, 4 * gib) == 1
-    assert writers.plan_buckets(12_000_000 * 114, 4 * gib) == 2
-    assert writers.plan_buckets(24_000_000 * 114, 4 * gib) == 4
-    assert writers.plan_buckets(12_000_000 * 114, 2 * gib) == 6
-    assert writers.plan_buckets(0, 4 * gib) == 1
+    assert full_build.plan_buckets(3_000_000 * 114, 4 * gib) == 1
+    assert full_build.plan_buckets(12_000_000 * 114, 4 * gib) == 2
+    assert full_build.plan_buckets(24_000_000 * 114, 4 * gib) == 4
+    assert full_build.plan_buckets(12_000_000 * 114, 2 * gib) == 6
+    assert full_build.plan_buckets(0, 4 * gib) == 1
     settings = _settings(tmp_path)
-    assert writers.memory_budget(settings) == writers.DEFAULT_MEMORY_MB << 20
-    assert writers.memory_budget(
+    assert full_build.memory_budget(settings) == full_build.DEFAULT_MEMORY_MB << 20
+    assert full_build.memory_budget(
         dataclasses.replace(settings, snapshot_memory_mb=8192)) == 8 * gib
     with pytest.raises(ConfigError, match="snapshot_memory_mb is 100: .* at least 1536"):
-        writers.memory_budget(dataclasses.replace(settings, snapshot_memory_mb=100))
+        full_build.memory_budget(dataclasses.replace(settings, snapshot_memory_mb=100))
 
 
 @pytest.mark.parametrize("keyed", [True, False])
@@ -468,7 +468,7 @@ def test_segment_failing_its_checksum_is_never_built_from(
     history.event("u", 7, v=7.5, name="n149")
     cut = history.cut()
     if build == "buckets":
-        monkeypatch.setattr(writers, "plan_buckets", lambda input_bytes, memory: 5)
+        monkeypatch.setattr(full_build, "plan_buckets", lambda input_bytes, memory: 5)
     victim = _segment_paths(settings)[-1]  # the update: the segment every build reads
     rows = pl.read_parquet(victim).with_columns(pl.lit("n133").alias("name"))
     _forge(victim, rows)
@@ -612,7 +612,7 @@ def test_unchanged_toast_values_take_the_previous_value(tmp_path: Path, fold_eve
     the base snapshot, exactly as a full build does."""
     from snapshotter.materialise import UNAVAILABLE
 
-    monkeypatch.setattr(writers, "FOLD_EVENTS", fold_events)
+    monkeypatch.setattr(full_build, "FOLD_EVENTS", fold_events)
     settings = _settings(tmp_path)
     history = History(settings, "public.docs")
     for key in range(10):
