@@ -40,6 +40,15 @@ __all__ = [
     "Heartbeat",
     "HEARTBEAT_TOPIC_PREFIX",
     "METADATA_COLUMNS",
+    "PARTITION",
+    "OFFSET",
+    "OP",
+    "KEY",
+    "LSN",
+    "TXID",
+    "TX",
+    "TS_MS",
+    "BEFORE",
     "decode_message",
     "decode_transaction",
     "decode_any",
@@ -49,16 +58,19 @@ __all__ = [
 
 HEARTBEAT_TOPIC_PREFIX = "__debezium-heartbeat"
 
+# The archive's metadata columns, before every table's own: named here, once.
+PARTITION, OFFSET, OP, KEY = "__partition", "__offset", "__op", "__key"
+LSN, TXID, TX, TS_MS, BEFORE = "__lsn", "__txid", "__tx", "__ts_ms", "__before"
 METADATA_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
-    ("__partition", pa.int32()),
-    ("__offset", pa.int64()),
-    ("__op", pa.string()),
-    ("__key", pa.string()),
-    ("__lsn", pa.int64()),
-    ("__txid", pa.int64()),
-    ("__tx", pa.string()),
-    ("__ts_ms", pa.int64()),
-    ("__before", pa.string()),
+    (PARTITION, pa.int32()),
+    (OFFSET, pa.int64()),
+    (OP, pa.string()),
+    (KEY, pa.string()),
+    (LSN, pa.int64()),
+    (TXID, pa.int64()),
+    (TX, pa.string()),
+    (TS_MS, pa.int64()),
+    (BEFORE, pa.string()),
 )
 _METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from cdc.events import OFFSET, OP, TS_MS
 from cdc.reader import LogIdentity
 from pipelines.config import Pipeline
 from pipelines.registry import Champion, Registry
@@ -30,15 +31,15 @@ def _times(archive: Archive, topic: str, partition: int, generation: int, start:
         return []
     frames = []
     for seg in archive.segments_for_range(topic, partition, generation, start, end):
-        frame = archive.storage.scan(seg.path, ["__offset", "__op", "__ts_ms"]).filter(
-            (pl.col("__offset") >= start) & (pl.col("__offset") < end)
-            & (pl.col("__op") != "x"))  # "x": a tombstone, the second half of a delete
+        frame = archive.storage.scan(seg.path, [OFFSET, OP, TS_MS]).filter(
+            (pl.col(OFFSET) >= start) & (pl.col(OFFSET) < end)
+            & (pl.col(OP) != "x"))  # "x": a tombstone, the second half of a delete
         if ops is not None:
-            frame = frame.filter(pl.col("__op").is_in(list(ops)))
-        frames.append(frame.select("__ts_ms"))
+            frame = frame.filter(pl.col(OP).is_in(list(ops)))
+        frames.append(frame.select(TS_MS))
     if not frames:
         return []
-    return pl.concat(frames).collect()["__ts_ms"].fill_null(0).sort().to_list()
+    return pl.concat(frames).collect()[TS_MS].fill_null(0).sort().to_list()
 
 
 def change_log(settings: Settings, latest: Cut, base: Cut | None, base_name: str

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cdc.events import OFFSET, PARTITION
 from cdc.reader import (
     LogIdentity,
 )
@@ -435,7 +436,7 @@ def damaged_segment_error(seg: Segment, root: str) -> ArchiveError:
 
 
 TRANSACTION_SCHEMA = pa.schema([
-    ("__partition", pa.int32()), ("__offset", pa.int64()), ("status", pa.string()),
+    (PARTITION, pa.int32()), (OFFSET, pa.int64()), ("status", pa.string()),
     ("id", pa.string()), ("txid", pa.int64()), ("event_count", pa.int64()),
     ("data_collections", pa.string()), ("ts_ms", pa.int64()),
 ])

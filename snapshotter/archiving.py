@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from cdc.events import METADATA_COLUMNS
+from cdc.events import METADATA_COLUMNS, OFFSET, PARTITION
 from cdc.reader import (
     RawMessage,
     TopicPartitionKey,
@@ -60,7 +60,7 @@ def _transaction_table(messages: Sequence[RawMessage]) -> pa.Table:
         tx = decode_transaction(m.topic, m.partition, m.offset, m.key, m.value)
         collections = json.dumps([{"data_collection": t, "event_count": n}
                                   for t, n in tx.data_collections]) if tx.status == "END" else None
-        rows.append({"__partition": m.partition, "__offset": m.offset, "status": tx.status,
+        rows.append({PARTITION: m.partition, OFFSET: m.offset, "status": tx.status,
                      "id": tx.id, "txid": tx.txid, "event_count": tx.event_count,
                      "data_collections": collections, "ts_ms": tx.ts_ms})
     return pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)

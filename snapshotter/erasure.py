@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cdc.events import OFFSET
 from cdc.values import canonical_json
 from snapshotter.archive import Archive, Segment
 from snapshotter.cut import Cut
@@ -238,8 +239,8 @@ def subject_sum_at(settings: Settings, subject: Subject, hits: Sequence[SegmentH
                 continue
             frames.append(storage.scan(seg.path)
                           .filter((pl.col(KEY) == subject.key_json)
-                                  & (pl.col("__offset") >= p.start)
-                                  & (pl.col("__offset") < p.end)))
+                                  & (pl.col(OFFSET) >= p.start)
+                                  & (pl.col(OFFSET) < p.end)))
     if not frames:
         return None
     state = materialise(frames, keep_key=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
+from cdc.events import KEY
 from snapshotter.manifest import TableManifest
-from snapshotter.materialise import KEY
 from tidelog.sql import ident as quote
 from tidelog.sql import literal as sql_text
 

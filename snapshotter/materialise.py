@@ -27,6 +27,7 @@ from typing import Literal, TypeAlias
 import polars as pl
 import pyarrow as pa
 
+from cdc.events import BEFORE, KEY, OFFSET, OP, PARTITION
 from tidelog.errors import ArchiveError, SnapshotError
 
 __all__ = [
@@ -44,10 +45,6 @@ __all__ = [
     "data_columns",
 ]
 
-KEY = "__key"
-PARTITION = "__partition"
-OFFSET = "__offset"
-OP = "__op"
 META_COLUMNS = (PARTITION, OFFSET, OP, KEY)
 META_DTYPES: dict[str, pl.DataType] = {
     PARTITION: pl.Int32(),
@@ -494,7 +491,6 @@ def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
 
 UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's unavailable.value.placeholder
 MAY_BE_PLACEHOLDER = "__may_be_placeholder"
-BEFORE = "__before"
 
 
 def _may_be_placeholder(schema: Mapping[str, pl.DataType]) -> pl.Expr:

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from cdc.events import LSN, OFFSET, OP, TS_MS, TX
 from cdc.reader import LogIdentity
 from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows
 from snapshotter.archive import Archive, Generation
@@ -80,7 +81,7 @@ def scan_range(archive: Archive, topic: str, partition: int, generation: int, st
     for seg in segments:
         frame = archive.storage.scan(seg.path)
         if seg.start < start or seg.end > end:
-            frame = frame.filter((pl.col("__offset") >= start) & (pl.col("__offset") < end))
+            frame = frame.filter((pl.col(OFFSET) >= start) & (pl.col(OFFSET) < end))
         frames.append(frame.select(columns) if columns is not None else frame)
     return frames
 
@@ -93,8 +94,8 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
     (`r` events) into the new log; a topic recreated under a running connector does not.
     """
     segs = archive.segments(topic, partition, generation)
-    ops = next((frame["__op"] for frame in (
-        archive.scan(s, ["__op"]).collect() for s in segs) if frame.height), None)
+    ops = next((frame[OP] for frame in (
+        archive.scan(s, [OP]).collect() for s in segs) if frame.height), None)
     if ops is not None and ops[0] != "r":
         raise CutError(
             f"{topic}[{partition}] is on a new log (archive generation {generation}) that "
@@ -108,10 +109,10 @@ def _require_full_history(archive: Archive, topic: str, partition: int, generati
 def _txid_expr() -> pl.Expr:
     """alignment.txid_of over the `__tx` column, vectorised: a snapshot of a table with a
     long history reads one per archived event (0.3 s for TPC-H's 866k in Python)."""
-    tx = pl.col("__tx")
+    tx = pl.col(TX)
     return (pl.when(tx.str.len_bytes() > 0)
             .then(tx.str.split(":").list.first().cast(pl.Int64))
-            .otherwise(None).alias("__tx"))
+            .otherwise(None).alias(TX))
 
 
 def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut:
@@ -127,12 +128,12 @@ def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut
             if gen.number > 0:
                 _require_full_history(archive, topic, partition, gen.number, hwm)
             frames = scan_range(archive, topic, partition, gen.number, gen.first_offset, hwm,
-                           ["__offset", "__tx"])
-            events = (pl.concat(frames).select("__offset", _txid_expr()).collect()
-                      if frames else pl.DataFrame({"__offset": [], "__tx": []}))
+                           [OFFSET, TX])
+            events = (pl.concat(frames).select(OFFSET, _txid_expr()).collect()
+                      if frames else pl.DataFrame({OFFSET: [], TX: []}))
             table_events.append(TableEvents(
-                table, (topic, partition), events["__offset"].to_list(),
-                events["__tx"].to_list(), hwm))
+                table, (topic, partition), events[OFFSET].to_list(),
+                events[TX].to_list(), hwm))
     tx_topic = tx_topic_of(settings)
     aligned = False
     ends = {t.tp: t.high_water_mark for t in table_events}
@@ -143,7 +144,7 @@ def plan_cut(archive: Archive, settings: Settings, tables: Sequence[str]) -> Cut
             frames = scan_range(archive, tx_topic, 0, gen.number, gen.first_offset, hwm)
             rows = (pl.concat(frames, how="diagonal_relaxed").collect() if frames else None)
             txs = transactions_from_rows(
-                list(zip(rows["__offset"], rows["status"], rows["id"],
+                list(zip(rows[OFFSET], rows["status"], rows["id"],
                          rows["data_collections"], strict=True)) if rows is not None else [])
             ends, _ = aligned_ends(table_events, txs)
             aligned = True
@@ -164,10 +165,10 @@ def _watermarks(archive: Archive, partitions: Sequence[PartitionCut]
     for p in partitions:
         gen = generation_of(archive, p)
         frames = scan_range(archive, p.topic, p.partition, gen.number, p.start, p.end,
-                       ["__lsn", "__ts_ms"])
+                       [LSN, TS_MS])
         if not frames:
             continue
-        row = pl.concat(frames).select(pl.col("__lsn").max(), pl.col("__ts_ms").max()).collect()
+        row = pl.concat(frames).select(pl.col(LSN).max(), pl.col(TS_MS).max()).collect()
         got_lsn, got_ts = row.row(0)
         if got_lsn is not None:
             lsn = max(lsn or 0, int(got_lsn))

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
+from cdc.events import KEY, OP
 from snapshotter.digest import (
     TableDigest,
     table_digest,
@@ -27,7 +28,6 @@ from snapshotter.layout import (
     visible_sql,
 )
 from snapshotter.manifest import Manifest, TableManifest
-from snapshotter.materialise import KEY, OP
 from tidelog.errors import SnapshotError
 
 __all__ = [
