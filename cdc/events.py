@@ -49,6 +49,9 @@ __all__ = [
     "TX",
     "TS_MS",
     "BEFORE",
+    "UPSERT_OPS",
+    "DELETE_OPS",
+    "TRUNCATE_OP",
     "decode_message",
     "decode_transaction",
     "decode_any",
@@ -74,8 +77,13 @@ METADATA_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 )
 _METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
 
-_OPS = frozenset(("r", "c", "u", "d", "t"))
-_NEEDS_AFTER = frozenset(("r", "c", "u"))
+# Ops in the archive: Debezium's read/create/update upsert the after image, its delete
+# and tidelog's tombstone ("x", a Kafka tombstone) delete the key, a truncate empties it.
+UPSERT_OPS = ("r", "c", "u")
+DELETE_OPS = ("d", "x")
+TRUNCATE_OP = "t"
+_OPS = frozenset((*UPSERT_OPS, "d", TRUNCATE_OP))  # what Debezium itself sends
+_NEEDS_AFTER = frozenset(UPSERT_OPS)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 
 _HEARTBEAT_SCHEMA = "io.debezium.connector.common.Heartbeat"

@@ -27,7 +27,14 @@ from typing import Literal, TypeAlias
 import polars as pl
 import pyarrow as pa
 
-from cdc.events import BEFORE, KEY, OFFSET, OP, PARTITION
+from cdc.events import DELETE_OPS, KEY, OFFSET, OP, PARTITION, TRUNCATE_OP, UPSERT_OPS
+from snapshotter.toast import (
+    MAY_BE_PLACEHOLDER,
+    UNAVAILABLE,
+    fill_placeholders,
+    may_be_placeholder,
+    unavailable_columns,
+)
 from tidelog.errors import ArchiveError, SnapshotError
 
 __all__ = [
@@ -52,9 +59,6 @@ META_DTYPES: dict[str, pl.DataType] = {
     OP: pl.String(),
     KEY: pl.String(),
 }
-UPSERT_OPS = ("r", "c", "u")
-DELETE_OPS = ("d", "x")
-TRUNCATE_OP = "t"
 KNOWN_OPS = frozenset((*UPSERT_OPS, *DELETE_OPS, TRUNCATE_OP))
 
 # Key dtypes whose Debezium JSON form is exactly the JSON of the typed value; other types
@@ -362,7 +366,7 @@ def plan_materialise(
     upserts: pl.LazyFrame | None = None
     if last is not None:
         if fill_unavailable and ev is not None:
-            upserts = _fill_unavailable(last.filter(upsert).select(*wanted, MAY_BE_PLACEHOLDER),
+            upserts = fill_placeholders(last.filter(upsert).select(*wanted, MAY_BE_PLACEHOLDER),
                                         ev, base_rows, fill_unavailable, out).select(wanted)
         else:
             upserts = last.filter(upsert).select(wanted)
@@ -390,7 +394,7 @@ def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], k
         rows = rows.with_columns(*meta[:2]).join(
             winners, on=[PARTITION, OFFSET], how="left", maintain_order="left",
         ).filter(pl.col(KEY).is_null() | pl.col(_WINNER).is_not_null()).drop(_WINNER)
-    extra = [_may_be_placeholder(seg.schema)] if placeholders else []
+    extra = [may_be_placeholder(seg.schema)] if placeholders else []
     return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols) for n, t in out.items()))
 
 
@@ -487,68 +491,6 @@ def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
         *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
         pl.col(KEY).cast(pl.String),
     )
-
-
-UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's unavailable.value.placeholder
-MAY_BE_PLACEHOLDER = "__may_be_placeholder"
-
-
-def _may_be_placeholder(schema: Mapping[str, pl.DataType]) -> pl.Expr:
-    """True for events in which Debezium could have sent the placeholder: updates without
-    a before image. Inserts and snapshot reads always carry the value, and with REPLICA
-    IDENTITY FULL (a before image) Debezium has the old value; there a value equal to the
-    placeholder text is data (docs/types.md, "Unchanged TOASTed values")."""
-    flag = pl.col(OP) == "u"
-    if BEFORE in schema:
-        flag = flag & pl.col(BEFORE).is_null()
-    return flag.alias(MAY_BE_PLACEHOLDER)
-
-
-def _unavailable(name: str, dtype: pl.DataType) -> pl.Expr:
-    """True where the column holds Debezium's placeholder for an unchanged TOAST value."""
-    if dtype == pl.String:
-        return (pl.col(name) == UNAVAILABLE).fill_null(False)
-    if dtype == pl.Binary:
-        return (pl.col(name) == UNAVAILABLE.encode()).fill_null(False)
-    return pl.lit(False)
-
-
-def unavailable_columns(frame: pl.DataFrame) -> list[str]:
-    """Columns of a state in which some row holds the unavailable-value placeholder."""
-    names = [n for n, t in frame.schema.items()
-             if not n.startswith("__") and t in (pl.String, pl.Binary)]
-    if not names or frame.height == 0:
-        return []
-    found = frame.select(_unavailable(n, frame.schema[n]).any().alias(n) for n in names)
-    return [n for n in names if found[n][0]]
-
-
-def _fill_unavailable(upserts: pl.LazyFrame, ev: pl.LazyFrame, base_rows: pl.LazyFrame | None,
-                      columns: Sequence[str], out: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    """Replace placeholders by the key's latest real value: from earlier events (an
-    update that leaves a TOASTed value unchanged cannot follow a NULL, and an insert
-    always carries the value), else from the base state."""
-    keyed_upsert = pl.col(KEY).is_not_null() & pl.col(OP).is_in(UPSERT_OPS)
-    for name in columns:
-        if name not in out:
-            continue
-        literal = _unavailable(name, out[name])
-        placeholder = literal & pl.col(MAY_BE_PLACEHOLDER)
-        known = (ev.filter(keyed_upsert & ~placeholder)
-                 .unique(subset=KEY, keep="last", maintain_order=True)
-                 .select(KEY, pl.col(name).alias("__known")))
-        sources = [known]
-        if base_rows is not None:
-            # the base is resolved state: a placeholder left in it is no value to copy
-            sources.append(base_rows.filter(~literal)
-                           .select(KEY, pl.col(name).alias("__known")))
-        for source in sources:
-            upserts = (upserts.join(source, on=KEY, how="left", maintain_order="left")
-                       .with_columns(pl.when(placeholder & pl.col("__known").is_not_null())
-                                     .then(pl.col("__known")).otherwise(pl.col(name))
-                                     .alias(name))
-                       .drop("__known"))
-    return upserts
 
 
 def materialise(
