@@ -109,21 +109,18 @@ class SnapshotStore:
 
     # -- locks -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def exclusive(self, sid: str) -> Iterator[None]:
+    def exclusive(self, sid: str) -> contextlib.AbstractContextManager[None]:
         """The build lock of `sid`: no build of it, none on it as a base, no delete."""
-        with open(self.root / f".lock-{sid}", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return self._locked(sid, fcntl.LOCK_EX)
+
+    def shared(self, sid: str) -> contextlib.AbstractContextManager[None]:
+        """Held on a base by an incremental build: deleting the base waits for it."""
+        return self._locked(sid, fcntl.LOCK_SH)
 
     @contextlib.contextmanager
-    def shared(self, sid: str) -> Iterator[None]:
-        """Held on a base by an incremental build: deleting the base waits for it."""
+    def _locked(self, sid: str, mode: int) -> Iterator[None]:
         with open(self.root / f".lock-{sid}", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(lock, mode)
             try:
                 yield
             finally:
