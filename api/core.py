@@ -227,7 +227,8 @@ class Core:
                         timeout: float, replica_identity_full: bool = False
                         ) -> tuple[dict[str, Any], list[str]]:
         """The connector's status once streaming, and `connector apply`'s warnings."""
-        from cdc.connector import ConnectorSpec, apply, toast_warnings
+        from cdc.connector import ConnectorSpec, apply
+        from cdc.source_setup import toast_warnings
 
         spec = ConnectorSpec(name, tuple(tables), topic_prefix)
         status = apply(self.settings, spec, timeout=timeout,

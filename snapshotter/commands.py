@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 
 def _tables(text: str) -> list[str]:
-    from cdc.connector import parse_tables
+    from cdc.spec import parse_tables
 
     return list(parse_tables(text))
 

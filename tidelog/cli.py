@@ -62,7 +62,8 @@ def _print_stack(data: dict[str, Any]) -> None:
 # -- connector ------------------------------------------------------------------------
 
 def _spec(args: argparse.Namespace, tables: str | None = None) -> Any:
-    from cdc.connector import ConnectorSpec, parse_tables
+    from cdc.connector import ConnectorSpec
+    from cdc.spec import parse_tables
 
     settings = load_settings()
     return settings, ConnectorSpec(
@@ -76,11 +77,12 @@ def _spec(args: argparse.Namespace, tables: str | None = None) -> Any:
 
 def _connector_apply(args: argparse.Namespace) -> int:
     from cdc import connector
+    from cdc.source_setup import toast_warnings
 
     settings, spec = _spec(args, args.tables)
     status = connector.apply(settings, spec, timeout=args.timeout,
                              replica_identity_full=args.replica_identity_full)
-    for warning in connector.toast_warnings(settings.require("postgres_dsn"), spec):
+    for warning in toast_warnings(settings.require("postgres_dsn"), spec):
         print(f"warning: {warning}", file=sys.stderr)
     _print_json(status) if args.json else print(
         f"connector {spec.name} streaming tables {', '.join(spec.tables)} to topics "

@@ -13,6 +13,7 @@ import pytest
 
 from cdc import connector
 from cdc.connector import ConnectorSpec
+from cdc.spec import parse_tables
 from tests.conftest import stack_dir
 from tests.integration.cdc_helpers import execute, unique_name
 from tidelog.errors import ConnectorError, ConnectorRejected, SourceError
@@ -49,7 +50,7 @@ def test_table_without_primary_key_and_unknown_table(settings: Settings) -> None
     with pytest.raises(SourceError, match="does not exist"):
         connector.apply(settings, ConnectorSpec("nothere", ("public.nothere",), "nothere"))
     with pytest.raises(ConnectorError, match="schema-qualified"):
-        connector.parse_tables("orders")
+        parse_tables("orders")
 
 
 def test_slot_in_use_by_another_client(settings: Settings) -> None:

@@ -101,7 +101,7 @@ def test_apply_warns_of_unmergeable_toast_columns_until_replica_identity_full(
         settings: Settings) -> None:
     """The warning `connector apply` prints (CLI) and returns (API job result), read from
     the real catalog: array and numeric columns without REPLICA IDENTITY FULL."""
-    from cdc.connector import set_replica_identity_full, toast_warnings
+    from cdc.source_setup import set_replica_identity_full, toast_warnings
 
     execute(settings, "drop table if exists public.toast_wide, public.toast_plain",
             "create table public.toast_wide (id int primary key, amounts numeric[], n numeric)",

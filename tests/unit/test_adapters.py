@@ -136,8 +136,8 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeConnect, KafkaCon
     monkeypatch.setattr(connector, "remember_connector", lambda home, config: None)
     monkeypatch.setattr(connector, "forget_connector", lambda home, name: None)
     pids = iter(range(100, 10_000))  # each look at the slot finds a new replication pid
-    monkeypatch.setattr(connector, "_slot_pid", lambda dsn, slot: next(pids))
-    monkeypatch.setattr(connector, "_slot_streaming", lambda dsn, slot: True)
+    monkeypatch.setattr(connector, "slot_pid", lambda dsn, slot: next(pids))
+    monkeypatch.setattr(connector, "slot_is_streaming", lambda dsn, slot: True)
     return fake, KafkaConnect.for_settings(settings, transport=httpx.MockTransport(fake)), \
         settings
 
