@@ -21,6 +21,7 @@ which equals the BEGIN id.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ __all__ = [
     "TX",
     "TS_MS",
     "BEFORE",
+    "SALT",
+    "SALT_TYPE",
+    "with_salts",
     "UPSERT_OPS",
     "DELETE_OPS",
     "TRUNCATE_OP",
@@ -76,6 +80,22 @@ METADATA_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     (BEFORE, pa.string()),
 )
 _METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
+# A random 16-byte salt per archived change event, added by the archiver after the data
+# columns (docs/digest.md, "Salted rows"); a snapshot row keeps its event's salt.
+SALT = "__salt"
+SALT_TYPE = pa.binary(16)
+
+
+
+def with_salts(table: pa.Table) -> pa.Table:
+    """`table` with a fresh random salt per row appended as `__salt` (os.urandom)."""
+    if SALT in table.column_names:
+        raise ValueError(f"{SALT} is already set: salts are drawn once, when archived")
+    rows = table.num_rows
+    salts = pa.FixedSizeBinaryArray.from_buffers(
+        SALT_TYPE, rows, [None, pa.py_buffer(os.urandom(SALT_TYPE.byte_width * rows))])
+    return table.append_column(pa.field(SALT, SALT_TYPE), salts)
+
 
 # Ops in the archive: Debezium's read/create/update upsert the after image, its delete
 # and tidelog's tombstone ("x", a Kafka tombstone) delete the key, a truncate empties it.

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from cdc.events import METADATA_COLUMNS, OFFSET, PARTITION
+from cdc.events import METADATA_COLUMNS, OFFSET, PARTITION, with_salts
 from cdc.reader import (
     RawMessage,
     TopicPartitionKey,
@@ -227,6 +227,8 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
         # Offsets may skip (transaction markers, compaction): segments still cover
         # [previous end, last offset + 1) so the archive stays gap-free.
         for table, last in _merge_runs(decoded.pop(tp, [])):
+            if tp[0] != tx_topic:
+                table = with_salts(table)  # drawn once: a segment is never re-decoded
             archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
             marks[tp] = last + 1
 

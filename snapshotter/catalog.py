@@ -369,8 +369,9 @@ def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
         con.execute(
             f"create or replace view changes.{ident(view)} as select "
             "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
-            "* exclude (__partition, __offset, __op, __key, __lsn, __txid, __tx, __ts_ms, "
-            f"__before) from read_parquet({sql_text(pattern)}, union_by_name = true)")
+            "columns(c -> c not in ('__partition', '__offset', '__op', '__key', '__lsn', "
+            "'__txid', '__tx', '__ts_ms', '__before', '__salt')) "
+            f"from read_parquet({sql_text(pattern)}, union_by_name = true)")
 
 
 def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> int | None:

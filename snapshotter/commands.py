@@ -156,7 +156,8 @@ def _snapshot_publish(args: argparse.Namespace) -> int:
 def _snapshot_sql(args: argparse.Namespace) -> int:
     from snapshotter.remote import snapshot_sql
 
-    print(snapshot_sql(load_settings(), args.id, args.root, credentials=args.credentials),
+    print(snapshot_sql(load_settings(), args.id, args.root, credentials=args.credentials,
+                       with_salt=args.with_salt),
           end="")
     return 0
 
@@ -243,6 +244,9 @@ def register(sub: Any) -> None:
     p.add_argument("--credentials", choices=["env", "chain"], default="env",
                    help="how DuckDB finds the S3 key: env (AWS_* variables, DuckDB CLI) "
                         "or chain (credential chain, aws extension)")
+    p.add_argument("--with-salt", action="store_true",
+                   help="views also give each row's __salt, for checking the digest with "
+                        "DuckDB alone (docs/digest.md)")
     p.set_defaults(handler=_snapshot_sql)
 
     p = sub.add_parser("sql", help="run a query against the DuckDB catalog")

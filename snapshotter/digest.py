@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from cdc.events import SALT
 from tidelog.errors import SnapshotError
 from tidelog.sql import ident
 
@@ -29,6 +30,7 @@ __all__ = [
     "schema_digest",
     "overall_digest",
     "digest_sql",
+    "is_salted",
     "schema_text",
     "render_expr",
 ]
@@ -82,10 +84,20 @@ def _as_query(relation_sql: str) -> str:
     return relation if _QUERY_START.match(relation) else f"FROM {relation}"
 
 
-def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
+def _described(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
     query = _as_query(relation_sql)
     rows = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {query})").fetchall()
-    columns = [(str(n), str(t)) for n, t in rows]
+    return [(str(n), str(t)) for n, t in rows]
+
+
+def is_salted(con: duckdb.DuckDBPyConnection, relation_sql: str) -> bool:
+    """Whether the relation carries row salts (a `__salt` column)."""
+    return any(name == SALT for name, _ in _described(con, relation_sql))
+
+
+def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
+    """The relation's data columns: all but `__salt`, which is no column of the table."""
+    columns = [(n, t) for n, t in _described(con, relation_sql) if n != SALT]
     names = [n for n, _ in columns]
     if len(set(names)) != len(names):
         raise SnapshotError(
@@ -97,13 +109,18 @@ def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[s
     return columns
 
 
-def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]]) -> str:
-    """The query giving (rows, hi, lo) for a relation with these (name, type) columns."""
+def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
+               salted: bool = False) -> str:
+    """The query giving (rows, hi, lo) for a relation with these (name, type) columns;
+    `salted`: the relation also has `__salt`, which prefixes each row's text."""
     ordered = sorted(columns)
     cells = ", ".join(f"{render_expr(n, t)} AS c{i}" for i, (n, t) in enumerate(ordered))
     row = " || ".join(
         f"coalesce(strlen(c{i})::VARCHAR || ':' || c{i}, '-')" for i in range(len(ordered))
     )
+    if salted:
+        cells += f", hex({ident(SALT)}) AS s"
+        row = f"coalesce('s' || strlen(s)::VARCHAR || ':' || s, '') || {row}"
     return (
         f"WITH cells AS (SELECT {cells} FROM ({_as_query(relation_sql)}) AS digest_input), "
         f"hashed AS (SELECT md5_number({row}) AS h FROM cells) "
@@ -169,7 +186,8 @@ def digest_with_erased(digest: TableDigest, erased: Sequence[ContentSum]) -> Tab
 
 def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,
                 columns: Sequence[tuple[str, str]]) -> ContentSum:
-    """The content sum of a relation whose columns are `columns` (name, DuckDB type).
+    """The content sum of a relation whose data columns are `columns` (name, DuckDB
+    type); a `__salt` column the relation also has salts each row's hash.
 
     The caller names the columns so that a relation with no rows, or one built from a
     subset of a table, is hashed exactly as the whole table's rows are.
@@ -178,7 +196,8 @@ def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,
         previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
         _set_timezone(con, "UTC")
         try:
-            result = con.execute(digest_sql(relation_sql, columns)).fetchone()
+            salted = is_salted(con, relation_sql)
+            result = con.execute(digest_sql(relation_sql, columns, salted=salted)).fetchone()
         finally:
             if previous is not None:
                 _set_timezone(con, str(previous[0]))

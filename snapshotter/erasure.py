@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cdc.events import OFFSET
+from cdc.events import OFFSET, SALT
 from cdc.values import canonical_json
 from snapshotter.archive import Archive, Segment
 from snapshotter.cut import Cut
@@ -254,7 +254,7 @@ def subject_sum_at(settings: Settings, subject: Subject, hits: Sequence[SegmentH
         con = duckdb.connect()
         if columns is None:
             described = con.execute(f"describe select * from {relation}").fetchall()
-            columns = [(str(r[0]), str(r[1])) for r in described]
+            columns = [(str(r[0]), str(r[1])) for r in described if r[0] != SALT]
         return content_sum(con, relation, columns)
     finally:
         path.unlink(missing_ok=True)
@@ -310,7 +310,8 @@ def _snapshot_hit(directory: Path, manifest: Manifest, subject: Subject
     if not files:
         return None
     con = duckdb.connect()
-    relation = (f"(select * exclude ({KEY}) from {visible_sql(directory, table, with_key=True)}"
+    visible = visible_sql(directory, table, with_key=True, with_salt=True)
+    relation = (f"(select * exclude ({KEY}) from {visible}"
                 f" v where v.{KEY} = {sql_text(subject.key_json)})")
     found = content_sum(con, relation, table.columns)
     return SnapshotHit(manifest.id, subject.table, found.rows,

@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from cdc.events import SALT
 from snapshotter import full_build
 from snapshotter.digest import (
     ContentSum,
@@ -63,6 +64,8 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     file_schema = data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
     if any(data_schema(f.collect_schema()) != file_schema for f in frames):
         return None  # a column added, dropped or retyped: rewrite the table
+    if any((SALT in f.collect_schema()) != prev.salted for f in frames):
+        return None  # salted events on an unsalted base: a full build salts every row
     if frames:
         events = pl.concat([f.select(OP_COLUMN, KEY_COLUMN) for f in frames]).collect()
     else:
@@ -75,8 +78,9 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     deletes = pl.concat([old_deletes, changed]).unique().sort(KEY_COLUMN)
     old_delta = (pl.read_parquet([str(src / f) for f in prev.delta_files])
                  if prev.delta_files else None)
+    carried = [(KEY_COLUMN, pl.String()), *([(SALT, pl.Binary())] if prev.salted else [])]
     changes = (materialise(frames, keep_key=True) if frames
-               else pl.DataFrame(schema=[*file_schema, (KEY_COLUMN, pl.String())]))
+               else pl.DataFrame(schema=[*file_schema, *carried]))
     if unavailable_columns(changes):
         return None  # an unchanged TOAST value whose real value is in the base state
     if old_delta is not None:
@@ -114,7 +118,7 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
             path = scratch / f"{part}.parquet"
             relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet({sql_text(str(path))}))"
             described = con.execute(f"describe select * from {relation}").fetchall()
-            if [(str(r[0]), str(r[1])) for r in described] != list(prev.columns):
+            if [(str(r[0]), str(r[1])) for r in described if r[0] != SALT] != list(prev.columns):
                 return None
             sums.append(content_sum(con, relation, prev.columns))
     finally:
@@ -124,4 +128,5 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     return table_manifest(con, table, topic, tmp, prev.key_columns, prev.files,
                            delete_files=(delete_name,), delta_files=(delta_name,),
                            digest=digest, columns=prev.columns,
-                           checksums={f: prev.checksums[f] for f in prev.files})
+                           checksums={f: prev.checksums[f] for f in prev.files},
+                           salted=prev.salted)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cdc.events import KEY
+from cdc.events import KEY, SALT
 from snapshotter.manifest import TableManifest
 from tidelog.sql import ident as quote
 from tidelog.sql import literal as sql_text
@@ -63,14 +63,14 @@ def base_pieces_of(directory: Path, table: TableManifest) -> list[pl.LazyFrame]:
 
 
 def read_table(directory: Path, table: TableManifest) -> pl.DataFrame:
-    """The table's rows without `__key`, in the canonical order."""
+    """The table's rows without `__key` and `__salt`, in the canonical order."""
     if not table.layered and len(table.files) == 1:
         frame = pl.read_parquet(str(directory / table.files[0]))  # a full build is sorted
     else:
         frame = scan_visible(directory, table).collect()
         keys = [k for k in table.key_columns if k in frame.columns]
         frame = frame.sort([*keys, KEY], maintain_order=True)
-    return frame.drop(KEY, strict=False)
+    return frame.drop(KEY, SALT, strict=False)
 
 
 def sql_paths(paths: list[str]) -> str:
@@ -79,12 +79,14 @@ def sql_paths(paths: list[str]) -> str:
 
 
 def visible_sql(directory: Path, table: TableManifest, *, with_key: bool = False,
-                locate: Callable[[str], str] | None = None) -> str:
+                with_salt: bool = False, locate: Callable[[str], str] | None = None) -> str:
     """A DuckDB relation (parenthesised query) of the table's rows, columns in manifest
-    order, `__key` last if `with_key`. `locate` maps a file name of the manifest to the
+    order, then `__key` if `with_key`, then `__salt` if `with_salt` and the table keeps
+    salts (what its digest needs). `locate` maps a file name of the manifest to the
     path or URL DuckDB reads (default: under `directory`)."""
     where = locate or (lambda name: str(directory / name))
-    names = [c for c, _ in table.columns] + ([KEY] if with_key else [])
+    names = ([c for c, _ in table.columns] + ([KEY] if with_key else [])
+             + ([SALT] if with_salt and table.salted else []))
     columns = ", ".join(f"r.{quote(c)}" for c in names)
     files = [where(n) for n in table.files]
     query = f"select {columns} from read_parquet({sql_paths(files)}) r"

@@ -61,6 +61,8 @@ class TableManifest:
     file_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Rows removed by erasures since the build; `rows` and the digests stay as recorded
     erased: tuple[ErasedRows, ...] = ()
+    # The files keep each row's `__salt`, which its row hash includes (docs/digest.md)
+    salted: bool = False
 
     @property
     def visible_rows(self) -> int:
@@ -84,7 +86,8 @@ class TableManifest:
                 "content_digest": self.content_digest, "schema_digest": self.schema_digest,
                 "checksums": dict(sorted(self.checksums.items())),
                 "file_stats": {k: list(v) for k, v in sorted(self.file_stats.items())},
-                **({"erased": [e.to_json() for e in self.erased]} if self.erased else {})}
+                **({"erased": [e.to_json() for e in self.erased]} if self.erased else {}),
+                **({"row_salt": True} if self.salted else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableManifest:
@@ -99,7 +102,8 @@ class TableManifest:
                    checksums={str(k): str(v) for k, v in data.get("checksums", {}).items()},
                    file_stats={str(k): (int(v[0]), int(v[1]))
                                for k, v in data.get("file_stats", {}).items()},
-                   erased=tuple(ErasedRows.from_json(e) for e in data.get("erased", ())))
+                   erased=tuple(ErasedRows.from_json(e) for e in data.get("erased", ())),
+                   salted=bool(data.get("row_salt", False)))
 
 
 def redacted_source(source: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Literal, TypeAlias
 import polars as pl
 import pyarrow as pa
 
-from cdc.events import DELETE_OPS, KEY, OFFSET, OP, PARTITION, TRUNCATE_OP, UPSERT_OPS
+from cdc.events import DELETE_OPS, KEY, OFFSET, OP, PARTITION, SALT, TRUNCATE_OP, UPSERT_OPS
 from snapshotter.toast import (
     MAY_BE_PLACEHOLDER,
     UNAVAILABLE,
@@ -290,7 +290,8 @@ def plan_materialise(
     payload, `[]` means none. `base`: a previous state (data columns plus `__key`; without
     `__key` it is rebuilt with `key_expr`). `base_position`: per partition, the exclusive
     end offset the base already includes; earlier events are skipped. `keep_key` adds
-    `__key` as the last column, which is what a later incremental build needs.
+    `__key` after the data columns, which is what a later incremental build needs, and
+    then `__salt` (each row's event's salt) when any event or base row carries one.
     `where`: a predicate on the events choosing a subset of keys (e.g. one hash bucket;
     the caller restricts `base` to the same keys); the plan's decisions (column set,
     truncates, order) are still taken over all events, so the states of disjoint subsets
@@ -331,10 +332,13 @@ def plan_materialise(
         )
 
     alive = _alive_columns(live, out)
+    # Each row keeps its event's salt (docs/digest.md) once any input carries salts.
+    salted = any(SALT in seg.schema for seg in live) or (base_schema is not None
+                                                      and SALT in base_schema)
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
     winners = (None if fill_unavailable else _winners(live, alive, out, keep, meta))
     parts = [_event_rows(seg, cols, out, keep, where, truncate_at, winners, meta,
-                         placeholders=bool(fill_unavailable))
+                         placeholders=bool(fill_unavailable), salted=salted)
              for seg, cols in zip(live, alive, strict=True)
              if truncate_at is None or seg.last[1] > truncate_at]  # else nothing survives
     in_order = all(s.in_order for s in live) and all(
@@ -343,7 +347,8 @@ def plan_materialise(
 
     upsert = pl.col(OP).is_in(UPSERT_OPS)
     keyed = pl.col(KEY).is_not_null()
-    wanted = [*out, KEY]
+    carried = [KEY, SALT] if salted else [KEY]
+    wanted = [*out, *carried]
     last: pl.LazyFrame | None = None
     keyless: pl.LazyFrame | None = None
     ev: pl.LazyFrame | None = None
@@ -362,7 +367,7 @@ def plan_materialise(
     base_rows: pl.LazyFrame | None = None
     if base_lf is not None and base_schema is not None and truncate_at is None:
         base_rows = _base_rows(base_lf, base_schema, keys, out, alive, last,
-                               cast_all=bool(fill_unavailable))
+                               cast_all=bool(fill_unavailable), salted=salted)
     upserts: pl.LazyFrame | None = None
     if last is not None:
         if fill_unavailable and ev is not None:
@@ -370,7 +375,7 @@ def plan_materialise(
                                         ev, base_rows, fill_unavailable, out).select(wanted)
         else:
             upserts = last.filter(upsert).select(wanted)
-    state = _state(base_rows, last, upserts, keyless, out)
+    state = _state(base_rows, last, upserts, keyless, out, salted=salted)
     # Keyed rows are totally ordered by (key columns, __key); keyless rows (null __key)
     # keep event order, which costs a stable sort, so only when there may be some. Nulls
     # sort first: `nulls_last` makes polars' multi-column sort several times slower.
@@ -380,9 +385,16 @@ def plan_materialise(
     return state.select(wanted if keep_key else list(out))
 
 
+def _salt_of(schema: Mapping[str, pl.DataType]) -> pl.Expr:
+    """The input's `__salt`, or null where it has none (archived before salts)."""
+    if SALT in schema:
+        return pl.col(SALT).cast(pl.Binary)
+    return pl.lit(None, dtype=pl.Binary).alias(SALT)
+
+
 def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], keep: pl.Expr,
                 where: pl.Expr | None, truncate_at: int | None, winners: pl.LazyFrame | None,
-                meta: Sequence[pl.Expr], *, placeholders: bool) -> pl.LazyFrame:
+                meta: Sequence[pl.Expr], *, placeholders: bool, salted: bool) -> pl.LazyFrame:
     """One segment's events in the output columns: those after the base and the truncate
     and chosen by `where`; of a retyped segment, only each key's last event."""
     rows = seg.frame.filter(keep)
@@ -395,12 +407,14 @@ def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], k
             winners, on=[PARTITION, OFFSET], how="left", maintain_order="left",
         ).filter(pl.col(KEY).is_null() | pl.col(_WINNER).is_not_null()).drop(_WINNER)
     extra = [may_be_placeholder(seg.schema)] if placeholders else []
+    if salted:
+        extra.append(_salt_of(seg.schema))
     return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols) for n, t in out.items()))
 
 
 def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
            upserts: pl.LazyFrame | None, keyless: pl.LazyFrame | None,
-           out: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+           out: Mapping[str, pl.DataType], *, salted: bool) -> pl.LazyFrame:
     """The unsorted state: base rows no event replaced, the keys' last upserts, the base's
     keyless rows, then keyless upserts (in that order: keyless rows keep event order)."""
     keyed = pl.col(KEY).is_not_null()
@@ -418,7 +432,8 @@ def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
     if keyless is not None:
         pieces.append(keyless)
     if not pieces:
-        pieces.append(pl.DataFrame(schema={**out, KEY: pl.String()}).lazy())
+        carried = {KEY: pl.String(), **({SALT: pl.Binary()} if salted else {})}
+        pieces.append(pl.DataFrame(schema={**out, **carried}).lazy())
     return pl.concat(pieces, how="vertical")
 
 
@@ -473,8 +488,8 @@ def _winners(live: Sequence[Surveyed], alive: Sequence[set[str]],
 
 def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
                keys: Sequence[str], out: Mapping[str, pl.DataType],
-               alive: Sequence[set[str]], last: pl.LazyFrame | None, *, cast_all: bool
-               ) -> pl.LazyFrame:
+               alive: Sequence[set[str]], last: pl.LazyFrame | None, *, cast_all: bool,
+               salted: bool) -> pl.LazyFrame:
     """The base state in the output columns, with `__key` (rebuilt from the key columns
     if the base lacks it). Where a column was retyped, only base rows no event replaces
     are cast (as for older segments), unless `cast_all`."""
@@ -490,6 +505,7 @@ def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
     return base_lf.select(
         *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
         pl.col(KEY).cast(pl.String),
+        *([_salt_of(base_schema)] if salted else []),
     )
 
 

@@ -156,9 +156,11 @@ def _secret_sql(root: str, credentials: str) -> list[str]:
 
 
 def snapshot_sql(settings: Settings, sid: str, root: str | None = None, *,
-                 credentials: str = "env") -> str:
+                 credentials: str = "env", with_salt: bool = False) -> str:
     """DuckDB SQL creating schema `snap_<id>` with one view per table of snapshot `sid`
-    at `root` (default: the local snapshot root). No secret is ever part of it."""
+    at `root` (default: the local snapshot root). No secret is ever part of it.
+    `with_salt`: the views of salted tables also give each row's `__salt`, which the
+    digest check of docs/digest.md needs."""
     if credentials not in CREDENTIALS:
         raise ConfigError(f"credentials {credentials!r}: choose one of "
                           f"{', '.join(CREDENTIALS)}")
@@ -189,7 +191,8 @@ def snapshot_sql(settings: Settings, sid: str, root: str | None = None, *,
         def url(name: str, where: dict[str, str] = where) -> str:
             return prefix + storage.path(where[name], name)
 
-        relation = visible_sql(Path(), manifest.tables[table], locate=url)
+        relation = visible_sql(Path(), manifest.tables[table], with_salt=with_salt,
+                               locate=url)
         lines.append(f"CREATE OR REPLACE VIEW {schema}.{quote(view)} AS "
                      f"SELECT * FROM {relation};")
     return "\n".join(lines) + "\n"

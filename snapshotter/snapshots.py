@@ -90,7 +90,8 @@ class Snapshot:
                     "missing or failing the sha256 its manifest recorded")
         else:
             try:
-                got = table_digest(duckdb.connect(), visible_sql(self.path, table)).digest
+                relation = visible_sql(self.path, table, with_salt=True)
+                got = table_digest(duckdb.connect(), relation).digest
             except TidelogError:
                 got = "unreadable"
             bad = [name] if got != table.digest else []

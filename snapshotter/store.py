@@ -100,7 +100,7 @@ class SnapshotStore:
                     return False
                 continue
             try:  # format 1: recompute the digest
-                got = table_digest(con, visible_sql(directory, table))
+                got = table_digest(con, visible_sql(directory, table, with_salt=True))
             except TidelogError:
                 return False
             if got.digest != table.digest:

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from cdc.events import KEY, OP
+from cdc.events import KEY, OP, SALT
 from snapshotter.digest import (
     TableDigest,
     table_digest,
@@ -82,13 +82,20 @@ def table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
                     delete_files: Sequence[str] = (), delta_files: Sequence[str] = (),
                     digest: TableDigest | None = None,
                     columns: Sequence[tuple[str, str]] | None = None,
-                    checksums: dict[str, str] | None = None) -> TableManifest:
+                    checksums: dict[str, str] | None = None,
+                    salted: bool | None = None) -> TableManifest:
     """The manifest entry for files written under `tmp`; the digest is computed from the
-    files unless the caller derived it."""
-    if columns is None:
+    files unless the caller derived it. `columns` and `salted` (whether the files keep
+    `__salt`) are read from the files unless given."""
+    if columns is None or salted is None:
         relation = f"read_parquet({sql_paths([str(tmp / f) for f in files])})"
         described = con.execute(f"describe select * from {relation}").fetchall()
-        columns = [(str(r[0]), str(r[1])) for r in described if r[0] != KEY_COLUMN]
+        names = [str(r[0]) for r in described]
+        if salted is None:
+            salted = SALT in names
+        if columns is None:
+            columns = [(str(r[0]), str(r[1])) for r in described
+                       if r[0] not in (KEY_COLUMN, SALT)]
     if not columns:
         raise SnapshotError(
             f"table {table} has no change events below the cut, so nothing is known of its "
@@ -96,9 +103,10 @@ def table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
             "(Debezium writes nothing for a table that has never had a row)", table=table)
     draft = TableManifest(name=table, topic=topic, rows=0, columns=tuple(columns),
                           key_columns=tuple(key_columns), digest="", files=tuple(files),
-                          delete_files=tuple(delete_files), delta_files=tuple(delta_files))
+                          delete_files=tuple(delete_files), delta_files=tuple(delta_files),
+                          salted=salted)
     if digest is None:
-        digest = table_digest(con, visible_sql(tmp, draft))
+        digest = table_digest(con, visible_sql(tmp, draft, with_salt=True))
     sums = dict(checksums or {})
     for name in draft.all_files:
         if name not in sums:

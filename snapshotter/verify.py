@@ -57,7 +57,7 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
     recomputed: dict[str, str] = {}
     for name, table in sorted(snap.manifest.tables.items()):
         try:
-            got = table_digest(con, visible_sql(snap.path, table))
+            got = table_digest(con, visible_sql(snap.path, table, with_salt=True))
         except SnapshotError as exc:
             tables[name] = {"ok": False, "error": f"unreadable: {exc}"}
             continue

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from cdc.events import with_salts
 from cdc.reader import LogIdentity
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
@@ -61,8 +62,8 @@ def _event(offset: int, op: str, key: int, name: str | None, email: str | None,
 
 def _segment(archive: Archive, events: list[dict[str, object]]) -> None:
     start, end = int(events[0]["__offset"]), int(events[-1]["__offset"]) + 1  # type: ignore[call-overload]
-    archive.write_segment(TOPIC, 0, 0, start, end,
-                          pl.DataFrame(events, schema_overrides=TYPES).to_arrow())
+    archive.write_segment(TOPIC, 0, 0, start, end,  # salted, as the archiver writes
+                          with_salts(pl.DataFrame(events, schema_overrides=TYPES).to_arrow()))
 
 
 def _cut(end: int) -> Cut:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from cdc.events import with_salts
 from cdc.reader import LogIdentity
 from snapshotter import archive as archive_module
 from snapshotter import full_build, layered_build
@@ -48,8 +49,9 @@ class History:
     replay is only meaningful for one partition, where offset order is event order)."""
 
     def __init__(self, settings: Settings, table: str, keyed: bool = True,
-                 partitions: int = 1) -> None:
+                 partitions: int = 1, salted: bool = True) -> None:
         self.archive = Archive(settings.archive_root)
+        self.salted = salted  # as the archiver writes; False: an archive from before salts
         self.topic = f"{PREFIX}.{table}"
         self.table = table
         self.keyed = keyed
@@ -108,8 +110,9 @@ class History:
             types = {name: t for name, t in TYPES.items() if name in columns}
             frame = pl.DataFrame(rows, schema_overrides=types)
             end = self.offsets[partition]
+            table = with_salts(frame.to_arrow()) if self.salted else frame.to_arrow()
             self.archive.write_segment(self.topic, partition, self.generations[partition],
-                                       end - len(rows), end, frame.to_arrow())
+                                       end - len(rows), end, table)
             self.pending[partition] = []
 
     def cut(self) -> Cut:
