@@ -130,8 +130,8 @@ def _snapshot_pin(args: argparse.Namespace) -> int:
     from snapshotter.store import SnapshotStore
     from tidelog.settings import load_settings
 
-    SnapshotStore.of(load_settings()).manifest(args.id)  # SnapshotNotFound for a wrong id
-    pin = _pins().pin(args.id, "cli", args.reason or "")
+    store = SnapshotStore.of(load_settings())
+    pin = _pins().pin(args.id, "cli", args.reason or "", exists=store.manifest)
     if args.json:
         _print_json({"snapshot_id": args.id, "pinned": True, **pin})
     else:

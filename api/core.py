@@ -92,18 +92,19 @@ class Core:
     def verify_archive(self) -> dict[str, Any]:
         from snapshotter.verify import verify_archive
 
-        return verify_archive(self.settings)
+        return verify_archive(self.settings).to_json()
 
     def verify_snapshot(self, snapshot_id: str, against_source: bool = False
                         ) -> dict[str, Any]:
         from snapshotter.verify import verify_snapshot
 
-        return verify_snapshot(self.settings, snapshot_id, against_source=against_source)
+        return verify_snapshot(self.settings, snapshot_id,
+                               against_source=against_source).to_json()
 
     def diff_snapshots(self, a: str, b: str, limit: int = 20) -> dict[str, Any]:
         from snapshotter.verify import diff_snapshots
 
-        return diff_snapshots(self.settings, a, b, limit=limit)
+        return diff_snapshots(self.settings, a, b, limit=limit).to_json()
 
     def models_using(self, snapshot_id: str) -> list[dict[str, str]]:
         from api.retention import registered_versions_using

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from api.store import Database, now
@@ -27,13 +28,23 @@ _LOG = logging.getLogger("tidelog.api")
 
 
 class Pins:
+    """Pins in the API's database. A pin and a delete each run in one write transaction
+    of that database (`BEGIN IMMEDIATE`), which SQLite serialises across processes: the
+    API, `tidelog snapshot pin` and `tidelog snapshot delete` never interleave a check
+    with the other's change."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
         # Held while a delete decides, so a pin cannot slip in between check and delete.
         self.lock = threading.RLock()
 
-    def pin(self, snapshot_id: str, by: str, reason: str = "") -> dict[str, Any]:
+    def pin(self, snapshot_id: str, by: str, reason: str = "", *,
+            exists: Callable[[str], object] | None = None) -> dict[str, Any]:
+        """Pin `snapshot_id`; `exists` (raising SnapshotNotFound) is checked inside the
+        transaction, so a delete in another process has either finished or not begun."""
         with self.lock, self.db.write() as conn:
+            if exists is not None:
+                exists(snapshot_id)
             conn.execute("insert into pins (snapshot_id, pinned_by, pinned_at, reason) "
                          "values (?, ?, ?, ?) on conflict (snapshot_id) do nothing",
                          (snapshot_id, by, now(), reason))
@@ -59,21 +70,31 @@ class Pins:
 
 def delete_unless_kept(core: Any, pins: Pins, snapshot_id: str) -> None:
     """Delete the snapshot, or refuse (SnapshotPinned / SnapshotInUse, 409) naming the pin
-    or the model versions keeping it. The API and `tidelog snapshot delete` both call this."""
+    or the model versions keeping it. The API and `tidelog snapshot delete` both call this.
+
+    The pin is checked again, and the files deleted, inside one write transaction of the
+    API database, so a pin taken meanwhile by another process either wins or waits and
+    then finds no snapshot. MLflow is asked before that transaction, not during it."""
     core.manifest(snapshot_id)  # SnapshotNotFound for an unknown id
-    with pins.lock:
-        pin = pins.get(snapshot_id)
-        if pin is not None:
-            raise SnapshotPinned(f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
-                                 f"({pin['reason'] or 'no reason given'}); unpin it first",
-                                 snapshot_id=snapshot_id, pin=pin)
-        users = core.models_using(snapshot_id)
-        if users:
-            names = ", ".join(f"{u['name']}/{u['version']}" for u in users[:10])
-            raise SnapshotInUse(f"snapshot {snapshot_id} trained registered model version(s) "
-                                f"{names}; delete those model versions in MLflow first",
-                                snapshot_id=snapshot_id, model_versions=users)
+    _refuse_if_pinned(pins, snapshot_id)
+    users = core.models_using(snapshot_id)
+    if users:
+        names = ", ".join(f"{u['name']}/{u['version']}" for u in users[:10])
+        raise SnapshotInUse(f"snapshot {snapshot_id} trained registered model version(s) "
+                            f"{names}; delete those model versions in MLflow first",
+                            snapshot_id=snapshot_id, model_versions=users)
+    with pins.lock, pins.db.write():
+        _refuse_if_pinned(pins, snapshot_id)
+        core.manifest(snapshot_id)  # a delete in another process may have won
         core.delete_snapshot(snapshot_id)
+
+
+def _refuse_if_pinned(pins: Pins, snapshot_id: str) -> None:
+    pin = pins.get(snapshot_id)
+    if pin is not None:
+        raise SnapshotPinned(f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
+                             f"({pin['reason'] or 'no reason given'}); unpin it first",
+                             snapshot_id=snapshot_id, pin=pin)
 
 
 def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict[str, str]]:

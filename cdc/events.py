@@ -21,7 +21,6 @@ which equals the BEGIN id.
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,13 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from cdc.columns import (
+    METADATA_COLUMNS,
+    METADATA_NAMES,
+    SALT,
+    TRUNCATE_OP,
+    UPSERT_OPS,
+)
 from cdc.rows import RowCodec, codec_for_schema_text, key_normaliser, row_codec
 from cdc.values import canonical_json
 from tidelog.errors import DecodeError
@@ -40,22 +46,6 @@ __all__ = [
     "TransactionEvent",
     "Heartbeat",
     "HEARTBEAT_TOPIC_PREFIX",
-    "METADATA_COLUMNS",
-    "PARTITION",
-    "OFFSET",
-    "OP",
-    "KEY",
-    "LSN",
-    "TXID",
-    "TX",
-    "TS_MS",
-    "BEFORE",
-    "SALT",
-    "SALT_TYPE",
-    "with_salts",
-    "UPSERT_OPS",
-    "DELETE_OPS",
-    "TRUNCATE_OP",
     "decode_message",
     "decode_transaction",
     "decode_any",
@@ -65,43 +55,6 @@ __all__ = [
 
 HEARTBEAT_TOPIC_PREFIX = "__debezium-heartbeat"
 
-# The archive's metadata columns, before every table's own: named here, once.
-PARTITION, OFFSET, OP, KEY = "__partition", "__offset", "__op", "__key"
-LSN, TXID, TX, TS_MS, BEFORE = "__lsn", "__txid", "__tx", "__ts_ms", "__before"
-METADATA_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
-    (PARTITION, pa.int32()),
-    (OFFSET, pa.int64()),
-    (OP, pa.string()),
-    (KEY, pa.string()),
-    (LSN, pa.int64()),
-    (TXID, pa.int64()),
-    (TX, pa.string()),
-    (TS_MS, pa.int64()),
-    (BEFORE, pa.string()),
-)
-_METADATA_NAMES = frozenset(name for name, _ in METADATA_COLUMNS)
-# A random 16-byte salt per archived change event, added by the archiver after the data
-# columns (docs/digest.md, "Salted rows"); a snapshot row keeps its event's salt.
-SALT = "__salt"
-SALT_TYPE = pa.binary(16)
-
-
-
-def with_salts(table: pa.Table) -> pa.Table:
-    """`table` with a fresh random salt per row appended as `__salt` (os.urandom)."""
-    if SALT in table.column_names:
-        raise ValueError(f"{SALT} is already set: salts are drawn once, when archived")
-    rows = table.num_rows
-    salts = pa.FixedSizeBinaryArray.from_buffers(
-        SALT_TYPE, rows, [None, pa.py_buffer(os.urandom(SALT_TYPE.byte_width * rows))])
-    return table.append_column(pa.field(SALT, SALT_TYPE), salts)
-
-
-# Ops in the archive: Debezium's read/create/update upsert the after image, its delete
-# and tidelog's tombstone ("x", a Kafka tombstone) delete the key, a truncate empties it.
-UPSERT_OPS = ("r", "c", "u")
-DELETE_OPS = ("d", "x")
-TRUNCATE_OP = "t"
 _OPS = frozenset((*UPSERT_OPS, "d", TRUNCATE_OP))  # what Debezium itself sends
 _NEEDS_AFTER = frozenset(UPSERT_OPS)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
@@ -576,7 +529,7 @@ class _Batch:
         fields = [pa.field(name, t) for name, t in METADATA_COLUMNS]
         codec = self.codec
         if codec is not None:
-            clash = _METADATA_NAMES.intersection(codec.arrow_schema.names)
+            clash = (METADATA_NAMES | {SALT}).intersection(codec.arrow_schema.names)
             if clash:
                 raise DecodeError(f"source columns {sorted(clash)} of {self.topic} collide "
                                   "with the archive's metadata columns")

@@ -25,10 +25,10 @@ def verify_run(settings: Settings, run_id: str, *, rebuild: bool = False,
     try:
         snap = verify_snapshot(settings, lineage.snapshot_id)
         report["snapshot"] = {
-            "present": True, "ok": snap["ok"] and snap["digest_recorded"] == lineage.digest,
-            "digest": snap["digest_recomputed"],
-            "tables": {t: v["ok"] and v.get("recorded") == lineage.table_digests.get(t)
-                       for t, v in snap["tables"].items()}}
+            "present": True, "ok": snap.ok and snap.digest_recorded == lineage.digest,
+            "digest": snap.digest_recomputed,
+            "tables": {t: v.ok and v.recorded == lineage.table_digests.get(t)
+                       for t, v in snap.tables.items()}}
     except SnapshotError as exc:
         # Snapshots may be deleted; the archive can rebuild them (--rebuild).
         report["snapshot"] = {"present": False, "ok": None, "reason": exc.message}

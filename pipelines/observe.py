@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from cdc.events import OFFSET, OP, TS_MS
+from cdc.columns import OFFSET, OP, TS_MS
 from cdc.reader import LogIdentity
 from pipelines.config import Pipeline
 from pipelines.registry import Champion, Registry

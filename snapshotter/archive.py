@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cdc.events import OFFSET, PARTITION
+from cdc.columns import OFFSET, PARTITION
 from cdc.reader import (
     LogIdentity,
 )

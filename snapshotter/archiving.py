@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from cdc.events import METADATA_COLUMNS, OFFSET, PARTITION, with_salts
+from cdc.columns import METADATA_COLUMNS, OFFSET, PARTITION, with_salts
 from cdc.reader import (
     RawMessage,
     TopicPartitionKey,

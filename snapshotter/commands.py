@@ -66,15 +66,14 @@ def _archive_verify(args: argparse.Namespace) -> int:
 
     report = verify_archive(load_settings())
     if args.json:
-        _print_json(report)
+        _print_json(report.to_json())
     else:
-        print(f"{report['segments_checked']} segments checked, "
-              f"{len(report['damaged'])} damaged")
-        for path in report["damaged"]:
+        print(f"{report.segments_checked} segments checked, {len(report.damaged)} damaged")
+        for path in report.damaged:
             print(f"  damaged: {path}")
-        if report["damaged"]:
+        if report.damaged:
             print(DAMAGED_HINT)
-    return 0 if report["ok"] else 1
+    return 0 if report.ok else 1
 
 
 def _snapshot_create(args: argparse.Namespace) -> int:
@@ -125,16 +124,16 @@ def _snapshot_verify(args: argparse.Namespace) -> int:
     from snapshotter.verify import verify_snapshot
 
     report = verify_snapshot(load_settings(), args.id, against_source=args.against_source)
-    _print_json(report) if args.json else print(
-        "\n".join(f"{k}: {v}" for k, v in report.items()))
-    return 0 if report["ok"] else 1
+    _print_json(report.to_json()) if args.json else print(
+        "\n".join(f"{k}: {v}" for k, v in report.to_json().items()))
+    return 0 if report.ok else 1
 
 
 def _snapshot_diff(args: argparse.Namespace) -> int:
     from snapshotter.verify import diff_snapshots
 
     report = diff_snapshots(load_settings(), args.a, args.b, limit=args.limit)
-    _print_json(report)
+    _print_json(report.to_json())
     return 0
 
 

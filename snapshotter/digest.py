@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdc.events import SALT
+from cdc.columns import SALT
 from tidelog.errors import SnapshotError
 from tidelog.sql import ident
 

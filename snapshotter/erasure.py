@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cdc.events import OFFSET, SALT
+from cdc.columns import OFFSET, SALT
 from cdc.values import canonical_json
 from snapshotter.archive import Archive, Segment
 from snapshotter.cut import Cut

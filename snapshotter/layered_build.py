@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cdc.events import SALT
+from cdc.columns import SALT
 from snapshotter import full_build
 from snapshotter.digest import (
     ContentSum,

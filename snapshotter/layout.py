@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cdc.events import KEY, SALT
+from cdc.columns import KEY, SALT
 from snapshotter.manifest import TableManifest
 from tidelog.sql import ident as quote
 from tidelog.sql import literal as sql_text

@@ -27,7 +27,7 @@ from typing import Literal, TypeAlias
 import polars as pl
 import pyarrow as pa
 
-from cdc.events import DELETE_OPS, KEY, OFFSET, OP, PARTITION, SALT, TRUNCATE_OP, UPSERT_OPS
+from cdc.columns import DELETE_OPS, KEY, OFFSET, OP, PARTITION, SALT, TRUNCATE_OP, UPSERT_OPS
 from snapshotter.toast import (
     MAY_BE_PLACEHOLDER,
     UNAVAILABLE,

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from cdc.events import LSN, OFFSET, OP, TS_MS, TX
+from cdc.columns import LSN, OFFSET, OP, TS_MS, TX
 from cdc.reader import LogIdentity
 from snapshotter.alignment import TableEvents, aligned_ends, transactions_from_rows
 from snapshotter.archive import Archive, Generation

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from cdc.events import KEY, OP, SALT
+from cdc.columns import KEY, OP, SALT
 from snapshotter.digest import (
     TableDigest,
     table_digest,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from cdc.events import BEFORE, KEY, OP, UPSERT_OPS
+from cdc.columns import BEFORE, KEY, OP, UPSERT_OPS
 
 __all__ = ["UNAVAILABLE", "MAY_BE_PLACEHOLDER", "may_be_placeholder", "unavailable_columns",
            "fill_placeholders"]

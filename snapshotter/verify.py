@@ -3,6 +3,7 @@ snapshots, in DuckDB."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from snapshotter.snapshots import KEY_COLUMN, open_snapshot
 from tidelog.errors import DigestMismatch, SnapshotError
 from tidelog.settings import Settings
 
-__all__ = ["verify_archive", "verify_snapshot", "diff_snapshots", "DAMAGED_HINT"]
+__all__ = ["verify_archive", "verify_snapshot", "diff_snapshots", "DAMAGED_HINT",
+           "ArchiveReport", "SnapshotReport", "TableReport", "SnapshotDiff", "TableDiff"]
 
 DAMAGED_HINT = (
     "snapshots refuse to read a damaged segment. Restore it from a backup; or, while "
@@ -24,7 +26,26 @@ DAMAGED_HINT = (
     "its generation out of the archive and run `tidelog archive run` to archive them again")
 
 
-def verify_archive(settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ArchiveReport:
+    """`verify_archive`'s answer, the same for `tidelog archive verify` and the API."""
+
+    segments_checked: int
+    damaged: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def to_json(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ok": self.ok, "segments_checked": self.segments_checked,
+                                  "damaged": list(self.damaged)}
+        if self.damaged:
+            report["hint"] = DAMAGED_HINT
+        return report
+
+
+def verify_archive(settings: Settings) -> ArchiveReport:
     """Check every archived segment of every generation against its recorded checksum."""
     archive = Archive(settings.archive_root)
     damaged: list[str] = []
@@ -35,11 +56,56 @@ def verify_archive(settings: Settings) -> dict[str, Any]:
             segments = archive.segments(topic, partition, gen.number)
             checked += len(segments)
             damaged += [s.path for s in archive.damaged(segments)]
-    report: dict[str, Any] = {"ok": not damaged, "segments_checked": checked,
-                              "damaged": damaged}
-    if damaged:
-        report["hint"] = DAMAGED_HINT
-    return report
+    return ArchiveReport(checked, tuple(damaged))
+
+
+@dataclass(frozen=True)
+class TableReport:
+    """One table of a snapshot, recomputed: its digest and row count against the
+    manifest's, and the files whose bytes changed (or why it could not be read)."""
+
+    ok: bool
+    error: str | None = None
+    recorded: str = ""
+    recomputed: str = ""
+    rows_recorded: int = 0
+    rows_recomputed: int = 0
+    files: int = 0
+    files_damaged: tuple[str, ...] = ()
+    erased: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"ok": False, "error": self.error}
+        report: dict[str, Any] = {
+            "ok": self.ok, "recorded": self.recorded, "recomputed": self.recomputed,
+            "rows_recorded": self.rows_recorded, "rows_recomputed": self.rows_recomputed,
+            "files": self.files, "files_damaged": list(self.files_damaged)}
+        if self.erased:
+            report["erased"] = list(self.erased)
+        return report
+
+
+@dataclass(frozen=True)
+class SnapshotReport:
+    """`verify_snapshot`'s answer; `source` is the comparison with the source database
+    when it was asked for (`against_source`), or why it could not be made."""
+
+    id: str
+    ok: bool
+    digest_recorded: str
+    digest_recomputed: str | None
+    tables: dict[str, TableReport]
+    source: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "id": self.id, "ok": self.ok, "digest_recorded": self.digest_recorded,
+            "digest_recomputed": self.digest_recomputed,
+            "tables": {n: t.to_json() for n, t in self.tables.items()}}
+        if self.source is not None:
+            report["source"] = self.source
+        return report
 
 
 def _damaged_files(directory: Path, table: TableManifest) -> list[str]:
@@ -49,17 +115,17 @@ def _damaged_files(directory: Path, table: TableManifest) -> list[str]:
 
 
 def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool = False
-                    ) -> dict[str, Any]:
+                    ) -> SnapshotReport:
     """Recompute every digest from the Parquet files; report each table."""
     snap = open_snapshot(settings, snapshot_id)
     con = duckdb.connect()
-    tables: dict[str, Any] = {}
+    tables: dict[str, TableReport] = {}
     recomputed: dict[str, str] = {}
     for name, table in sorted(snap.manifest.tables.items()):
         try:
             got = table_digest(con, visible_sql(snap.path, table, with_salt=True))
         except SnapshotError as exc:
-            tables[name] = {"ok": False, "error": f"unreadable: {exc}"}
+            tables[name] = TableReport(ok=False, error=f"unreadable: {exc}")
             continue
         if table.erased:
             # docs/erasure.md: the remaining rows plus the kept sums of the erased ones
@@ -67,42 +133,66 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
                                            for e in table.erased])
         recomputed[name] = got.digest
         damaged = _damaged_files(snap.path, table)
-        tables[name] = {"ok": got.digest == table.digest and got.rows == table.rows
-                        and not damaged,
-                        "recorded": table.digest, "recomputed": got.digest,
-                        "rows_recorded": table.rows, "rows_recomputed": got.rows,
-                        "files": len(table.all_files), "files_damaged": damaged}
-        if table.erased:
-            tables[name]["erased"] = [e.to_json() for e in table.erased]
+        tables[name] = TableReport(
+            ok=got.digest == table.digest and got.rows == table.rows and not damaged,
+            recorded=table.digest, recomputed=got.digest, rows_recorded=table.rows,
+            rows_recomputed=got.rows, files=len(table.all_files),
+            files_damaged=tuple(damaged), erased=tuple(e.to_json() for e in table.erased))
     overall = overall_digest(recomputed) if len(recomputed) == len(tables) else None
-    report: dict[str, Any] = {
-        "id": snapshot_id,
-        "ok": all(t["ok"] for t in tables.values()) and overall == snap.manifest.digest,
-        "digest_recorded": snap.manifest.digest,
-        "digest_recomputed": overall,
-        "tables": tables,
-    }
+    ok = all(t.ok for t in tables.values()) and overall == snap.manifest.digest
+    source: dict[str, Any] | None = None
     if against_source:
         from snapshotter.source_check import compare_with_source
 
         try:
-            report["source"] = compare_with_source(settings, snap)
+            source = compare_with_source(settings, snap)
         except DigestMismatch as exc:  # changed files are not read, not even to compare
-            report["source"] = {"error": exc.message}
-            report["ok"] = False
+            source = {"error": exc.message}
+            ok = False
         else:
-            report["ok"] = report["ok"] and all(t["ok"] for t in report["source"].values())
-    return report
+            ok = ok and all(t["ok"] for t in source.values())
+    return SnapshotReport(snapshot_id, ok, snap.manifest.digest, overall, tables, source)
 
 
-def diff_snapshots(settings: Settings, a: str, b: str, limit: int = 20) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TableDiff:
+    """Keys inserted, updated and deleted in one table (counts, and the first `limit` of
+    each in key order), and the columns added and dropped."""
+
+    inserted: int
+    updated: int
+    deleted: int
+    examples: dict[str, list[str]]
+    columns_added: tuple[str, ...]
+    columns_dropped: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
+                "examples": self.examples, "columns_added": list(self.columns_added),
+                "columns_dropped": list(self.columns_dropped)}
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    """`diff_snapshots`'s answer: from snapshot `a` to snapshot `b`, per shared table."""
+
+    a: str
+    b: str
+    tables: dict[str, TableDiff]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b,
+                "tables": {n: t.to_json() for n, t in self.tables.items()}}
+
+
+def diff_snapshots(settings: Settings, a: str, b: str, limit: int = 20) -> SnapshotDiff:
     """Keys inserted, updated and deleted from snapshot `a` to snapshot `b`, per table."""
     snap_a, snap_b = open_snapshot(settings, a), open_snapshot(settings, b)
     common = sorted(set(snap_a.manifest.tables) & set(snap_b.manifest.tables))
     if not common:
         raise SnapshotError(f"snapshots {a} and {b} share no table")
     con = duckdb.connect()
-    result: dict[str, Any] = {"a": a, "b": b, "tables": {}}
+    tables: dict[str, TableDiff] = {}
     for name in common:
         _diff_view(con, visible_sql(snap_a.path, snap_a.manifest.tables[name], with_key=True),
                    visible_sql(snap_b.path, snap_b.manifest.tables[name], with_key=True))
@@ -113,17 +203,12 @@ def diff_snapshots(settings: Settings, a: str, b: str, limit: int = 20) -> dict[
                 [kind, limit]).fetchall()]
             for kind in ("inserted", "updated", "deleted")
         }
-        result["tables"][name] = {
-            "inserted": counts.get("inserted", 0), "updated": counts.get("updated", 0),
-            "deleted": counts.get("deleted", 0), "examples": examples,
-            "columns_added": sorted(
-                {c for c, _ in snap_b.manifest.tables[name].columns}
-                - {c for c, _ in snap_a.manifest.tables[name].columns}),
-            "columns_dropped": sorted(
-                {c for c, _ in snap_a.manifest.tables[name].columns}
-                - {c for c, _ in snap_b.manifest.tables[name].columns}),
-        }
-    return result
+        columns_a = {c for c, _ in snap_a.manifest.tables[name].columns}
+        columns_b = {c for c, _ in snap_b.manifest.tables[name].columns}
+        tables[name] = TableDiff(
+            counts.get("inserted", 0), counts.get("updated", 0), counts.get("deleted", 0),
+            examples, tuple(sorted(columns_b - columns_a)), tuple(sorted(columns_a - columns_b)))
+    return SnapshotDiff(a, b, tables)
 
 
 def _diff_view(con: duckdb.DuckDBPyConnection, relation_a: str, relation_b: str) -> None:

@@ -204,8 +204,8 @@ def _table_line(name: str, rows: int, digest: str) -> str:
     return f"    {name:26} {rows:>7} rows  digest {digest[:16]}"
 
 
-def _source_ok(report: dict[str, Any]) -> bool:
-    return bool(report.get("ok")) and all(t["ok"] for t in report.get("source", {}).values())
+def _source_ok(report: Any) -> bool:  # a snapshotter.verify.SnapshotReport
+    return report.ok and all(t["ok"] for t in (report.source or {}).values())
 
 
 def _snapshot_and_train(settings: Settings, p: Progress, tables: tuple[str, ...], cut: Any,
@@ -391,7 +391,8 @@ def run_demo(customers: int = 2000, progress: Any = None) -> dict[str, Any]:
         query = _query(settings, first["snapshot_id"], second["snapshot_id"])
         _print_query(p, query)
     with p.step("diff", f"Diff {first['snapshot_id']} -> {second['snapshot_id']}"):
-        diff = diff_snapshots(settings, first["snapshot_id"], second["snapshot_id"], limit=5)
+        diff = diff_snapshots(settings, first["snapshot_id"], second["snapshot_id"],
+                              limit=5).to_json()
         _print_diff(p, diff)
     with p.step("tidy", "Tidy up earlier runs (slots, publications, source schemas)"):
         try:

@@ -111,8 +111,8 @@ def pin_snapshot(state: State, snapshot_id: SnapshotPath,
                  body: Annotated[PinRequest | None, Body()] = None,
                  principal: Principal = writer) -> dict[str, Any]:
     """Pin a snapshot: it cannot be deleted until unpinned."""
-    state.core.manifest(snapshot_id)
-    pin = state.pins.pin(snapshot_id, principal.key_id, body.reason if body else "")
+    pin = state.pins.pin(snapshot_id, principal.key_id, body.reason if body else "",
+                         exists=state.core.manifest)
     return {"snapshot_id": snapshot_id, "pinned": True, **pin}
 
 

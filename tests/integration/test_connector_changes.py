@@ -94,12 +94,12 @@ def test_full_rebuild_of_an_existing_snapshot_replaces_it(settings: Settings,
     directory = Path(env.snapshot_root) / snap.id
     data = directory / snap.tables[table].files[0]
     data.write_bytes(data.read_bytes()[:-100])
-    assert not verify_snapshot(env, snap.id)["ok"]
+    assert not verify_snapshot(env, snap.id).ok
     same = create_snapshot(env, [table], snap.cut)  # incremental: the existing one
-    assert same.created_at == snap.created_at and not verify_snapshot(env, snap.id)["ok"]
+    assert same.created_at == snap.created_at and not verify_snapshot(env, snap.id).ok
     rebuilt = create_snapshot(env, [table], snap.cut, incremental=False)
     assert rebuilt.id == snap.id and rebuilt.built_from == "full"
-    assert verify_snapshot(env, snap.id)["ok"]
+    assert verify_snapshot(env, snap.id).ok
     assert rebuilt.digest == snap.digest  # the same logical content, rebuilt
     assert not list(Path(env.snapshot_root).glob(f".old-{snap.id}"))
     delete(env, spec, drop_slot=True)

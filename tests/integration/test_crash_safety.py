@@ -158,7 +158,7 @@ def test_incremental_snapshot_killed_at_random_moments(env: Settings,
         for child in Path(env.snapshot_root).iterdir():
             if not child.name.startswith("."):
                 assert (child / MANIFEST_NAME).exists(), f"partial snapshot {child}"
-        assert verify_snapshot(env, base["id"])["ok"], "a killed build damaged its base"
+        assert verify_snapshot(env, base["id"]).ok, "a killed build damaged its base"
     assert kills >= 1, "every build finished before the kill; nothing was tested"
     final_out, err = _cli(env, "snapshot", "create", "--tables", TABLE, "--at",
                           json.dumps(cut.to_json()), "--json").communicate(timeout=300)
@@ -166,7 +166,7 @@ def test_incremental_snapshot_killed_at_random_moments(env: Settings,
     assert final["built_from"] == base["id"]
     rebuilt = rebuild_snapshot(env, cut, [TABLE], tmp_path / "rebuilt")
     assert rebuilt.digest == final["digest"]
-    assert verify_snapshot(env, final["id"])["ok"]
+    assert verify_snapshot(env, final["id"]).ok
 
 
 # -- crashes at named steps (tidelog/crashpoints.py) -------------------------------------

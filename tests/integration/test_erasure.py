@@ -127,8 +127,8 @@ def test_no_byte_of_the_subject_is_left_under_tidelog_home(world: World) -> None
 def test_recorded_digests_still_verify(world: World) -> None:
     for result in (world.first, world.second):
         check = verify_snapshot(world.env, result.snapshot_id)
-        assert check["ok"], check
-        assert check["digest_recorded"] == result.manifest.digest
+        assert check.ok, check
+        assert check.digest_recorded == result.manifest.digest
         table = open_snapshot(world.env, result.snapshot_id).manifest.tables[
             f"{world.shop.schema}.customers"]
         assert table.erased and table.erased[0].erasure == world.report.erasure_id
@@ -197,7 +197,7 @@ def test_a_killed_erase_leaves_old_or_new_and_the_next_completes_it(world: World
     assert killed.returncode == 137, killed.stderr
     # archive rewritten (new), snapshots untouched (old): each whole and verified
     for result in (world.first, world.second):
-        assert verify_snapshot(world.env, result.snapshot_id)["ok"]
+        assert verify_snapshot(world.env, result.snapshot_id).ok
         rows = open_snapshot(world.env, result.snapshot_id).table(customers)
         assert CRASHED in rows["id"].to_list()
     assert list_erasures(world.env)["pending"]
@@ -208,4 +208,4 @@ def test_a_killed_erase_leaves_old_or_new_and_the_next_completes_it(world: World
     assert _files_with(Path(world.env.home), needle) == []
     assert not list_erasures(world.env)["pending"] and verify_ledger(world.env)["ok"]
     for result in (world.first, world.second):
-        assert verify_snapshot(world.env, result.snapshot_id)["ok"]
+        assert verify_snapshot(world.env, result.snapshot_id).ok

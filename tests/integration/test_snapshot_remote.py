@@ -155,7 +155,7 @@ def test_erasure_rewrites_an_archive_on_s3(tmp_path: Path, s3_endpoint: str) -> 
     assert objects_with([SECRET_NAME, SECRET_MAIL, '"id":7']) == []
     assert _files_with(tmp_path, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []
     for sid in sids:
-        assert verify_snapshot(settings, sid)["ok"] and _digest_sql_check(settings, sid)
+        assert verify_snapshot(settings, sid).ok and _digest_sql_check(settings, sid)
     again = create_snapshot(settings, [PEOPLE], _cut(15), incremental=False, catch_up=False)
     rows = open_snapshot(settings, again.id).table(PEOPLE)
     assert 7 not in rows["id"].to_list() and rows.height == 10

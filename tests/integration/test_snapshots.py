@@ -106,15 +106,16 @@ def test_snapshots_equal_postgres_at_each_moment(env: Settings) -> None:
         assert rebuilt.digest == manifest.digest
         assert {t: m.digest for t, m in rebuilt.tables.items()} == {
             t: m.digest for t, m in manifest.tables.items()}
-        assert verify_snapshot(env, manifest.id)["ok"]
+        assert verify_snapshot(env, manifest.id).ok
     # the last snapshot is the current state: live Postgres agrees, value by value
     report = verify_snapshot(env, manifests[-1].id, against_source=True)
-    assert report["ok"], report["source"]
-    assert report["source"]["public.snap_orders"]["rows_source"] == \
+    assert report.ok and report.source is not None, report.source
+    assert report.source["public.snap_orders"]["rows_source"] == \
         manifests[-1].tables["public.snap_orders"].rows
     # an earlier one does not, and the report says where
     stale = verify_snapshot(env, manifests[0].id, against_source=True)
-    assert not stale["ok"] and stale["source"]["public.snap_orders"]["differences"] > 0
+    assert not stale.ok and stale.source is not None
+    assert stale.source["public.snap_orders"]["differences"] > 0
     # asking again for the same cut gives the same snapshot, not a second one
     again = create_snapshot(env, TABLES, manifests[-1].cut)
     assert again.id == manifests[-1].id
@@ -138,13 +139,13 @@ def test_snapshots_equal_postgres_at_each_moment(env: Settings) -> None:
     assert rows[0][0] and json.loads(rows[0][0])["name"]  # replica identity full
 
     diff = diff_snapshots(env, manifests[0].id, manifests[1].id)
-    orders = diff["tables"]["public.snap_orders"]
-    assert orders["inserted"] == 100 and orders["deleted"] > 0
-    customers = diff["tables"]["public.snap_customers"]
-    assert customers["updated"] > 0 and customers["deleted"] >= 2  # a delete, a key change
-    assert orders["columns_added"] == ["channel"]  # added in phase 2
-    assert diff_snapshots(env, manifests[1].id, manifests[2].id)["tables"][
-        "public.snap_orders"]["columns_added"] == []
+    orders = diff.tables["public.snap_orders"]
+    assert orders.inserted == 100 and orders.deleted > 0
+    customers = diff.tables["public.snap_customers"]
+    assert customers.updated > 0 and customers.deleted >= 2  # a delete, a key change
+    assert orders.columns_added == ("channel",)  # added in phase 2
+    assert diff_snapshots(env, manifests[1].id, manifests[2].id).tables[
+        "public.snap_orders"].columns_added == ()
 
 
 def test_tampered_snapshot_fails_verification(env: Settings) -> None:
@@ -154,9 +155,9 @@ def test_tampered_snapshot_fails_verification(env: Settings) -> None:
     frame = pl.read_parquet(path)
     frame.with_columns(pl.col("note").fill_null("tampered")).write_parquet(path)
     report = verify_snapshot(env, manifest.id)
-    assert not report["ok"]
-    assert not report["tables"]["public.snap_orders"]["ok"]
-    assert report["tables"]["public.snap_customers"]["ok"]
+    assert not report.ok
+    assert not report.tables["public.snap_orders"].ok
+    assert report.tables["public.snap_customers"].ok
 
 
 def test_bad_input_gives_clear_errors(env: Settings) -> None:

@@ -22,7 +22,7 @@ from cdc.connector import ConnectorSpec, apply, delete
 from examples.shop import Shop
 from snapshotter.archive import Archive
 from snapshotter.archiving import cdc_topics
-from snapshotter.verify import verify_snapshot
+from snapshotter.verify import SnapshotReport, verify_snapshot
 from tests.integration.cdc_helpers import private_settings, unique_name
 from tidelog.demo import wait_for_capture
 from tidelog.errors import DigestMismatch
@@ -46,8 +46,8 @@ class History:
     model: str
     first: TrainResult
     second: TrainResult
-    first_matches_source: dict[str, Any]
-    second_matches_source: dict[str, Any]
+    first_matches_source: SnapshotReport
+    second_matches_source: SnapshotReport
     rows_then: dict[str, dict[str, Any] | None]  # tracked customers at the first run
     rows_now: dict[str, dict[str, Any] | None]  # ... and at the second
 
@@ -88,8 +88,8 @@ def _digests(result: TrainResult) -> dict[str, str]:
 
 def test_each_run_trained_on_exactly_the_database_of_its_moment(history: History) -> None:
     for check in (history.first_matches_source, history.second_matches_source):
-        assert check["ok"], check
-        assert all(t["ok"] for t in check["source"].values()), check["source"]
+        assert check.ok and check.source is not None, check
+        assert all(t["ok"] for t in check.source.values()), check.source
     first, second = history.first, history.second
     assert first.registered_version == "1" and second.registered_version == "2"
     assert first.snapshot_id != second.snapshot_id

@@ -921,3 +921,51 @@ def _check_archive_verify(api: Api, settings: Settings, tmp_path: Path,
     code, out, _ = _cli(settings, monkeypatch, db, "archive", "verify", "--json")
     assert code == 1 and json.loads(out) == damaged
     assert api.post("/cdc/archive/verify", role="none").status_code == 401
+
+
+def test_a_pin_from_another_process_waits_for_a_delete_and_then_finds_no_snapshot(
+        api: Api, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers with their own database connections and locks, as the API and
+    `tidelog snapshot pin` in another process have: SQLite's write transaction orders
+    them, so the pin never lands on a snapshot that is being deleted."""
+    from api.core import Core
+    from api.retention import Pins, delete_unless_kept
+    from api.store import Database
+    from snapshotter.store import SnapshotStore
+
+    sid = _snapshot(api, ["public.payments"])["snapshot_id"]
+    db = tmp_path / "api.db"
+    core = Core(settings)
+    monkeypatch.setattr(core, "models_using", lambda _sid: [])
+    deleting, release = threading.Event(), threading.Event()
+    real_delete = core.delete_snapshot
+
+    def slow_delete(snapshot_id: str) -> None:
+        deleting.set()
+        assert release.wait(30)
+        real_delete(snapshot_id)
+
+    monkeypatch.setattr(core, "delete_snapshot", slow_delete)
+    outcome: dict[str, object] = {}
+
+    def other_process_pins() -> None:
+        try:
+            outcome["pin"] = Pins(Database(db)).pin(
+                sid, "cli", "keep it", exists=SnapshotStore.of(settings).manifest)
+        except SnapshotNotFound as exc:
+            outcome["refused"] = exc.message
+
+    with ThreadPoolExecutor(2) as pool:
+        deleted = pool.submit(delete_unless_kept, core, Pins(Database(db)), sid)
+        assert deleting.wait(30)
+        pinned = pool.submit(other_process_pins)
+        time.sleep(1.0)
+        assert not pinned.done()  # waiting on the delete's transaction
+        release.set()
+        deleted.result(30)
+        pinned.result(30)
+    assert outcome == {"refused": outcome.get("refused")} and f"no snapshot '{sid}'" in str(
+        outcome["refused"])
+    assert Pins(Database(db)).get(sid) is None
+    assert not (Path(settings.snapshot_root) / sid).exists()

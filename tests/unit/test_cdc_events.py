@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cdc.columns import METADATA_COLUMNS
 from cdc.events import (
-    METADATA_COLUMNS,
     ChangeEvent,
     Heartbeat,
     TransactionEvent,
@@ -442,3 +442,20 @@ def test_archive_table_survives_parquet_and_reads_in_duckdb(tmp_path: Path) -> N
                            "1900-02-28", [None, -1, 2147483647], ["", None, "a,b", 'quote"d'])
     assert rows[3][3:5] == ("infinity", "infinity")
     assert rows[6] == (6, "t", None, None, None, None, None)
+
+
+@pytest.mark.parametrize("name", ["__salt", "__key"])
+def test_a_source_column_named_like_tidelogs_own_is_refused(name: str) -> None:
+    """`__salt` is appended by the archiver, the others lead every segment: a source
+    column of that name would be overwritten or shadowed, so it is refused, by name."""
+    doc = json.loads((ENVELOPES / "orders_000_r_snapshot.json").read_text(encoding="utf-8"))
+    value = doc["value"]
+    for part in value["schema"]["fields"]:
+        if part["field"] in ("before", "after"):
+            part["fields"][1]["field"] = name  # `qty`
+    after = value["payload"]["after"]
+    value["payload"]["after"] = {(name if k == "qty" else k): v for k, v in after.items()}
+    message = (doc["topic"], doc["partition"], doc["offset"], _as_bytes(doc["key"]),
+               orjson.dumps(value))
+    with pytest.raises(DecodeError, match=f"source columns \\['{name}'\\] .* collide"):
+        events_to_arrow([message])

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from cdc.events import with_salts
+from cdc.columns import with_salts
 from cdc.reader import LogIdentity
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
@@ -160,7 +160,7 @@ def test_erase_removes_every_byte_and_digests_still_verify(tmp_path: Path) -> No
         table = manifest.tables[TABLE]
         assert manifest.digest == recorded[sid].digest and table.rows == 11
         assert table.visible_rows == 10 and table.erased[0].erasure == report.erasure_id
-        assert verify_snapshot(settings, sid)["ok"], verify_snapshot(settings, sid)
+        assert verify_snapshot(settings, sid).ok, verify_snapshot(settings, sid)
         assert _digest_sql_check(settings, sid)
         rows = open_snapshot(settings, sid).table(TABLE)
         assert 7 not in rows["id"].to_list() and rows.height == 10
@@ -189,7 +189,7 @@ def test_tampered_erased_contribution_fails_verification(tmp_path: Path) -> None
     kept["content_digest"] = (ContentSum.parse(kept["content_digest"], 1)
                               + ContentSum(0, 0, 1)).hex
     path.write_text(json.dumps(data))
-    assert not verify_snapshot(settings, sids[0])["ok"]
+    assert not verify_snapshot(settings, sids[0]).ok
     assert not _digest_sql_check(settings, sids[0])
 
 
@@ -245,7 +245,7 @@ def _state(settings: Settings, sids: list[str]) -> str:
     snaps = []
     for sid in sids:
         snap = open_snapshot(settings, sid)
-        assert verify_snapshot(settings, sid)["ok"]
+        assert verify_snapshot(settings, sid).ok
         snaps.append(7 in snap.table(TABLE)["id"].to_list())
     return ",".join(["old" if x else "new" for x in [*seen, *snaps]])
 

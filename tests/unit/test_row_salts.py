@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdc.events import SALT, SALT_TYPE, with_salts
+from cdc.columns import SALT, SALT_TYPE, with_salts
 from snapshotter.archive import Archive
 from snapshotter.archiving import archive_topics
 from snapshotter.digest import content_sum, table_digest
@@ -118,7 +118,7 @@ def test_the_digest_hashes_each_salt_with_its_row(tmp_path: Path) -> None:
     assert table_digest(con, visible_sql(directory, table, with_salt=True)).digest \
         != table.digest
     assert table_digest(con, visible_sql(directory, table)).digest == plain.digest
-    assert not verify_snapshot(settings, manifest.id)["ok"]
+    assert not verify_snapshot(settings, manifest.id).ok
 
 
 def test_an_archive_from_before_salts_builds_and_digests_as_before(tmp_path: Path) -> None:
@@ -145,12 +145,12 @@ def test_salted_events_on_an_unsalted_base_rebuild_every_row_salted(tmp_path: Pa
     rows = pl.read_parquet([Path(settings.snapshot_root) / newer.id / f for f in table.files])
     salted_keys = rows.filter(pl.col(SALT).is_not_null())["__key"].to_list()
     assert salted_keys == ['{"id":1}']  # rows from before salts keep none
-    assert verify_snapshot(settings, newer.id)["ok"]
+    assert verify_snapshot(settings, newer.id).ok
     # and a layered build on the salted snapshot stays layered
     history.event("u", 2, v=-2.0, name="layered")
     layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
     assert layered.built_from == newer.id and layered.tables[TABLE].salted
-    assert verify_snapshot(settings, layered.id)["ok"]
+    assert verify_snapshot(settings, layered.id).ok
 
 
 def test_an_erased_rows_kept_sum_tests_no_guess(tmp_path: Path) -> None:
@@ -177,4 +177,4 @@ def test_an_erased_rows_kept_sum_tests_no_guess(tmp_path: Path) -> None:
     assert guessed.hex != kept.content_digest  # the guesser, who has no salt
     # and no copy of any of the subject's salts is left anywhere tidelog writes
     assert not _salts_in(tmp_path) & subject_salts
-    assert verify_snapshot(settings, sid)["ok"] and _digest_sql_check(settings, sid)
+    assert verify_snapshot(settings, sid).ok and _digest_sql_check(settings, sid)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from cdc.events import with_salts
+from cdc.columns import with_salts
 from cdc.reader import LogIdentity
 from snapshotter import archive as archive_module
 from snapshotter import full_build, layered_build
@@ -144,7 +144,7 @@ def _assert_same_as_full(settings: Settings, tmp_path: Path, manifest: Manifest)
         assert table.rows == full.tables[name].rows
         assert table.content_digest == full.tables[name].content_digest
         assert snap.table(name).equals(full_snap.table(name))  # same rows, same order
-    assert verify_snapshot(settings, manifest.id)["ok"]
+    assert verify_snapshot(settings, manifest.id).ok
 
 
 def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
@@ -178,8 +178,8 @@ def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
     con = duckdb.connect(str(settings.home / "catalog.duckdb"), read_only=True)
     count = con.execute(f"select count(*) from snap_{previous.id}.items").fetchone()
     assert count == (len(history.state),)
-    diff = diff_snapshots(settings, first.id, previous.id)["tables"]["public.items"]
-    assert diff["inserted"] + diff["updated"] + diff["deleted"] > 0
+    diff = diff_snapshots(settings, first.id, previous.id).tables["public.items"]
+    assert diff.inserted + diff.updated + diff.deleted > 0
     view = open_snapshot(settings, previous.id).duckdb()
     assert view.execute("select count(*) from public.items").fetchone() == count
 
@@ -187,7 +187,7 @@ def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
     import shutil
 
     shutil.rmtree(Path(settings.snapshot_root) / first.id)
-    assert verify_snapshot(settings, previous.id)["ok"]
+    assert verify_snapshot(settings, previous.id).ok
 
 
 def test_delta_past_threshold_is_compacted(tmp_path: Path,
@@ -285,9 +285,8 @@ def test_damaged_base_is_not_built_upon(tmp_path: Path) -> None:
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
     report = verify_snapshot(settings, base.id)
-    assert not report["ok"]
-    assert report["tables"]["public.items"]["files_damaged"] == [
-        base.tables["public.items"].files[0]]
+    assert not report.ok
+    assert report.tables["public.items"].files_damaged == (base.tables["public.items"].files[0],)
     history.event("u", 1, v=-1.0, name="y")
     manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
     assert manifest.built_from == "full"
