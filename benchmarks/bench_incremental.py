@@ -37,6 +37,7 @@ from bench_materialise import generate  # noqa: E402
 
 from cdc.reader import LogIdentity  # noqa: E402
 from snapshotter.archive import Archive  # noqa: E402
+from cdc.columns import with_salts  # noqa: E402
 from snapshotter.cut import Cut, PartitionCut  # noqa: E402
 from snapshotter.snapshots import create_snapshot  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402
@@ -45,7 +46,8 @@ TABLE = "public.items"
 IDENTITY = LogIdentity("bench-cluster", "bench-topic")
 
 
-def build_archive(directory: Path, keys: int, events: int) -> tuple[Settings, Cut, Cut, int]:
+def build_archive(directory: Path, keys: int, events: int, salted: bool = False
+                  ) -> tuple[Settings, Cut, Cut, int]:
     raw = directory / "raw"
     raw.mkdir()
     layout = generate(raw, keys, events)
@@ -59,7 +61,9 @@ def build_archive(directory: Path, keys: int, events: int) -> tuple[Settings, Cu
     for path in [*layout["segments"], layout["delta"]]:
         frame = pl.read_parquet(path)
         start, end = int(frame["__offset"].min()), int(frame["__offset"].max()) + 1
-        archive.write_segment(topic, 0, gen, start, end, pq.read_table(path))
+        table = pq.read_table(path)
+        archive.write_segment(topic, 0, gen, start, end,
+                              with_salts(table) if salted else table)
         ends.append(end)
 
     def cut(end: int) -> Cut:
@@ -75,12 +79,14 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=3_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--salted", action="store_true",
+                        help="salt each segment, as the archiver does (docs/digest.md)")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="tidelog-bench-inc-"))
     try:
         settings, before, after, delta_events = build_archive(directory, args.keys,
-                                                              args.events)
+                                                              args.events, args.salted)
         base = create_snapshot(settings, [TABLE], before, catch_up=False, incremental=False)
         print(f"archive: {args.events:,} events over {args.keys:,} keys, then "
               f"{delta_events:,} events on 1% of the keys; base snapshot {base.id}, "
