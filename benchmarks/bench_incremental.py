@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_materialise import generate  # noqa: E402
 
+from cdc.columns import with_salts  # noqa: E402
 from cdc.reader import LogIdentity  # noqa: E402
 from snapshotter.archive import Archive  # noqa: E402
-from cdc.columns import with_salts  # noqa: E402
 from snapshotter.cut import Cut, PartitionCut  # noqa: E402
 from snapshotter.snapshots import create_snapshot  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402
