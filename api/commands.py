@@ -131,7 +131,8 @@ def _snapshot_pin(args: argparse.Namespace) -> int:
     from tidelog.settings import load_settings
 
     store = SnapshotStore.of(load_settings())
-    pin = _pins().pin(args.id, "cli", args.reason or "", exists=store.manifest)
+    pin = _pins().pin(args.id, "cli", args.reason or "", exists=store.manifest,
+                      guard=store.shared)
     if args.json:
         _print_json({"snapshot_id": args.id, "pinned": True, **pin})
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from anyio import to_thread
@@ -121,10 +121,12 @@ class Core:
         except TidelogError as exc:
             _LOG.warning("DuckDB catalog repair at startup failed: %s", exc.message)
 
-    def delete_snapshot(self, snapshot_id: str) -> None:
+    def delete_snapshot(self, snapshot_id: str, check: Callable[[], object] | None = None
+                        ) -> None:
+        """Delete the snapshot's files; `check` runs under its exclusive lock first."""
         from api.retention import delete_snapshot_files
 
-        delete_snapshot_files(self.settings, snapshot_id)
+        delete_snapshot_files(self.settings, snapshot_id, check)
         self.lineage_cache.clear()
 
     # -- training ---------------------------------------------------------------------

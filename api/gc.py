@@ -23,6 +23,7 @@ from snapshotter.retention import (
     plan_gc,
     roots_of_snapshots,
 )
+from tidelog.errors import SnapshotPinned
 from tidelog.settings import Settings
 
 __all__ = ["plan_garbage", "collect_garbage", "gc_history", "pins_of"]
@@ -42,6 +43,15 @@ def pins_of(settings: Settings) -> dict[str, dict[str, Any]]:
         return Pins(db).all()
     finally:
         db.close()
+
+
+def _refuse_if_pinned_now(settings: Settings, snapshot_id: str) -> None:
+    """SnapshotPinned if a pin was taken since the plan (read again from the database,
+    under the snapshot's exclusive lock: `Pins`)."""
+    pin = pins_of(settings).get(snapshot_id)
+    if pin is not None:
+        raise SnapshotPinned(f"snapshot {snapshot_id} was pinned by {pin['pinned_by']} "
+                             "during gc; it is kept", snapshot_id=snapshot_id, pin=pin)
 
 
 def plan_garbage(settings: Settings, pins: Mapping[str, Mapping[str, Any]], *,
@@ -71,7 +81,8 @@ def collect_garbage(settings: Settings, pins: Mapping[str, Mapping[str, Any]], *
     report["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     report["by"] = by
     if not dry_run:
-        report["result"] = collect(settings, plan)
+        report["result"] = collect(settings, plan, check=lambda sid: _refuse_if_pinned_now(
+            settings, sid))
         _append(settings, report)
     return report
 

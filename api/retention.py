@@ -16,22 +16,24 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from api.store import Database, now
 from tidelog.errors import SnapshotError, SnapshotInUse, SnapshotPinned
 from tidelog.settings import Settings
 
-__all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept"]
+__all__ = ["Pins", "registered_versions_using", "delete_snapshot_files", "delete_unless_kept",
+           "refuse_if_pinned"]
 
 _LOG = logging.getLogger("tidelog.api")
 
 
 class Pins:
-    """Pins in the API's database. A pin and a delete each run in one write transaction
-    of that database (`BEGIN IMMEDIATE`), which SQLite serialises across processes: the
-    API, `tidelog snapshot pin` and `tidelog snapshot delete` never interleave a check
-    with the other's change."""
+    """Pins in the API's database. A pin is taken under the snapshot's shared lock and a
+    delete (or gc) checks pins under its exclusive lock (`SnapshotStore`), so across
+    processes (the API, `tidelog snapshot pin|delete`, `tidelog gc`) a pin either lands
+    before the check, which then refuses, or waits and finds no snapshot."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -39,10 +41,16 @@ class Pins:
         self.lock = threading.RLock()
 
     def pin(self, snapshot_id: str, by: str, reason: str = "", *,
-            exists: Callable[[str], object] | None = None) -> dict[str, Any]:
-        """Pin `snapshot_id`; `exists` (raising SnapshotNotFound) is checked inside the
-        transaction, so a delete in another process has either finished or not begun."""
-        with self.lock, self.db.write() as conn:
+            exists: Callable[[str], object] | None = None,
+            guard: Callable[[str], AbstractContextManager[object]] | None = None
+            ) -> dict[str, Any]:
+        """Pin `snapshot_id`. `exists` (raising SnapshotNotFound) is checked again under
+        `guard(snapshot_id)` (the store's shared lock), so a delete in another process
+        has either finished or not begun."""
+        if exists is not None:
+            exists(snapshot_id)
+        with (guard(snapshot_id) if guard is not None else nullcontext()), self.lock, \
+                self.db.write() as conn:
             if exists is not None:
                 exists(snapshot_id)
             conn.execute("insert into pins (snapshot_id, pinned_by, pinned_at, reason) "
@@ -72,24 +80,23 @@ def delete_unless_kept(core: Any, pins: Pins, snapshot_id: str) -> None:
     """Delete the snapshot, or refuse (SnapshotPinned / SnapshotInUse, 409) naming the pin
     or the model versions keeping it. The API and `tidelog snapshot delete` both call this.
 
-    The pin is checked again, and the files deleted, inside one write transaction of the
-    API database, so a pin taken meanwhile by another process either wins or waits and
-    then finds no snapshot. MLflow is asked before that transaction, not during it."""
+    The pin is checked again under the snapshot's exclusive lock, just before its
+    directory is moved aside (`Pins`), so a pin taken meanwhile by another process
+    either refuses the delete or waits and then finds no snapshot."""
     core.manifest(snapshot_id)  # SnapshotNotFound for an unknown id
-    _refuse_if_pinned(pins, snapshot_id)
+    refuse_if_pinned(pins, snapshot_id)
     users = core.models_using(snapshot_id)
     if users:
         names = ", ".join(f"{u['name']}/{u['version']}" for u in users[:10])
         raise SnapshotInUse(f"snapshot {snapshot_id} trained registered model version(s) "
                             f"{names}; delete those model versions in MLflow first",
                             snapshot_id=snapshot_id, model_versions=users)
-    with pins.lock, pins.db.write():
-        _refuse_if_pinned(pins, snapshot_id)
-        core.manifest(snapshot_id)  # a delete in another process may have won
-        core.delete_snapshot(snapshot_id)
+    with pins.lock:
+        core.delete_snapshot(snapshot_id, check=lambda: refuse_if_pinned(pins, snapshot_id))
 
 
-def _refuse_if_pinned(pins: Pins, snapshot_id: str) -> None:
+def refuse_if_pinned(pins: Pins, snapshot_id: str) -> None:
+    """SnapshotPinned if `snapshot_id` is pinned now (read from the database)."""
     pin = pins.get(snapshot_id)
     if pin is not None:
         raise SnapshotPinned(f"snapshot {snapshot_id} is pinned by {pin['pinned_by']} "
@@ -112,10 +119,11 @@ def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict
     return found
 
 
-def delete_snapshot_files(settings: Settings, snapshot_id: str) -> None:
+def delete_snapshot_files(settings: Settings, snapshot_id: str,
+                          check: Callable[[], object] | None = None) -> None:
     from snapshotter.store import SnapshotStore
 
-    trash = SnapshotStore.of(settings).set_aside(snapshot_id)
+    trash = SnapshotStore.of(settings).set_aside(snapshot_id, check)
     _forget_in_catalog(settings, snapshot_id)
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -91,13 +91,14 @@ def _described(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[
 
 
 def is_salted(con: duckdb.DuckDBPyConnection, relation_sql: str) -> bool:
-    """Whether the relation carries row salts (a `__salt` column)."""
-    return any(name == SALT for name, _ in _described(con, relation_sql))
+    """Whether the relation carries row salts (a BLOB column `__salt`)."""
+    return (SALT, "BLOB") in _described(con, relation_sql)
 
 
 def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
-    """The relation's data columns: all but `__salt`, which is no column of the table."""
-    columns = [(n, t) for n, t in _described(con, relation_sql) if n != SALT]
+    """The relation's data columns: all but a BLOB `__salt`, which is no column of the
+    table but each row's salt."""
+    columns = [(n, t) for n, t in _described(con, relation_sql) if (n, t) != (SALT, "BLOB")]
     names = [n for n, _ in columns]
     if len(set(names)) != len(names):
         raise SnapshotError(

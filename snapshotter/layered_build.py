@@ -23,7 +23,7 @@ from snapshotter.layout import (
     sql_text,
 )
 from snapshotter.manifest import TableManifest
-from snapshotter.materialise import materialise, unavailable_columns
+from snapshotter.materialise import has_salt, materialise, unavailable_columns
 from snapshotter.table_files import (
     KEY_COLUMN,
     OP_COLUMN,
@@ -64,7 +64,7 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     file_schema = data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
     if any(data_schema(f.collect_schema()) != file_schema for f in frames):
         return None  # a column added, dropped or retyped: rewrite the table
-    if any((SALT in f.collect_schema()) != prev.salted for f in frames):
+    if any(has_salt(f.collect_schema()) != prev.salted for f in frames):
         return None  # salted events on an unsalted base: a full build salts every row
     if frames:
         events = pl.concat([f.select(OP_COLUMN, KEY_COLUMN) for f in frames]).collect()

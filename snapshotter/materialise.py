@@ -333,8 +333,8 @@ def plan_materialise(
 
     alive = _alive_columns(live, out)
     # Each row keeps its event's salt (docs/digest.md) once any input carries salts.
-    salted = any(SALT in seg.schema for seg in live) or (base_schema is not None
-                                                      and SALT in base_schema)
+    salted = any(has_salt(seg.schema) for seg in live) or (base_schema is not None
+                                                         and has_salt(base_schema))
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
     winners = (None if fill_unavailable else _winners(live, alive, out, keep, meta))
     parts = [_event_rows(seg, cols, out, keep, where, truncate_at, winners, meta,
@@ -385,10 +385,16 @@ def plan_materialise(
     return state.select(wanted if keep_key else list(out))
 
 
+def has_salt(schema: Mapping[str, pl.DataType]) -> bool:
+    """Whether rows of this schema carry tidelog's salt: a binary `__salt` (a source
+    column of that name archived before tidelog refused it is text or a number)."""
+    return schema.get(SALT) == pl.Binary
+
+
 def _salt_of(schema: Mapping[str, pl.DataType]) -> pl.Expr:
     """The input's `__salt`, or null where it has none (archived before salts)."""
-    if SALT in schema:
-        return pl.col(SALT).cast(pl.Binary)
+    if has_salt(schema):
+        return pl.col(SALT)
     return pl.lit(None, dtype=pl.Binary).alias(SALT)
 
 

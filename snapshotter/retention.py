@@ -25,9 +25,10 @@ log is cut from its first offset, so the current generation is kept whole.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from snapshotter.archive import Archive, Generation, Segment
 from snapshotter.cut import Cut
 from snapshotter.manifest import Manifest
 from snapshotter.store import SnapshotStore
-from tidelog.errors import ConfigError, SnapshotNotFound
+from tidelog.errors import ConfigError, SnapshotNotFound, SnapshotPinned
 from tidelog.settings import Settings
 
 __all__ = ["Root", "PartitionHistory", "KeptRange", "GcPlan", "GcPolicy", "gc_policy",
@@ -254,27 +255,38 @@ def _raise_first_offset(archive: Archive, topic: str, partition: int, number: in
     return True
 
 
-def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None
-            ) -> dict[str, Any]:
-    """Carry out `plan`: delete its snapshots and segments (module docstring)."""
+def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None, *,
+            check: Callable[[str], object] | None = None) -> dict[str, Any]:
+    """Carry out `plan`: delete its snapshots and segments (module docstring).
+
+    `check(sid)` runs under each snapshot's exclusive lock before it goes, and keeps it
+    by raising SnapshotPinned (a pin taken since the plan was made)."""
     from snapshotter.catalog import catalog_path, sync_catalog
 
     archive = archive or Archive(settings.archive_root)
     store = SnapshotStore.of(settings)
     leftovers = store.remove_leftovers()
     deleted: list[str] = []
+    pinned_meanwhile: list[str] = []
     for sid in sorted(plan.delete_snapshots):
         try:
-            trash = store.set_aside(sid)
+            trash = store.set_aside(sid, functools.partial(check, sid) if check else None)
         except SnapshotNotFound:
             continue  # deleted meanwhile
+        except SnapshotPinned:
+            pinned_meanwhile.append(sid)
+            continue
         shutil.rmtree(trash, ignore_errors=True)
         deleted.append(sid)
     removed_segments: list[str] = []
+    # A snapshot pinned since the plan keeps the history below its cut: the planned
+    # segment deletes assumed it gone, so they wait for the next (re-planned) gc.
+    segments = [] if pinned_meanwhile else plan.delete_segments
+    trims = {} if pinned_meanwhile else plan.trims
     with archive.writer_lock():
-        trimmed = {key for key, offset in plan.trims.items()
+        trimmed = {key for key, offset in trims.items()
                    if _raise_first_offset(archive, *key, offset)}
-        for seg, _ in plan.delete_segments:
+        for seg, _ in segments:
             key = (seg.topic, seg.partition, seg.generation)
             gens = {g.number: g for g in archive.generations(seg.topic, seg.partition)}
             gen = gens.get(seg.generation)
@@ -287,7 +299,8 @@ def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None
                 removed_segments.append(seg.path)
     if catalog_path(settings).exists():
         sync_catalog(settings)
-    return {"deleted_snapshots": deleted, "deleted_segments": removed_segments,
+    return {"deleted_snapshots": deleted, "pinned_meanwhile": pinned_meanwhile,
+            "deleted_segments": removed_segments,
             "trimmed": [{"topic": t, "partition": p, "generation": g, "first_offset": o}
                         for (t, p, g), o in sorted(plan.trims.items())
                         if (t, p, g) in trimmed],

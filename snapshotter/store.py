@@ -23,7 +23,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +119,7 @@ class SnapshotStore:
 
     @contextlib.contextmanager
     def _locked(self, sid: str, mode: int) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / f".lock-{sid}", "a") as lock:
             fcntl.flock(lock, mode)
             try:
@@ -204,9 +205,10 @@ class SnapshotStore:
 
     # -- deleting --------------------------------------------------------------------
 
-    def set_aside(self, sid: str) -> Path:
+    def set_aside(self, sid: str, check: Callable[[], object] | None = None) -> Path:
         """Move a snapshot out of sight under its build lock; returns the hidden directory,
-        which the caller removes (after telling the catalog)."""
+        which the caller removes (after telling the catalog). `check` runs under the lock
+        first and may refuse by raising (a pin taken meanwhile: pins take `shared`)."""
         if not self.has(sid):
             raise SnapshotNotFound(f"no snapshot {sid!r} under {self.root}", snapshot_id=sid)
         trash = self.root / f".deleted-{sid}-{uuid.uuid4().hex[:8]}"
@@ -214,6 +216,8 @@ class SnapshotStore:
             if not self.has(sid):
                 raise SnapshotNotFound(f"no snapshot {sid!r} under {self.root}",
                                        snapshot_id=sid)
+            if check is not None:
+                check()
             os.replace(self.root / sid, trash)
             _fsync(self.root)
         return trash

@@ -90,9 +90,8 @@ def table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
     if columns is None or salted is None:
         relation = f"read_parquet({sql_paths([str(tmp / f) for f in files])})"
         described = con.execute(f"describe select * from {relation}").fetchall()
-        names = [str(r[0]) for r in described]
         if salted is None:
-            salted = SALT in names
+            salted = any((str(r[0]), str(r[1])) == (SALT, "BLOB") for r in described)
         if columns is None:
             columns = [(str(r[0]), str(r[1])) for r in described
                        if r[0] not in (KEY_COLUMN, SALT)]

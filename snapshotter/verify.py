@@ -23,7 +23,10 @@ __all__ = ["verify_archive", "verify_snapshot", "diff_snapshots", "DAMAGED_HINT"
 DAMAGED_HINT = (
     "snapshots refuse to read a damaged segment. Restore it from a backup; or, while "
     "Kafka's retention still holds its first offset, move it and every later segment of "
-    "its generation out of the archive and run `tidelog archive run` to archive them again")
+    "its generation out of the archive and run `tidelog archive run` to archive them "
+    "again. Events archived again draw new row salts (docs/digest.md): snapshots and runs "
+    "built from the old segments then keep their rows but no longer rebuild to their "
+    "recorded digests, so build later snapshots with `snapshot create --full`")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from api.schemas import (
     VerifyReport,
 )
 from api.state import ApiState, get_state
+from snapshotter.store import SnapshotStore
 
 __all__ = ["router"]
 
@@ -112,7 +113,8 @@ def pin_snapshot(state: State, snapshot_id: SnapshotPath,
                  principal: Principal = writer) -> dict[str, Any]:
     """Pin a snapshot: it cannot be deleted until unpinned."""
     pin = state.pins.pin(snapshot_id, principal.key_id, body.reason if body else "",
-                         exists=state.core.manifest)
+                         exists=state.core.manifest,
+                         guard=SnapshotStore.of(state.core.settings).shared)
     return {"snapshot_id": snapshot_id, "pinned": True, **pin}
 
 

@@ -927,8 +927,10 @@ def test_a_pin_from_another_process_waits_for_a_delete_and_then_finds_no_snapsho
         api: Api, settings: Settings, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Two writers with their own database connections and locks, as the API and
-    `tidelog snapshot pin` in another process have: SQLite's write transaction orders
-    them, so the pin never lands on a snapshot that is being deleted."""
+    `tidelog snapshot pin` in another process have: the delete checks pins under the
+    snapshot's exclusive lock and the pin takes its shared lock, so the pin waits for the
+    delete and then finds no snapshot, never lands on one being deleted."""
+    import api.retention as retention
     from api.core import Core
     from api.retention import Pins, delete_unless_kept
     from api.store import Database
@@ -938,34 +940,38 @@ def test_a_pin_from_another_process_waits_for_a_delete_and_then_finds_no_snapsho
     db = tmp_path / "api.db"
     core = Core(settings)
     monkeypatch.setattr(core, "models_using", lambda _sid: [])
-    deleting, release = threading.Event(), threading.Event()
-    real_delete = core.delete_snapshot
+    deciding, release = threading.Event(), threading.Event()
+    real_check = retention.refuse_if_pinned
+    calls = []
 
-    def slow_delete(snapshot_id: str) -> None:
-        deleting.set()
-        assert release.wait(30)
-        real_delete(snapshot_id)
+    def slow_check(pins: Pins, snapshot_id: str) -> None:
+        real_check(pins, snapshot_id)
+        calls.append(snapshot_id)
+        if len(calls) == 2:  # the check under the exclusive lock, just before the move
+            deciding.set()
+            assert release.wait(30)
 
-    monkeypatch.setattr(core, "delete_snapshot", slow_delete)
-    outcome: dict[str, object] = {}
+    monkeypatch.setattr(retention, "refuse_if_pinned", slow_check)
+    store = SnapshotStore.of(settings)
+    outcome: dict[str, str] = {}
 
     def other_process_pins() -> None:
         try:
-            outcome["pin"] = Pins(Database(db)).pin(
-                sid, "cli", "keep it", exists=SnapshotStore.of(settings).manifest)
+            Pins(Database(db)).pin(sid, "cli", "keep it", exists=store.manifest,
+                                   guard=store.shared)
+            outcome["pinned"] = sid
         except SnapshotNotFound as exc:
             outcome["refused"] = exc.message
 
     with ThreadPoolExecutor(2) as pool:
         deleted = pool.submit(delete_unless_kept, core, Pins(Database(db)), sid)
-        assert deleting.wait(30)
+        assert deciding.wait(30)
         pinned = pool.submit(other_process_pins)
         time.sleep(1.0)
-        assert not pinned.done()  # waiting on the delete's transaction
+        assert not pinned.done()  # waiting for the delete's lock
         release.set()
         deleted.result(30)
         pinned.result(30)
-    assert outcome == {"refused": outcome.get("refused")} and f"no snapshot '{sid}'" in str(
-        outcome["refused"])
+    assert list(outcome) == ["refused"] and f"no snapshot '{sid}'" in outcome["refused"]
     assert Pins(Database(db)).get(sid) is None
     assert not (Path(settings.snapshot_root) / sid).exists()

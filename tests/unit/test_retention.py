@@ -24,7 +24,7 @@ from snapshotter.retention import (
     plan_gc,
 )
 from snapshotter.snapshots import validate_cut
-from tidelog.errors import ArchiveError, ConfigError, CutError
+from tidelog.errors import ArchiveError, ConfigError, CutError, SnapshotPinned
 from tidelog.settings import Settings, load_settings
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -181,6 +181,34 @@ def test_collect_deletes_the_plan_and_leaves_kept_cuts_rebuildable(tmp_path: Pat
     assert archive.segments_for_range(TOPIC, 0, 0, 60, 120)
     with pytest.raises(CutError, match="never archived"):
         validate_cut(archive, _cut(120, OLD, start=0))
+
+
+def test_a_snapshot_pinned_after_the_plan_is_kept_with_its_history(tmp_path: Path) -> None:
+    """gc re-reads the pins under each snapshot's exclusive lock: one pinned since the
+    plan is kept, and so is the archive below its cut (the next gc plans again)."""
+    settings = Settings(home=tmp_path, archive_root=str(tmp_path / "archive"),
+                        snapshot_root=str(tmp_path / "snapshots"))
+    archive = _archive(tmp_path / "archive")
+    kept = _manifest("k" * 16, _cut(120, OLD, start=60), days_old=50)
+    late = _manifest("d" * 16, _cut(30), days_old=50)
+    for m in (kept, late):
+        _publish(settings, m)
+    roots = [Root("model_version", "m/1", kept.id, kept.cut)]
+    plan = plan_gc([kept, late], roots, archive_history(archive), GcPolicy(0, 0), NOW)
+    assert late.id in plan.delete_snapshots and plan.delete_segments
+    checked: list[str] = []
+
+    def pinned_meanwhile(sid: str) -> None:
+        checked.append(sid)
+        raise SnapshotPinned(f"snapshot {sid} was pinned during gc", snapshot_id=sid)
+
+    result = collect(settings, plan, archive, check=pinned_meanwhile)
+    assert checked == [late.id] and result["pinned_meanwhile"] == [late.id]
+    assert result["deleted_snapshots"] == [] and result["deleted_segments"] == []
+    assert (Path(settings.snapshot_root) / late.id / MANIFEST_NAME).exists()
+    assert [(s.start, s.end) for s in archive.segments(TOPIC, 0, 0)] == [
+        (0, 50), (50, 100), (100, 150)]
+    validate_cut(archive, late.cut)  # its history is still all there
 
 
 def test_a_gc_killed_between_trim_and_delete_is_finished_by_the_next(tmp_path: Path) -> None:

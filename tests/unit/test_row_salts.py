@@ -178,3 +178,20 @@ def test_an_erased_rows_kept_sum_tests_no_guess(tmp_path: Path) -> None:
     # and no copy of any of the subject's salts is left anywhere tidelog writes
     assert not _salts_in(tmp_path) & subject_salts
     assert verify_snapshot(settings, sid).ok and _digest_sql_check(settings, sid)
+
+
+def test_a_source_column_named_salt_in_an_old_archive_is_no_salt(tmp_path: Path) -> None:
+    """Before tidelog refused it, a Postgres column `__salt` (text) could be archived: it
+    is not taken for a row salt, and builds digest as they did then."""
+    settings = layout_settings(tmp_path)
+    history = History(settings, TABLE, salted=False)
+    for key in range(20):
+        history.event("r", key, v=float(key), __salt=f"user value {key}")
+    manifest = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    table = manifest.tables[TABLE]
+    assert not table.salted and SALT not in dict(table.columns)
+    snap = open_snapshot(settings, manifest.id)
+    con = duckdb.connect()
+    con.register("rows", snap.table(TABLE).to_arrow())
+    assert table_digest(con, "rows").digest == table.digest
+    assert verify_snapshot(settings, manifest.id).ok
