@@ -10,6 +10,7 @@ import pyarrow as pa
 __all__ = [
     "PARTITION", "OFFSET", "OP", "KEY", "LSN", "TXID", "TX", "TS_MS", "BEFORE",
     "METADATA_COLUMNS", "METADATA_NAMES", "SALT", "SALT_TYPE", "with_salts",
+    "ROW_HASH", "ROW_HASH_TYPE", "RESERVED_NAMES",
     "UPSERT_OPS", "DELETE_OPS", "TRUNCATE_OP",
 ]
 
@@ -42,6 +43,16 @@ def with_salts(table: pa.Table) -> pa.Table:
     salts = pa.FixedSizeBinaryArray.from_buffers(
         SALT_TYPE, rows, [None, pa.py_buffer(os.urandom(SALT_TYPE.byte_width * rows))])
     return table.append_column(pa.field(SALT, SALT_TYPE), salts)
+
+
+# Each table event's row hash, computed by the archiver after the salt (docs/digest.md,
+# "Row hashes at archive time"): the md5 of the event's salted row text as two 64-bit
+# halves, or null where it could not be computed. A full build sums these instead of
+# hashing every row again; verify and rebuild always hash the content.
+ROW_HASH = "__row_hash"
+ROW_HASH_TYPE = pa.struct([("hi", pa.uint64()), ("lo", pa.uint64())])
+# Names a source column may not have: the archive's own.
+RESERVED_NAMES = METADATA_NAMES | {SALT, ROW_HASH}
 
 
 # Ops in the archive: Debezium's read/create/update upsert the after image, its delete

@@ -36,6 +36,7 @@ from snapshotter.poison import (
     poison_error,
     split_at_poison,
 )
+from snapshotter.row_hashes import with_row_hashes
 from tidelog.adapters.kafka import KafkaAdmin
 from tidelog.errors import ArchiveError, LogIdentityError
 from tidelog.openlineage import traced
@@ -228,7 +229,8 @@ def _archive_topics(settings: Settings, topics: Iterable[str], decoder: Decoder,
         # [previous end, last offset + 1) so the archive stays gap-free.
         for table, last in _merge_runs(decoded.pop(tp, [])):
             if tp[0] != tx_topic:
-                table = with_salts(table)  # drawn once: a segment is never re-decoded
+                # drawn once: a segment is never re-decoded; then each row's hash
+                table = with_row_hashes(with_salts(table))
             archive.write_segment(tp[0], tp[1], generation[tp], marks[tp], last + 1, table)
             marks[tp] = last + 1
 

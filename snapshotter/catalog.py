@@ -370,7 +370,7 @@ def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
             f"create or replace view changes.{ident(view)} as select "
             "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
             "columns(c -> c not in ('__partition', '__offset', '__op', '__key', '__lsn', "
-            "'__txid', '__tx', '__ts_ms', '__before', '__salt')) "
+            "'__txid', '__tx', '__ts_ms', '__before', '__salt', '__row_hash')) "
             f"from read_parquet({sql_text(pattern)}, union_by_name = true)")
 
 

@@ -8,9 +8,10 @@ the SQL generator in the doc) and hashes the schema with hashlib.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -30,6 +31,8 @@ __all__ = [
     "schema_digest",
     "overall_digest",
     "digest_sql",
+    "row_hash_sql",
+    "in_utc",
     "is_salted",
     "schema_text",
     "render_expr",
@@ -54,6 +57,19 @@ class TableDigest:
 def _set_timezone(con: duckdb.DuckDBPyConnection, zone: str) -> None:
     quoted = zone.replace("'", "''")
     con.execute(f"SET TimeZone = '{quoted}'")
+
+
+@contextlib.contextmanager
+def in_utc(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """`TimeZone` pinned to UTC for the block (nested timestamps render through it), the
+    caller's setting put back afterwards."""
+    previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
+    _set_timezone(con, "UTC")
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _set_timezone(con, str(previous[0]))
 
 
 def _field(text: str | None) -> str:
@@ -110,10 +126,9 @@ def _describe(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[s
     return columns
 
 
-def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
-               salted: bool = False) -> str:
-    """The query giving (rows, hi, lo) for a relation with these (name, type) columns;
-    `salted`: the relation also has `__salt`, which prefixes each row's text."""
+def _row_sql(columns: Sequence[tuple[str, str]], salted: bool) -> tuple[str, str]:
+    """(cells, row): the select list rendering each column (and the salt) as text, and
+    the expression giving each row's text over those cells (docs/digest.md)."""
     ordered = sorted(columns)
     cells = ", ".join(f"{render_expr(n, t)} AS c{i}" for i, (n, t) in enumerate(ordered))
     # One concat of three parts per field (`<len>`, `:`, text; `-`, '', NULL for a NULL:
@@ -124,7 +139,14 @@ def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
     if salted:
         cells += f", hex({ident(SALT)}) AS s"
         parts.insert(0, "coalesce('s' || strlen(s)::VARCHAR || ':' || s, '')")
-    row = f"concat({', '.join(parts)})"
+    return cells, f"concat({', '.join(parts)})"
+
+
+def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
+               salted: bool = False) -> str:
+    """The query giving (rows, hi, lo) for a relation with these (name, type) columns;
+    `salted`: the relation also has `__salt`, which prefixes each row's text."""
+    cells, row = _row_sql(columns, salted)
     return (
         f"WITH cells AS (SELECT {cells} FROM ({_as_query(relation_sql)}) AS digest_input), "
         f"hashed AS (SELECT md5_number({row}) AS h FROM cells) "
@@ -132,6 +154,18 @@ def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
         f"(coalesce(sum((h >> 64)::UBIGINT), 0) % {_MOD64})::UBIGINT, "
         f"(coalesce(sum((h & {_MASK64})::UBIGINT), 0) % {_MOD64})::UBIGINT "
         "FROM hashed"
+    )
+
+
+def row_hash_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
+                 salted: bool = False) -> str:
+    """The query giving each row's hash as (hi, lo), in the relation's order: the
+    summands of `digest_sql` over the same relation."""
+    cells, row = _row_sql(columns, salted)
+    return (
+        f"WITH cells AS (SELECT {cells} FROM ({_as_query(relation_sql)}) AS digest_input), "
+        f"hashed AS (SELECT md5_number({row}) AS h FROM cells) "
+        f"SELECT (h >> 64)::UBIGINT AS hi, (h & {_MASK64})::UBIGINT AS lo FROM hashed"
     )
 
 
@@ -197,14 +231,9 @@ def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,
     subset of a table, is hashed exactly as the whole table's rows are.
     """
     try:
-        previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
-        _set_timezone(con, "UTC")
-        try:
+        with in_utc(con):
             salted = is_salted(con, relation_sql)
             result = con.execute(digest_sql(relation_sql, columns, salted=salted)).fetchone()
-        finally:
-            if previous is not None:
-                _set_timezone(con, str(previous[0]))
     except duckdb.Error as exc:
         raise SnapshotError(
             f"could not compute the digest of {relation_sql!r}: {exc}",

@@ -11,11 +11,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from snapshotter.digest import ContentSum
 from snapshotter.layout import (
     base_pieces_of,
 )
 from snapshotter.manifest import TableManifest
 from snapshotter.materialise import Surveyed, materialise, survey
+from snapshotter.row_hashes import drop_row_hashes, stored_sum
 from snapshotter.table_files import KEY_COLUMN, Base, key_columns_of, table_manifest
 from tidelog.errors import ConfigError
 from tidelog.settings import Settings
@@ -57,7 +59,8 @@ def fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
           where: pl.Expr | None = None,
           surveys: dict[int, list[Surveyed]] | None = None,
           group_events: int | None = None,
-          key_columns: Sequence[str] | None = None) -> pl.DataFrame:
+          key_columns: Sequence[str] | None = None,
+          row_hashes: bool = False) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
@@ -66,6 +69,7 @@ def fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
     `surveys` keeps each group's metadata pre-pass for the next call on the same frames.
     `group_events`: events per group before `where` (default FOLD_EVENTS).
     `key_columns`: as for `materialise` (None: read them from the events).
+    `row_hashes`: carry the archived row hashes (snapshotter/row_hashes.py).
     """
     limit = group_events or FOLD_EVENTS
     sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
@@ -85,7 +89,7 @@ def fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
             if surveyed is None:
                 surveyed = surveys[number] = survey(group)
         state = materialise(group, key_columns, base=state, keep_key=True, where=where,
-                            surveyed=surveyed)
+                            surveyed=surveyed, row_hashes=row_hashes)
     assert isinstance(state, pl.DataFrame)
     return state
 
@@ -142,13 +146,15 @@ def _spill(pieces: Sequence[pl.LazyFrame], buckets: int, directory: Path) -> lis
 
 
 def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path,
-                frames: list[pl.LazyFrame], base: Base | None, memory_bytes: int
-                ) -> TableManifest:
+                frames: list[pl.LazyFrame], base: Base | None, memory_bytes: int, *,
+                row_hashes: bool = False) -> TableManifest:
     """The whole table state, in key-hash buckets small enough to fit in memory.
 
     With several buckets the events (and a base state) are first spilled once, sorted by
     bucket; then each bucket is folded from its own events and written before the next
     one starts, so peak memory follows the bucket size, not the table's.
+    `row_hashes`: sum the archived row hashes where every row has one (and a sample of
+    each file agrees) instead of hashing the files (snapshotter/row_hashes.py).
     """
     prev = base.manifest.tables[table] if base is not None else None
     base_pieces: list[pl.LazyFrame] = []
@@ -164,9 +170,11 @@ def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path
     (tmp / table).mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     key_columns: list[str] = []
+    sums: list[ContentSum | None] = []
 
     def write(state: pl.DataFrame, number: int) -> None:
         nonlocal key_columns
+        state, hashes = drop_row_hashes(state)
         name = f"{table}/data-{number:05d}.parquet"
         # zstd level 1: files as small as the default level 3 gave on TPC-H, ~20% faster
         state.write_parquet(tmp / name, compression="zstd", compression_level=1,
@@ -174,10 +182,11 @@ def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path
         files.append(name)
         if not key_columns and KEY_COLUMN in state.columns:
             key_columns = key_columns_of(state)
+        sums.append(stored_sum(con, tmp / name, hashes, state) if hashes is not None else None)
 
     if buckets == 1:
         write(fold(frames, pl.concat(base_pieces) if base_pieces else None,
-                    key_columns=keys), 0)
+                    key_columns=keys, row_hashes=row_hashes), 0)
     else:
         spill = tmp / f".spill-{uuid.uuid4().hex[:8]}"
         try:
@@ -189,8 +198,11 @@ def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path
                 own_base = (pl.concat(spilled_base).filter(mine).drop(BUCKET_COLUMN)
                             if spilled_base else None)
                 # a bucket holds about 1/buckets of each group's events
-                write(fold(events, own_base, mine, surveys, FOLD_EVENTS * buckets, keys),
-                      number)
+                write(fold(events, own_base, mine, surveys, FOLD_EVENTS * buckets, keys,
+                           row_hashes), number)
         finally:
             shutil.rmtree(spill, ignore_errors=True)
-    return table_manifest(con, table, topic, tmp, key_columns, files)
+    content = None
+    if sums and all(part is not None for part in sums):
+        content = sum((p for p in sums if p is not None), ContentSum(0, 0, 0))
+    return table_manifest(con, table, topic, tmp, key_columns, files, content=content)

@@ -27,7 +27,17 @@ from typing import Literal, TypeAlias
 import polars as pl
 import pyarrow as pa
 
-from cdc.columns import DELETE_OPS, KEY, OFFSET, OP, PARTITION, SALT, TRUNCATE_OP, UPSERT_OPS
+from cdc.columns import (
+    DELETE_OPS,
+    KEY,
+    OFFSET,
+    OP,
+    PARTITION,
+    ROW_HASH,
+    SALT,
+    TRUNCATE_OP,
+    UPSERT_OPS,
+)
 from snapshotter.toast import (
     MAY_BE_PLACEHOLDER,
     UNAVAILABLE,
@@ -281,6 +291,7 @@ def plan_materialise(
     where: pl.Expr | None = None,
     surveyed: Sequence[Surveyed] | None = None,
     fill_unavailable: Sequence[str] = (),
+    row_hashes: bool = False,
 ) -> pl.LazyFrame:
     """The lazy query giving the table state; only the metadata pre-pass runs here.
 
@@ -299,7 +310,9 @@ def plan_materialise(
     returned for these same events, to plan several subsets after one pre-pass.
     `fill_unavailable`: columns whose Debezium placeholder for an unchanged TOASTed value
     is replaced by the key's latest real value (from the events, else the base);
-    `materialise` finds them.
+    `materialise` finds them. `row_hashes` (with `keep_key`) carries each row's archived
+    `__row_hash` last, null where the row is not exactly its event's (snapshotter/
+    row_hashes.py); with a TOAST fill there is none.
     Casting errors surface when the plan is collected; `materialise` maps them.
     """
     if base is None and base_position:
@@ -335,10 +348,12 @@ def plan_materialise(
     # Each row keeps its event's salt (docs/digest.md) once any input carries salts.
     salted = any(has_salt(seg.schema) for seg in live) or (base_schema is not None
                                                          and has_salt(base_schema))
+    hashed = (row_hashes and not fill_unavailable
+              and any(ROW_HASH in seg.schema for seg in live))
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
     winners = (None if fill_unavailable else _winners(live, alive, out, keep, meta))
     parts = [_event_rows(seg, cols, out, keep, where, truncate_at, winners, meta,
-                         placeholders=bool(fill_unavailable), salted=salted)
+                         placeholders=bool(fill_unavailable), salted=salted, hashed=hashed)
              for seg, cols in zip(live, alive, strict=True)
              if truncate_at is None or seg.last[1] > truncate_at]  # else nothing survives
     in_order = all(s.in_order for s in live) and all(
@@ -347,7 +362,7 @@ def plan_materialise(
 
     upsert = pl.col(OP).is_in(UPSERT_OPS)
     keyed = pl.col(KEY).is_not_null()
-    carried = [KEY, SALT] if salted else [KEY]
+    carried = [KEY, *([SALT] if salted else []), *([ROW_HASH] if hashed else [])]
     wanted = [*out, *carried]
     last: pl.LazyFrame | None = None
     keyless: pl.LazyFrame | None = None
@@ -367,7 +382,7 @@ def plan_materialise(
     base_rows: pl.LazyFrame | None = None
     if base_lf is not None and base_schema is not None and truncate_at is None:
         base_rows = _base_rows(base_lf, base_schema, keys, out, alive, last,
-                               cast_all=bool(fill_unavailable), salted=salted)
+                               cast_all=bool(fill_unavailable), salted=salted, hashed=hashed)
     upserts: pl.LazyFrame | None = None
     if last is not None:
         if fill_unavailable and ev is not None:
@@ -375,7 +390,7 @@ def plan_materialise(
                                         ev, base_rows, fill_unavailable, out).select(wanted)
         else:
             upserts = last.filter(upsert).select(wanted)
-    state = _state(base_rows, last, upserts, keyless, out, salted=salted)
+    state = _state(base_rows, last, upserts, keyless, out, salted=salted, hashed=hashed)
     # Keyed rows are totally ordered by (key columns, __key); keyless rows (null __key)
     # keep event order, which costs a stable sort, so only when there may be some. Nulls
     # sort first: `nulls_last` makes polars' multi-column sort several times slower.
@@ -398,9 +413,23 @@ def _salt_of(schema: Mapping[str, pl.DataType]) -> pl.Expr:
     return pl.lit(None, dtype=pl.Binary).alias(SALT)
 
 
+ROW_HASH_DTYPE = pl.Struct({"hi": pl.UInt64(), "lo": pl.UInt64()})
+
+
+def _row_hash_of(schema: Mapping[str, pl.DataType], out: Mapping[str, pl.DataType],
+                 alive: set[str]) -> pl.Expr:
+    """The input's archived row hash where its rows are exactly the output's (the same
+    columns and types, all of them alive); else null, so the row is hashed from files."""
+    own = {n: schema[n] for n in data_columns(list(schema))}
+    if ROW_HASH in schema and own == dict(out) and alive == set(out):
+        return pl.col(ROW_HASH).cast(ROW_HASH_DTYPE)
+    return pl.lit(None, dtype=ROW_HASH_DTYPE).alias(ROW_HASH)
+
+
 def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], keep: pl.Expr,
                 where: pl.Expr | None, truncate_at: int | None, winners: pl.LazyFrame | None,
-                meta: Sequence[pl.Expr], *, placeholders: bool, salted: bool) -> pl.LazyFrame:
+                meta: Sequence[pl.Expr], *, placeholders: bool, salted: bool,
+                hashed: bool = False) -> pl.LazyFrame:
     """One segment's events in the output columns: those after the base and the truncate
     and chosen by `where`; of a retyped segment, only each key's last event."""
     rows = seg.frame.filter(keep)
@@ -415,12 +444,15 @@ def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], k
     extra = [may_be_placeholder(seg.schema)] if placeholders else []
     if salted:
         extra.append(_salt_of(seg.schema))
+    if hashed:
+        extra.append(_row_hash_of(seg.schema, out, cols))
     return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols) for n, t in out.items()))
 
 
 def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
            upserts: pl.LazyFrame | None, keyless: pl.LazyFrame | None,
-           out: Mapping[str, pl.DataType], *, salted: bool) -> pl.LazyFrame:
+           out: Mapping[str, pl.DataType], *, salted: bool, hashed: bool = False
+           ) -> pl.LazyFrame:
     """The unsorted state: base rows no event replaced, the keys' last upserts, the base's
     keyless rows, then keyless upserts (in that order: keyless rows keep event order)."""
     keyed = pl.col(KEY).is_not_null()
@@ -438,7 +470,8 @@ def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
     if keyless is not None:
         pieces.append(keyless)
     if not pieces:
-        carried = {KEY: pl.String(), **({SALT: pl.Binary()} if salted else {})}
+        carried = {KEY: pl.String(), **({SALT: pl.Binary()} if salted else {}),
+                   **({ROW_HASH: ROW_HASH_DTYPE} if hashed else {})}
         pieces.append(pl.DataFrame(schema={**out, **carried}).lazy())
     return pl.concat(pieces, how="vertical")
 
@@ -495,7 +528,7 @@ def _winners(live: Sequence[Surveyed], alive: Sequence[set[str]],
 def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
                keys: Sequence[str], out: Mapping[str, pl.DataType],
                alive: Sequence[set[str]], last: pl.LazyFrame | None, *, cast_all: bool,
-               salted: bool) -> pl.LazyFrame:
+               salted: bool, hashed: bool = False) -> pl.LazyFrame:
     """The base state in the output columns, with `__key` (rebuilt from the key columns
     if the base lacks it). Where a column was retyped, only base rows no event replaces
     are cast (as for older segments), unless `cast_all`."""
@@ -512,6 +545,7 @@ def _base_rows(base_lf: pl.LazyFrame, base_schema: Mapping[str, pl.DataType],
         *(_column_expr(n, t, n in base_alive) for n, t in out.items()),
         pl.col(KEY).cast(pl.String),
         *([_salt_of(base_schema)] if salted else []),
+        *([_row_hash_of(base_schema, out, base_alive)] if hashed else []),
     )
 
 
@@ -525,6 +559,7 @@ def materialise(
     engine: Engine = "in-memory",
     where: pl.Expr | None = None,
     surveyed: Sequence[Surveyed] | None = None,
+    row_hashes: bool = False,
 ) -> pl.DataFrame:
     """The table state after applying `events` (on top of `base`), sorted by key.
 
@@ -534,7 +569,7 @@ def materialise(
     which took ~1.6-1.9x the CPU (and more memory) for these plans (BENCHMARKS.md).
     """
     plan = plan_materialise(events, key_columns, base, base_position, keep_key=keep_key,
-                            where=where, surveyed=surveyed)
+                            where=where, surveyed=surveyed, row_hashes=row_hashes)
     try:
         state = plan.collect(engine=engine)
         placeholders = unavailable_columns(state)

@@ -130,9 +130,12 @@ class Snapshot:
 
 
 def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str],
-           store: SnapshotStore, sid: str, incremental: bool) -> Manifest:
+           store: SnapshotStore, sid: str, incremental: bool, *,
+           row_hashes: bool = True) -> Manifest:
     """Build snapshot `sid` of `cut` into `store` and publish it (the caller holds its
-    lock); incrementally on the newest usable snapshot of the settings' root."""
+    lock); incrementally on the newest usable snapshot of the settings' root.
+    `row_hashes`: full builds may sum the archive's row hashes; False hashes every row
+    of every file (what a rebuild's proof needs: docs/digest.md)."""
     tmp = store.build_dir(sid)
     try:
         con = duckdb.connect()
@@ -151,7 +154,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
             for table in sorted(tables):
                 try:
                     table_manifests[table] = build_table(con, settings, archive, cut, table,
-                                                         tmp, base)
+                                                         tmp, base, row_hashes=row_hashes)
                 except (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException) as exc:
                     if _storage_failure(exc):
                         raise _write_failed(sid, store.root, exc) from exc
@@ -259,7 +262,9 @@ def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: 
         into.mkdir(parents=True, exist_ok=True)
         if store.path(sid).exists():
             shutil.rmtree(store.path(sid))
-        return _build(settings, archive, cut, sorted(tables), store, sid, incremental=False)
+        # The proof hashes the rebuilt files' content, not the archive's row hashes.
+        return _build(settings, archive, cut, sorted(tables), store, sid, incremental=False,
+                      row_hashes=False)
     except OSError as exc:
         raise _write_failed(sid, into, exc) from exc
 

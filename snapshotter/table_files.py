@@ -18,7 +18,10 @@ import pyarrow.parquet as pq
 
 from cdc.columns import KEY, OP, SALT
 from snapshotter.digest import (
+    ContentSum,
     TableDigest,
+    digest_from_parts,
+    schema_digest,
     table_digest,
 )
 from snapshotter.layout import (
@@ -83,9 +86,11 @@ def table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
                     digest: TableDigest | None = None,
                     columns: Sequence[tuple[str, str]] | None = None,
                     checksums: dict[str, str] | None = None,
-                    salted: bool | None = None) -> TableManifest:
+                    salted: bool | None = None,
+                    content: ContentSum | None = None) -> TableManifest:
     """The manifest entry for files written under `tmp`; the digest is computed from the
-    files unless the caller derived it. `columns` and `salted` (whether the files keep
+    files unless the caller derived it (`digest`) or its content sum (`content`, from
+    the rows' archived hashes). `columns` and `salted` (whether the files keep
     `__salt`) are read from the files unless given."""
     if columns is None or salted is None:
         relation = f"read_parquet({sql_paths([str(tmp / f) for f in files])})"
@@ -104,6 +109,8 @@ def table_manifest(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: 
                           key_columns=tuple(key_columns), digest="", files=tuple(files),
                           delete_files=tuple(delete_files), delta_files=tuple(delta_files),
                           salted=salted)
+    if digest is None and content is not None:
+        digest = digest_from_parts(schema_digest(columns), content)
     if digest is None:
         digest = table_digest(con, visible_sql(tmp, draft, with_salt=True))
     sums = dict(checksums or {})

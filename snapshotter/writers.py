@@ -24,7 +24,10 @@ __all__ = ["build_table"]
 
 
 def build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Archive,
-                cut: Cut, table: str, tmp: Path, base: Base | None) -> TableManifest:
+                cut: Cut, table: str, tmp: Path, base: Base | None, *,
+                row_hashes: bool = True) -> TableManifest:
+    """One table of a snapshot under `tmp`; `row_hashes`: a full build may sum the
+    archived row hashes (False hashes every row's content, as verify and rebuild do)."""
     topic = topic_of(settings, table)
     parts = [p for p in cut.partitions if p.topic == topic]
     if len(parts) > 1:
@@ -42,4 +45,5 @@ def build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Arc
         if layered is not None:
             return layered
         shutil.rmtree(tmp / table, ignore_errors=True)  # a partial layered attempt
-    return write_full(con, table, topic, tmp, frames, base, memory_budget(settings))
+    return write_full(con, table, topic, tmp, frames, base, memory_budget(settings),
+                      row_hashes=row_hashes)

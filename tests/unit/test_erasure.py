@@ -23,6 +23,7 @@ from snapshotter.cut import Cut, PartitionCut
 from snapshotter.digest import ContentSum
 from snapshotter.erasure import ErasureFiles
 from snapshotter.erasure_ledger import ErasureLedger
+from snapshotter.row_hashes import with_row_hashes
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from snapshotter.verify import verify_snapshot
 from tidelog.crashpoints import CRASH_ENV, POINTS
@@ -63,7 +64,8 @@ def _event(offset: int, op: str, key: int, name: str | None, email: str | None,
 def _segment(archive: Archive, events: list[dict[str, object]]) -> None:
     start, end = int(events[0]["__offset"]), int(events[-1]["__offset"]) + 1  # type: ignore[call-overload]
     archive.write_segment(TOPIC, 0, 0, start, end,  # salted, as the archiver writes
-                          with_salts(pl.DataFrame(events, schema_overrides=TYPES).to_arrow()))
+                          with_row_hashes(with_salts(
+                              pl.DataFrame(events, schema_overrides=TYPES).to_arrow())))
 
 
 def _cut(end: int) -> Cut:

@@ -22,6 +22,7 @@ from snapshotter import full_build, layered_build
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.manifest import Manifest
+from snapshotter.row_hashes import with_row_hashes
 from snapshotter.snapshots import Snapshot, create_snapshot, open_snapshot, rebuild_snapshot
 from snapshotter.verify import diff_snapshots, verify_snapshot
 from tidelog.errors import ArchiveError, ConfigError, SnapshotError
@@ -110,7 +111,9 @@ class History:
             types = {name: t for name, t in TYPES.items() if name in columns}
             frame = pl.DataFrame(rows, schema_overrides=types)
             end = self.offsets[partition]
-            table = with_salts(frame.to_arrow()) if self.salted else frame.to_arrow()
+            # as the archiver writes: salted, then hashed (an archive from before: neither)
+            table = (with_row_hashes(with_salts(frame.to_arrow())) if self.salted
+                     else frame.to_arrow())
             self.archive.write_segment(self.topic, partition, self.generations[partition],
                                        end - len(rows), end, table)
             self.pending[partition] = []
