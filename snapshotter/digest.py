@@ -64,6 +64,9 @@ def in_utc(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """`TimeZone` pinned to UTC for the block (nested timestamps render through it), the
     caller's setting put back afterwards."""
     previous = con.execute("SELECT current_setting('TimeZone')").fetchone()
+    if previous is not None and str(previous[0]) == "UTC":
+        yield  # a build's own connection is pinned to UTC once (snapshotter/snapshots.py)
+        return
     _set_timezone(con, "UTC")
     try:
         yield

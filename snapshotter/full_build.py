@@ -60,7 +60,8 @@ def fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
           surveys: dict[int, list[Surveyed]] | None = None,
           group_events: int | None = None,
           key_columns: Sequence[str] | None = None,
-          row_hashes: bool = False) -> pl.DataFrame:
+          row_hashes: bool = False,
+          sizes: Sequence[int] | None = None) -> pl.DataFrame:
     """Materialise groups of segments of about FOLD_EVENTS events, each on the state so far.
 
     Peak memory is then about the table state plus one group, instead of growing with
@@ -70,9 +71,11 @@ def fold(frames: list[pl.LazyFrame], base: pl.LazyFrame | None,
     `group_events`: events per group before `where` (default FOLD_EVENTS).
     `key_columns`: as for `materialise` (None: read them from the events).
     `row_hashes`: carry the archived row hashes (snapshotter/row_hashes.py).
+    `sizes`: the frames' event counts, where the caller has them.
     """
     limit = group_events or FOLD_EVENTS
-    sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
+    if sizes is None:
+        sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
     groups: list[list[pl.LazyFrame]] = [[]]
     count = 0
     for frame, size in zip(frames, sizes, strict=True):
@@ -160,7 +163,8 @@ def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path
     base_pieces: list[pl.LazyFrame] = []
     if base is not None and prev is not None:
         base_pieces = base_pieces_of(base.directory, prev)
-    event_count = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    sizes = [int(f.select(pl.len()).collect().item()) for f in frames]
+    event_count = sum(sizes)
     input_bytes = event_count * _bytes_per_row(frames)
     if prev is not None:
         input_bytes += prev.rows * _bytes_per_row(base_pieces)
@@ -186,7 +190,7 @@ def write_full(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: Path
 
     if buckets == 1:
         write(fold(frames, pl.concat(base_pieces) if base_pieces else None,
-                    key_columns=keys, row_hashes=row_hashes), 0)
+                    key_columns=keys, row_hashes=row_hashes, sizes=sizes), 0)
     else:
         spill = tmp / f".spill-{uuid.uuid4().hex[:8]}"
         try:

@@ -100,8 +100,10 @@ def stored_sum(con: duckdb.DuckDBPyConnection, path: Path, hashes: pl.Series,
     rows = _sample_rows(state)
     if not rows:
         return total
-    relation = (f"(SELECT * FROM read_parquet({literal(str(path))}, file_row_number = true)"
-                f" WHERE file_row_number IN ({', '.join(map(str, rows))}))")
+    # LIMIT: the scan stops after the last sampled row instead of reading the file.
+    relation = (f"(SELECT * FROM (SELECT * FROM read_parquet({literal(str(path))}, "
+                f"file_row_number = true) LIMIT {rows[-1] + 1}) "
+                f"WHERE file_row_number IN ({', '.join(map(str, rows))}))")
     try:
         columns = [(n, t) for n, t in _data_columns(con, relation) if n != "file_row_number"]
         salted = SALT in state.columns

@@ -139,6 +139,7 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
     tmp = store.build_dir(sid)
     try:
         con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")  # what every digest renders timestamps in
         bases = SnapshotStore.of(settings)
         found = (find_base(bases.manifests(), cut, tables)
                  if incremental and not cut.is_window else None)
