@@ -77,17 +77,22 @@ def export_once(dsn: str, out: Path) -> float:
 
 
 def archiver_rates(root: Path, messages: int, runs: int, codecs: list[str]
-                   ) -> dict[str, tuple[list[float], list[float]]]:
+                   ) -> dict[str, tuple[list[float], list[float], list[float]]]:
     """Produce real Debezium envelopes (recorded fixture, varying ids), archive them.
 
     One topic per producer compression codec (the connector template sets lz4, as Connect
     would send it); per run and codec, the broker's consume alone (`read_range`, the
-    ceiling) and then `archive_topics` into a fresh archive, side by side.
-    Returns codec -> (archive events/s per run, consume msg/s per run).
+    ceiling), `archive_topics` into a fresh archive, and the same without computing row
+    hashes (snapshotter/row_hashes.py, the A/B of that cost), side by side.
+    Returns codec -> (archive events/s, consume msg/s, archive without row hashes
+    events/s), per run.
     """
+    from unittest import mock
+
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    import snapshotter.archiving
     from cdc.reader import read_range
 
     broker, bootstrap = start_broker(root / "broker", free_port())
@@ -121,7 +126,8 @@ def archiver_rates(root: Path, messages: int, runs: int, codecs: list[str]
             producer.flush()
         archive_topics(settings, ["bench.public.warmup"],
                        archive=Archive(str(root / "archive-warmup")))
-        result: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in codecs}
+        result: dict[str, tuple[list[float], list[float], list[float]]] = {
+            c: ([], [], []) for c in codecs}
         for run in range(runs):
             for codec in codecs:
                 topic = f"bench.public.t1_{codec}"
@@ -133,18 +139,28 @@ def archiver_rates(root: Path, messages: int, runs: int, codecs: list[str]
                                        archive=Archive(str(root / f"archive-{codec}-{run}")))
                 result[codec][0].append(messages / (time.perf_counter() - t))
                 assert consumed == messages and marks[(topic, 0)] == messages, marks
+                with mock.patch.object(snapshotter.archiving, "with_row_hashes",
+                                       lambda table: table):
+                    t = time.perf_counter()
+                    archive_topics(settings, [topic], archive=Archive(
+                        str(root / f"archive-{codec}-{run}-unhashed")))
+                    result[codec][2].append(messages / (time.perf_counter() - t))
         return result
     finally:
         stop(broker)
 
 
-def print_archiver(rates: dict[str, tuple[list[float], list[float]]], messages: int) -> None:
-    for codec, (archive, consume) in rates.items():
+def print_archiver(rates: dict[str, tuple[list[float], list[float], list[float]]],
+                   messages: int) -> None:
+    for codec, (archive, consume, unhashed) in rates.items():
         a, c = statistics.median(archive), statistics.median(consume)
+        u = statistics.median(unhashed)
         print(f"archiver, {codec} batches (broker -> typed Parquet segments): median "
               f"{a:,.0f} events/s; runs {[round(x) for x in archive]}")
         print(f"  broker consume alone, same messages (ceiling): median {c:,.0f} msg/s; "
               f"runs {[round(x) for x in consume]}; archiver/consume {a / c:.2f}")
+        print(f"  archiver without row hashes (A/B): median {u:,.0f} events/s; runs "
+              f"{[round(x) for x in unhashed]}; with/without {a / u:.2f}")
     print(f"  ({messages:,} real Debezium envelopes, ~9.8 KB each, per run)")
 
 
