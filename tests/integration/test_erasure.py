@@ -26,7 +26,7 @@ from snapshotter.archive import Archive
 from snapshotter.snapshots import open_snapshot
 from snapshotter.verify import verify_snapshot
 from tests.integration.cdc_helpers import private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.errors import DatasetErased
 from tidelog.settings import Settings
 from trainer.erasure import ErasureReport, erase, erasure_tag, list_erasures, verify_ledger
