@@ -162,7 +162,8 @@ class Core:
     def erasures(self) -> dict[str, Any]:
         from trainer.erasure import list_erasures, verify_ledger
 
-        return {**list_erasures(self.settings), "chain": verify_ledger(self.settings)}
+        return {**list_erasures(self.settings).to_json(),
+                "chain": verify_ledger(self.settings).to_json()}
 
     def run_recipe_of(self, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
         from trainer.tracking import connect

@@ -191,7 +191,7 @@ def _setup(settings: Any, rows: int, say: Any) -> Any:
     import psycopg
 
     from cdc.connector import ConnectorSpec, apply
-    from tidelog.demo import wait_for_capture
+    from tidelog.demo.capture import wait_for_capture
 
     name = f"benchapi{os.getpid() % 100000}"
     local = dataclasses.replace(settings, topic_prefix=name, connector_name=name)

@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tidelog.demo import PARAMS as DEMO_PARAMS  # noqa: E402
-from tidelog.demo import RECIPE as DEMO_RECIPE  # noqa: E402
+from tidelog.demo.steps import PARAMS as DEMO_PARAMS  # noqa: E402
+from tidelog.demo.steps import RECIPE as DEMO_RECIPE  # noqa: E402
 from trainer.recipe import RecipeResult, recipe  # noqa: E402
 
 __all__ = ["amount_model", "main"]
@@ -97,7 +97,7 @@ CREATED: list[tuple[Any, Any]] = []  # (settings, ConnectorSpec) to delete at th
 def _capture(settings: Any, name: str, tables: tuple[str, ...], expected: dict[str, int],
              timeout: float) -> Any:
     from cdc.connector import ConnectorSpec, apply
-    from tidelog.demo import wait_for_capture
+    from tidelog.demo.capture import wait_for_capture
 
     local = dataclasses.replace(settings, topic_prefix=name, connector_name=name)
     spec = ConnectorSpec(name, tables, name)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         shop.load(args.customers)
         local, _ = _capture(settings, name, shop.tables, dict(shop.events), 300)
         shop.change()
-        from tidelog.demo import wait_for_capture
+        from tidelog.demo.capture import wait_for_capture
 
         cut = wait_for_capture(local, dict(shop.events))
         say(f"demo dataset captured in {time.perf_counter() - began:.1f}s "

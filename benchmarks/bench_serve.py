@@ -155,7 +155,7 @@ def _run(settings: Any, scratch: Path, args: argparse.Namespace,
     from cdc.connector import ConnectorSpec, apply, delete
     from examples.shop import Shop
     from pipelines.registry import Registry
-    from tidelog.demo import wait_for_capture
+    from tidelog.demo.capture import wait_for_capture
     from trainer.train import train
 
     stamp = f"{os.getpid() % 10000}x{int(time.time()) % 100000}"

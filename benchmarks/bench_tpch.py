@@ -171,7 +171,7 @@ def _run(settings: Any, scratch: Path, args: argparse.Namespace,
          say: Callable[[str], None]) -> dict[str, Any]:
     from cdc.connector import ConnectorSpec, apply, delete
     from snapshotter.snapshots import create_snapshot, resolve_cut
-    from tidelog.demo import wait_for_capture
+    from tidelog.demo.capture import wait_for_capture
 
     stamp = f"{os.getpid() % 10000}x{int(time.time()) % 100000}"
     name = f"benchtpch{stamp}"

@@ -17,12 +17,13 @@ import hmac
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from snapshotter.erasure import ErasureFiles
 from tidelog.errors import ErasureError
 
-__all__ = ["GENESIS", "ErasureLedger", "entry_hash"]
+__all__ = ["GENESIS", "ErasureLedger", "LedgerCheck", "entry_hash"]
 
 GENESIS = "0" * 64
 
@@ -34,6 +35,27 @@ def _canonical(entry: dict[str, Any]) -> str:
 
 def entry_hash(previous: str, entry: dict[str, Any]) -> str:
     return hashlib.sha256(f"{previous}\n{_canonical(entry)}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """`ErasureLedger.verify`'s answer: the entries that chain, the head hash when all do
+    (None for an empty ledger), else the first entry that broke the chain and why."""
+
+    entries: int
+    head: str | None = None
+    broken_at: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "entries": self.entries, "head": self.head}
+        return {"ok": False, "entries": self.entries, "broken_at": self.broken_at,
+                "problem": self.problem}
 
 
 class ErasureLedger:
@@ -92,7 +114,7 @@ class ErasureLedger:
             os.fsync(fh.fileno())
         return chained
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self) -> LedgerCheck:
         """Walk the chain; the first entry that was changed, inserted or removed."""
         previous, count = GENESIS, 0
         for count, entry in enumerate(self.entries(), 1):
@@ -105,7 +127,6 @@ class ErasureLedger:
             elif entry.get("hash") != entry_hash(previous, entry):
                 problem = f"entry {count} does not match its hash: it was changed"
             if problem:
-                return {"ok": False, "entries": count - 1, "broken_at": count,
-                        "problem": problem}
+                return LedgerCheck(entries=count - 1, broken_at=count, problem=problem)
             previous = entry["hash"]
-        return {"ok": True, "entries": count, "head": previous if count else None}
+        return LedgerCheck(entries=count, head=previous if count else None)

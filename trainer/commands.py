@@ -179,13 +179,13 @@ def _erasures_list(args: argparse.Namespace) -> int:
 
     found = list_erasures(load_settings())
     if args.json:
-        _print_json(found)
+        _print_json(found.to_json())
         return 0
-    for entry in found["items"]:
+    for entry in found.items:
         print(f"{entry['id']}  {entry['completed_at']}  {entry['table']}  by {entry['actor']}"
               f"  segments {len(entry['segments'])}, snapshots {len(entry['snapshots'])}, "
               f"runs {len(entry['runs'])}: {entry['reason']}")
-    for pending in found["pending"]:
+    for pending in found.pending:
         print(f"{pending}  PENDING (interrupted; the next `tidelog erase` completes it)")
     return 0
 
@@ -196,12 +196,12 @@ def _erasures_verify(args: argparse.Namespace) -> int:
 
     report = verify_ledger(load_settings())
     if args.json:
-        _print_json(report)
-    elif report["ok"]:
-        print(f"erasure ledger ok: {report['entries']} entries, head {report['head']}")
+        _print_json(report.to_json())
+    elif report.ok:
+        print(f"erasure ledger ok: {report.entries} entries, head {report.head}")
     else:
-        print(f"erasure ledger BROKEN at entry {report['broken_at']}: {report['problem']}")
-    return 0 if report["ok"] else 1
+        print(f"erasure ledger BROKEN at entry {report.broken_at}: {report.problem}")
+    return 0 if report.ok else 1
 
 
 def _exclude(args: argparse.Namespace) -> int:

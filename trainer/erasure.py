@@ -31,7 +31,7 @@ from snapshotter.erasure import (
     new_erasure_id,
     subject_sum_at,
 )
-from snapshotter.erasure_ledger import ErasureLedger
+from snapshotter.erasure_ledger import ErasureLedger, LedgerCheck
 from tidelog.crashpoints import crash_point
 from tidelog.errors import ErasureError, TidelogError
 from tidelog.redact import redact_dsn
@@ -40,9 +40,9 @@ from tidelog.topics import table_topic
 from trainer.datasets import dataset_cache_dir
 from trainer.tracking import Tracking, connect
 
-__all__ = ["ErasureReport", "erase", "list_erasures", "verify_ledger", "erasures_of_run",
-           "cannot_erase", "erasure_tag", "erased_sums", "key_from_text", "AFFECTED",
-           "REBUILT_WITHOUT"]
+__all__ = ["ErasureReport", "ErasureListing", "erase", "list_erasures", "verify_ledger",
+           "erasures_of_run", "cannot_erase", "erasure_tag", "erased_sums", "key_from_text",
+           "AFFECTED", "REBUILT_WITHOUT"]
 
 AFFECTED = "affected"
 REBUILT_WITHOUT = "rebuilt-without"  # on the run `rebuild --without-erased` logs
@@ -252,14 +252,26 @@ def erase(settings: Settings, table: str, key: Mapping[str, Any], reason: str, a
     return ErasureReport(erasure_id=journal.id, dry_run=False, notes=notes, **report_args)
 
 
-def list_erasures(settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ErasureListing:
+    """`list_erasures`' answer, the same for `tidelog erasures list` and the API."""
+
+    items: tuple[dict[str, Any], ...]
+    pending: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": list(self.items), "pending": list(self.pending)}
+
+
+def list_erasures(settings: Settings) -> ErasureListing:
     """The ledger's entries, oldest first, and the ids of erasures still pending."""
     files = ErasureFiles(Path(settings.home))
-    return {"items": ErasureLedger(files).entries(),
-            "pending": [j.id for j in files.journals()]}
+    return ErasureListing(items=tuple(ErasureLedger(files).entries()),
+                          pending=tuple(j.id for j in files.journals()))
 
 
-def verify_ledger(settings: Settings) -> dict[str, Any]:
+def verify_ledger(settings: Settings) -> LedgerCheck:
+    """Walk the ledger's hash chain (`tidelog erasures verify`)."""
     return ErasureLedger(ErasureFiles(Path(settings.home))).verify()
 
 

@@ -26,7 +26,7 @@ from snapshotter.archive import Archive
 from snapshotter.snapshots import open_snapshot
 from snapshotter.verify import verify_snapshot
 from tests.integration.cdc_helpers import private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.errors import DatasetErased
 from tidelog.settings import Settings
 from trainer.erasure import ErasureReport, erase, erasure_tag, list_erasures, verify_ledger
@@ -143,7 +143,7 @@ def test_runs_and_model_versions_are_flagged_and_ledgered(world: World) -> None:
         assert tracking.get_run(result.run_id).data.tags[erasure_tag(eid)] == "affected"
     version = tracking.model_version(world.model, 1)
     assert version.tags[erasure_tag(eid)] == "affected"
-    entry = list_erasures(world.env)["items"][-1]
+    entry = list_erasures(world.env).items[-1]
     assert entry["id"] == eid and entry["actor"] == "integration-test"
     assert {world.first.run_id, world.second.run_id} <= set(entry["runs"])
     assert {"name": world.model, "version": "1", "run_id": world.first.run_id} in \
@@ -151,7 +151,7 @@ def test_runs_and_model_versions_are_flagged_and_ledgered(world: World) -> None:
     assert world.shop.schema in entry["cannot_erase"]["source_database"]["where"]
     assert any(world.env.topic_prefix in t for t in entry["cannot_erase"]["kafka_topics"]["where"])
     assert json.dumps({"id": SUBJECT}, separators=(",", ":")) not in json.dumps(entry)
-    assert verify_ledger(world.env)["ok"]
+    assert verify_ledger(world.env).ok
 
 
 def test_rebuild_names_the_erasure_and_without_erased_makes_a_linked_run(world: World
@@ -200,12 +200,12 @@ def test_a_killed_erase_leaves_old_or_new_and_the_next_completes_it(world: World
         assert verify_snapshot(world.env, result.snapshot_id).ok
         rows = open_snapshot(world.env, result.snapshot_id).table(customers)
         assert CRASHED in rows["id"].to_list()
-    assert list_erasures(world.env)["pending"]
+    assert list_erasures(world.env).pending
     done = _cli(world.env, "erase", "--table", customers, "--key", json.dumps({"id": CRASHED}),
                 "--reason", "crash test", "--json", crash_at="")
     assert done.returncode == 0, done.stderr
     assert "already erased" in json.loads(done.stdout)["notes"][-1]
     assert _files_with(Path(world.env.home), needle) == []
-    assert not list_erasures(world.env)["pending"] and verify_ledger(world.env)["ok"]
+    assert not list_erasures(world.env).pending and verify_ledger(world.env).ok
     for result in (world.first, world.second):
         assert verify_snapshot(world.env, result.snapshot_id).ok

@@ -27,7 +27,7 @@ from pipelines.registry import Registry
 from pipelines.worker import Cycle, Worker
 from snapshotter.archiving import cdc_topics
 from tests.integration.cdc_helpers import cli_env, execute, private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.events import CloudEvent, Publisher, event_topics, load_schema, new_event
 from tidelog.settings import Settings
 

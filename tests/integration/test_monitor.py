@@ -31,7 +31,7 @@ from snapshotter.snapshots import open_snapshot
 from tests.integration.cdc_helpers import cli_env, private_settings, unique_name
 from tests.unit.test_serving import metric
 from tidelog.adapters.kafka import producer
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.events import ensure_topics, load_schema
 from tidelog.settings import Settings
 from trainer.fingerprint import predict

@@ -24,7 +24,7 @@ from examples.shop import Shop
 from snapshotter.archive import Archive
 from snapshotter.snapshots import list_snapshots
 from tests.integration.cdc_helpers import private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.settings import Settings
 from trainer.exclusions import ExclusionStore
 from trainer.lineage import model_lineage

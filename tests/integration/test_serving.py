@@ -37,7 +37,7 @@ from pipelines.registry import Registry
 from tests.integration.cdc_helpers import private_settings, unique_name
 from tests.unit.test_serving import metric
 from tidelog.adapters.kafka import KafkaAdmin
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.settings import Settings
 from tidelog.topics import serving_requests_topic, serving_results_topic
 from trainer.tracking import connect

@@ -24,7 +24,7 @@ from snapshotter.archive import Archive
 from snapshotter.archiving import cdc_topics
 from snapshotter.verify import SnapshotReport, verify_snapshot
 from tests.integration.cdc_helpers import private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.errors import DigestMismatch
 from tidelog.settings import Settings
 from trainer.lineage import model_lineage, row_lineage

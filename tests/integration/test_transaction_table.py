@@ -10,7 +10,7 @@ from cdc.connector import ConnectorSpec, apply
 from snapshotter.archive import TRANSACTION_SCHEMA, Archive
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from tests.integration.cdc_helpers import execute, private_settings, unique_name
-from tidelog.demo import wait_for_capture
+from tidelog.demo.capture import wait_for_capture
 from tidelog.settings import Settings
 from tidelog.topics import table_topic, transaction_topic
 

@@ -172,9 +172,10 @@ def test_erase_removes_every_byte_and_digests_still_verify(tmp_path: Path) -> No
     # a second erase of the same subject finds nothing and says so
     repeat = erase(settings, TABLE, {"id": 7}, "again", "tester")
     assert repeat.erasure_id == report.erasure_id and "already erased" in repeat.notes[-1]
-    entries = list_erasures(settings)["items"]
-    assert [e["id"] for e in entries] == [report.erasure_id] and not list_erasures(
-        settings)["pending"]
+    listing = list_erasures(settings)
+    entries = listing.items
+    assert [e["id"] for e in entries] == [report.erasure_id] and not listing.pending
+    assert listing.to_json() == {"items": list(entries), "pending": []}
     entry = entries[0]
     assert entry["actor"] == "tester" and entry["reason"] == "GDPR art. 17 request #1"
     assert set(entry["snapshots"]) == set(sids) and len(entry["segments"]) == 3
@@ -208,16 +209,19 @@ def test_ledger_chain_detects_edits(tmp_path: Path) -> None:
     ledger = ErasureLedger(ErasureFiles(settings.home))
     first = ledger.append({"id": "er_a", "reason": "one"})
     ledger.append({"id": "er_b", "reason": "two"})
-    assert verify_ledger(settings) == {"ok": True, "entries": 2,
-                                       "head": ledger.entries()[-1]["hash"]}
+    check = verify_ledger(settings)
+    assert check.ok and check.entries == 2 and check.head == ledger.entries()[-1]["hash"]
+    assert check.to_json() == {"ok": True, "entries": 2, "head": ledger.entries()[-1]["hash"]}
     assert first["prev"] == "0" * 64
     path = ErasureFiles(settings.home).ledger
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0].replace('"one"', '"changed"'), lines[1]]) + "\n")
     broken = verify_ledger(settings)
-    assert broken["ok"] is False and broken["broken_at"] == 1
+    assert broken.ok is False and broken.broken_at == 1
+    assert broken.to_json() == {"ok": False, "entries": 0, "broken_at": 1,
+                                "problem": "entry 1 does not match its hash: it was changed"}
     path.write_text(lines[1] + "\n")  # the first entry removed
-    assert verify_ledger(settings)["broken_at"] == 1
+    assert verify_ledger(settings).broken_at == 1
     # the keyed hash depends on the home's secret, which stays private
     hashed = ledger.subject_hash(TABLE, '{"id":7}')
     assert oct(ErasureFiles(settings.home).secret.stat().st_mode & 0o777) == "0o600"
@@ -264,13 +268,13 @@ def test_crash_at_each_point_leaves_old_or_new_and_a_rerun_completes(
     # every segment and snapshot is whole: old or new, each readable and verified
     state = _state(settings, sids)
     assert set(state.split(",")) <= {"old", "new"}
-    pending = list_erasures(settings)["pending"]
+    pending = list(list_erasures(settings).pending)
     assert len(pending) == 1  # the journal says an erasure is unfinished
     report = erase(settings, TABLE, {"id": 99}, "another subject", "tester")
     assert report.resumed == pending
     assert _state(settings, sids) == ",".join(["new"] * 5)
     assert _files_with(tmp_path, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []
-    assert [e["id"] for e in list_erasures(settings)["items"]] == pending
-    assert not list_erasures(settings)["pending"] and verify_ledger(settings)["ok"]
+    assert [e["id"] for e in list_erasures(settings).items] == pending
+    assert not list_erasures(settings).pending and verify_ledger(settings).ok
     for sid in sids:
         assert _digest_sql_check(settings, sid)
