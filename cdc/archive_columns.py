@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cdc.columns import METADATA_COLUMNS, METADATA_NAMES, SALT
+from cdc.columns import METADATA_COLUMNS, RESERVED_NAMES
 from cdc.messages import envelope_parts, key_payload, located, split_value, table_from_topic
 from cdc.rows import RowCodec
 from cdc.values import canonical_json
@@ -114,7 +114,7 @@ class ArchiveColumns:
         fields = [pa.field(name, t) for name, t in METADATA_COLUMNS]
         codec = self.codec
         if codec is not None:
-            clash = (METADATA_NAMES | {SALT}).intersection(codec.arrow_schema.names)
+            clash = RESERVED_NAMES.intersection(codec.arrow_schema.names)
             if clash:
                 raise DecodeError(f"source columns {sorted(clash)} of {self.topic} collide "
                                   "with the archive's metadata columns")

@@ -79,7 +79,8 @@ class TableReport:
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
-            return {"ok": False, "error": self.error}
+            return {"ok": False, "error": self.error, "recorded": self.recorded,
+                    "files": self.files, "files_damaged": list(self.files_damaged)}
         report: dict[str, Any] = {
             "ok": self.ok, "recorded": self.recorded, "recomputed": self.recomputed,
             "rows_recorded": self.rows_recorded, "rows_recomputed": self.rows_recomputed,
@@ -125,17 +126,20 @@ def verify_snapshot(settings: Settings, snapshot_id: str, against_source: bool =
     tables: dict[str, TableReport] = {}
     recomputed: dict[str, str] = {}
     for name, table in sorted(snap.manifest.tables.items()):
+        # Checksums first: a damaged file may not even read, and must be named either way.
+        damaged = _damaged_files(snap.path, table)
         try:
             got = table_digest(con, visible_sql(snap.path, table, with_salt=True))
         except SnapshotError as exc:
-            tables[name] = TableReport(ok=False, error=f"unreadable: {exc}")
+            tables[name] = TableReport(ok=False, error=f"unreadable: {exc}",
+                                       recorded=table.digest, files=len(table.all_files),
+                                       files_damaged=tuple(damaged))
             continue
         if table.erased:
             # docs/erasure.md: the remaining rows plus the kept sums of the erased ones
             got = digest_with_erased(got, [ContentSum.parse(e.content_digest, e.rows)
                                            for e in table.erased])
         recomputed[name] = got.digest
-        damaged = _damaged_files(snap.path, table)
         tables[name] = TableReport(
             ok=got.digest == table.digest and got.rows == table.rows and not damaged,
             recorded=table.digest, recomputed=got.digest, rows_recorded=table.rows,

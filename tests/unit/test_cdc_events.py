@@ -444,10 +444,11 @@ def test_archive_table_survives_parquet_and_reads_in_duckdb(tmp_path: Path) -> N
     assert rows[6] == (6, "t", None, None, None, None, None)
 
 
-@pytest.mark.parametrize("name", ["__salt", "__key"])
+@pytest.mark.parametrize("name", ["__salt", "__row_hash", "__key"])
 def test_a_source_column_named_like_tidelogs_own_is_refused(name: str) -> None:
-    """`__salt` is appended by the archiver, the others lead every segment: a source
-    column of that name would be overwritten or shadowed, so it is refused, by name."""
+    """`__salt` and `__row_hash` are appended by the archiver, the others lead every
+    segment: a source column of that name would be overwritten or shadowed, so it is
+    refused, by name."""
     doc = json.loads((ENVELOPES / "orders_000_r_snapshot.json").read_text(encoding="utf-8"))
     value = doc["value"]
     for part in value["schema"]["fields"]:
