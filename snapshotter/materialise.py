@@ -19,13 +19,10 @@ the plan, then a single lazy query does the rest.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 import polars as pl
-import pyarrow as pa
 
 from cdc.columns import (
     DELETE_OPS,
@@ -35,8 +32,19 @@ from cdc.columns import (
     PARTITION,
     ROW_HASH,
     SALT,
-    TRUNCATE_OP,
     UPSERT_OPS,
+)
+from snapshotter.survey import (
+    META_COLUMNS,
+    Events,
+    Frame,
+    Surveyed,
+    as_frames,
+    as_lazy,
+    infer_key_columns,
+    not_in_base,
+    survey,
+    survey_frames,
 )
 from snapshotter.toast import (
     MAY_BE_PLACEHOLDER,
@@ -45,7 +53,7 @@ from snapshotter.toast import (
     may_be_placeholder,
     unavailable_columns,
 )
-from tidelog.errors import ArchiveError, SnapshotError
+from tidelog.errors import SnapshotError
 
 __all__ = [
     "KEY",
@@ -53,6 +61,7 @@ __all__ = [
     "UPSERT_OPS",
     "DELETE_OPS",
     "Events",
+    "Surveyed",
     "materialise",
     "plan_materialise",
     "survey",
@@ -62,14 +71,12 @@ __all__ = [
     "data_columns",
 ]
 
-META_COLUMNS = (PARTITION, OFFSET, OP, KEY)
 META_DTYPES: dict[str, pl.DataType] = {
     PARTITION: pl.Int32(),
     OFFSET: pl.Int64(),
     OP: pl.String(),
     KEY: pl.String(),
 }
-KNOWN_OPS = frozenset((*UPSERT_OPS, *DELETE_OPS, TRUNCATE_OP))
 
 # Key dtypes whose Debezium JSON form is exactly the JSON of the typed value; other types
 # (numeric-as-string, dates as day counts, zoned timestamps, base64 bytes) are rendered
@@ -80,8 +87,6 @@ _KEY_SAFE_DTYPES = (
     pl.Boolean, pl.String,
 )  # fmt: skip
 
-Frame: TypeAlias = pl.LazyFrame | pl.DataFrame | pa.Table
-Events: TypeAlias = Frame | Sequence[Frame]
 Engine: TypeAlias = Literal["auto", "in-memory", "streaming"]
 
 
@@ -121,149 +126,6 @@ def check_key_dtypes(schema: Mapping[str, pl.DataType], key_columns: Sequence[st
 def data_columns(names: Sequence[str]) -> list[str]:
     """Source columns: everything not prefixed `__` (tidelog's own bookkeeping)."""
     return [n for n in names if not n.startswith("__")]
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """One input segment and what the pre-pass learned about it."""
-
-    frame: pl.LazyFrame
-    schema: dict[str, pl.DataType]
-    rows: int
-    ops: frozenset[str]
-    partitions: frozenset[int]
-    first: tuple[int, int]
-    last: tuple[int, int]
-    in_order: bool
-    truncate_at: int | None
-    sample_key: str | None
-    keyed_rows: int
-    keyless_upserts: int
-
-
-def _lazy(frame: Frame) -> pl.LazyFrame:
-    if isinstance(frame, pl.LazyFrame):
-        return frame
-    if isinstance(frame, pl.DataFrame):
-        return frame.lazy()
-    if isinstance(frame, pa.Table):
-        converted = pl.from_arrow(frame)
-        assert isinstance(converted, pl.DataFrame)
-        return converted.lazy()
-    raise TypeError(f"expected a polars LazyFrame/DataFrame or pyarrow Table, got {type(frame)}")
-
-
-def _as_list(events: Events) -> list[pl.LazyFrame]:
-    if isinstance(events, pl.LazyFrame | pl.DataFrame | pa.Table):
-        return [_lazy(events)]
-    return [_lazy(f) for f in events]
-
-
-def _not_in_base(base_position: Mapping[int, int] | None) -> pl.Expr:
-    """True for events the base does not already contain."""
-    if not base_position:
-        return pl.lit(True)
-    parts = list(base_position)
-    ends = [base_position[p] for p in parts]
-    start = pl.col(PARTITION).replace_strict(parts, ends, default=0, return_dtype=pl.Int64)
-    return pl.col(OFFSET) >= start
-
-
-Surveyed: TypeAlias = "_Segment"
-
-
-def survey(events: Events, base_position: Mapping[int, int] | None = None
-           ) -> list[_Segment]:
-    """The metadata pre-pass of `plan_materialise`, to reuse across several plans."""
-    return _survey(_as_list(events), _not_in_base(base_position))
-
-
-def _survey(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[_Segment]:
-    """The pre-pass: reads only the metadata columns of every segment, in parallel."""
-    try:
-        return _survey_unchecked(frames, keep)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise ArchiveError(
-            f"could not read the event segments: {exc}; check that the archive files "
-            "exist and are readable Parquet",
-        ) from exc
-
-
-def _survey_unchecked(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[_Segment]:
-    schemas = []
-    for i, frame in enumerate(frames):
-        schema = dict(frame.collect_schema())
-        missing = [c for c in META_COLUMNS if c not in schema]
-        if missing:
-            raise SnapshotError(
-                f"event segment {i} lacks metadata columns {missing}; it is not in the "
-                "archive layout of docs/archive.md",
-                segment=i,
-                missing=missing,
-            )
-        schemas.append(schema)
-
-    p, o, op = pl.col(PARTITION), pl.col(OFFSET), pl.col(OP)
-    dp, do = p.diff(), o.diff()
-    queries = [
-        f.filter(keep).select(
-            rows=pl.len(),
-            ops=op.unique().implode(),
-            partitions=p.unique().implode(),
-            p_first=p.min(),
-            o_first=o.filter(p == p.min()).min(),
-            p_last=p.max(),
-            o_last=o.filter(p == p.max()).max(),
-            in_order=((dp > 0) | ((dp == 0) & (do > 0))).fill_null(True).all(),
-            truncate_at=o.filter(op == TRUNCATE_OP).max(),
-            sample_key=pl.col(KEY).drop_nulls().first(),
-            keyed_rows=pl.col(KEY).is_not_null().sum(),
-            keyless_upserts=(pl.col(KEY).is_null() & op.is_in(UPSERT_OPS)).sum(),
-        )
-        for f in frames
-    ]
-    segments = []
-    for frame, schema, stats in zip(frames, schemas, pl.collect_all(queries), strict=True):
-        row = stats.row(0, named=True)
-        ops = frozenset(row["ops"])
-        unknown = ops - KNOWN_OPS
-        if unknown:
-            raise SnapshotError(
-                f"unknown change operations {sorted(map(str, unknown))} in the events; "
-                f"expected a subset of {sorted(KNOWN_OPS)}",
-                ops=sorted(map(str, unknown)),
-            )
-        empty = row["rows"] == 0
-        segments.append(
-            _Segment(
-                frame=frame,
-                schema=schema,
-                rows=row["rows"],
-                ops=ops,
-                partitions=frozenset(row["partitions"]),
-                first=(-1, -1) if empty else (row["p_first"], row["o_first"]),
-                last=(-1, -1) if empty else (row["p_last"], row["o_last"]),
-                in_order=bool(row["in_order"]),
-                truncate_at=row["truncate_at"],
-                sample_key=row["sample_key"],
-                keyed_rows=row["keyed_rows"],
-                keyless_upserts=row["keyless_upserts"],
-            )
-        )
-    return segments
-
-
-def _infer_key_columns(segments: Sequence[_Segment]) -> list[str]:
-    """Key column names from the first `__key` payload: `{"id":5}` names `id`."""
-    for seg in segments:
-        if seg.sample_key is None:
-            continue
-        try:
-            payload = json.loads(seg.sample_key)
-        except ValueError:
-            return []
-        return sorted(payload) if isinstance(payload, dict) else []
-    return []
 
 
 _WINNER = "__last_of_key"
@@ -317,10 +179,10 @@ def plan_materialise(
     """
     if base is None and base_position:
         raise ValueError("base_position only makes sense together with a base state")
-    keep = _not_in_base(base_position)
-    segments = list(surveyed) if surveyed is not None else _survey(_as_list(events), keep)
+    keep = not_in_base(base_position)
+    segments = list(surveyed) if surveyed is not None else survey_frames(as_frames(events), keep)
     live = sorted((s for s in segments if s.rows), key=lambda s: s.last)
-    keys = list(key_columns) if key_columns is not None else _infer_key_columns(live)
+    keys = list(key_columns) if key_columns is not None else infer_key_columns(live)
 
     partitions = frozenset().union(*(s.partitions for s in live))
     truncates = [s.truncate_at for s in live if s.truncate_at is not None]
@@ -333,7 +195,7 @@ def plan_materialise(
             partitions=sorted(partitions),
         )
 
-    base_lf = _lazy(base) if base is not None else None
+    base_lf = as_lazy(base) if base is not None else None
     base_schema = dict(base_lf.collect_schema()) if base_lf is not None else None
 
     out = _output_columns(live, base_schema, segments)
