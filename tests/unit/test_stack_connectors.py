@@ -41,41 +41,6 @@ def test_crash_point_exits_like_sigkill_only_when_named() -> None:
         crash_point("no.such.point")
 
 
-def test_stop_leftovers_kills_a_dead_leaders_children_only(tmp_path: Path) -> None:
-    import os
-    import signal
-    import time
-
-    from tidelog.stack.process import alive, spawn, stop_leftovers
-
-    # a leader whose child outlives it, as MLflow's uvicorn worker does
-    record = spawn("demo", ["sh", "-c", f"sleep 300 & echo $! > {tmp_path}/child; wait"],
-                   tmp_path / "demo.log")
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "child").exists() or not (tmp_path / "child").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    child = int((tmp_path / "child").read_text())
-    stop_leftovers(record)  # the leader is alive: nothing happens
-    assert alive(record)
-    os.kill(record.pid, signal.SIGKILL)
-    os.waitpid(record.pid, 0)
-    assert Path(f"/proc/{child}").exists()
-    stop_leftovers(record)
-    deadline = time.monotonic() + 10
-    while not _gone(child):
-        assert time.monotonic() < deadline, "the dead leader's child survived"
-        time.sleep(0.05)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
-
-
 def test_every_crash_point_is_reached_documented_and_tested() -> None:
     root = Path(__file__).resolve().parents[2]
     code = "\n".join(p.read_text() for d in ("tidelog", "cdc", "snapshotter", "trainer",

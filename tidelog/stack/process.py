@@ -1,4 +1,9 @@
-"""Starting, tracking and stopping the local stack's processes, by PID only."""
+"""Starting, tracking and stopping the local stack's processes, by PID only.
+
+A record names a process by its PID and its start time (psutil's `create_time()`), so a
+PID the kernel has since handed to another process is never mistaken for ours and never
+signalled. Zombies count as gone: they hold no port and take no signal.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 from tidelog.errors import StackError, TidelogError
 from tidelog.retry import poll
@@ -17,12 +25,21 @@ from tidelog.retry import poll
 __all__ = ["ProcessRecord", "free_port", "spawn", "alive", "stop", "stop_leftovers",
            "wait_until", "tail"]
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The kernel keeps a process's start in clock ticks since boot, so two readings of one
+# process never differ by more than float rounding; a tick is the finest difference that
+# can mean another process (psutil's own identity check relies on the same resolution).
+_TICK = 1.0 / CLOCK_TICKS
+_POLL = 0.05
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
     name: str
     pid: int
-    start_time: float  # /proc start time in clock ticks, guards against PID reuse
+    # psutil's create_time(), seconds since the epoch; guards against PID reuse. Records
+    # written before psutil hold clock ticks since boot instead (see `_started_as`).
+    start_time: float
     log: str
     argv0: str
 
@@ -36,16 +53,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _proc_start_time(pid: int) -> float | None:
+def _started_as(recorded: float, created: float) -> bool:
+    """Whether a process created at `created` (psutil, epoch seconds) is the one recorded.
+
+    Stacks started before tidelog used psutil recorded clock ticks since boot, and may
+    still be running. Their unit can't always be told from the value (at 100 ticks a
+    second, ticks pass today's epoch seconds after about 200 days of uptime), so a record
+    matches in either unit. The tick reading is converted with the current boot time, as
+    psutil converts its own, so a wall-clock step since the record was written cancels
+    out; what is left is float rounding, hence the one-tick tolerance. A start time of 0
+    was written when none could be read: it identifies nothing, so it never matches.
+    """
+    if recorded <= 0:
+        return False
+    if abs(created - recorded) <= _TICK:
+        return True
+    return abs(created - (psutil.boot_time() + recorded / CLOCK_TICKS)) <= _TICK
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still this very process (psutil re-checks its start time) and not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _process(record: ProcessRecord) -> psutil.Process | None:
+    """The live process the record names, or None if it is gone or its PID was reused."""
+    if record.pid <= 0:
         return None
-    # The command name may contain spaces and parentheses; fields follow the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
+    try:
+        proc = psutil.Process(record.pid)
+        created = proc.create_time()
+    except psutil.Error:
         return None
-    return float(fields[19])
+    return proc if _started_as(record.start_time, created) and _running(proc) else None
 
 
 def spawn(
@@ -73,68 +116,113 @@ def spawn(
             )
         except OSError as exc:
             raise StackError(f"{name}: cannot start {argv[0]}: {exc}", component=name) from exc
-    start = _proc_start_time(proc.pid) or 0.0
+    try:
+        # Our unreaped child: readable even if it has already exited.
+        start = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        start = 0.0
     return ProcessRecord(name, proc.pid, start, str(log), str(argv[0]))
 
 
 def alive(record: ProcessRecord) -> bool:
-    start = _proc_start_time(record.pid)
-    return start is not None and (record.start_time == 0.0 or start == record.start_time)
+    return _process(record) is not None
 
 
 def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    """Collect the exit status of a child of ours that has exited, so no zombie lingers."""
+    with suppress(psutil.Error):  # running, not our child, or already reaped
+        psutil.Process(pid).wait(timeout=0)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; those still running after `timeout`.
+
+    In short slices: a zombie whose parent is not us never disappears while it waits to
+    be reaped, and `wait_procs` would count it as running for the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if _running(p)]
+    while left and time.monotonic() < deadline:
+        _, still = psutil.wait_procs(left, timeout=_POLL)  # reaps those that are ours
+        left = [p for p in still if _running(p)]
+    return left
+
+
+def _signal(proc: psutil.Process, sig: int, group: bool) -> None:
+    """Signal the process, or the process group it leads (`spawn` made it a leader)."""
+    if not proc.is_running():  # the PID-reuse check psutil makes before its own signals
+        raise psutil.NoSuchProcess(proc.pid)
+    if group:
+        try:
+            os.killpg(proc.pid, sig)
+            return
+        except ProcessLookupError as exc:
+            raise psutil.NoSuchProcess(proc.pid) from exc
+        except PermissionError:
+            pass  # a member we may not signal: the leader at least
+    proc.send_signal(sig)
 
 
 def stop(record: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 30.0,
          group: bool = True) -> None:
-    """Signal the process (group) we created, then wait for the leader to exit."""
-    if not alive(record):
+    """Signal the process (group) we created, then wait for the leader to exit;
+    SIGKILL the group if it has not after `timeout`."""
+    proc = _process(record)
+    if proc is None:
         return
     try:
-        if group:
-            os.killpg(record.pid, sig)
-        else:
-            os.kill(record.pid, sig)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        os.kill(record.pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(record.pid)
-        if not alive(record):
+        _signal(proc, sig, group)
+        if not _wait_gone([proc], timeout):
             return
-        time.sleep(0.05)
-    try:
-        os.killpg(record.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        _signal(proc, signal.SIGKILL, group=True)
+    except psutil.NoSuchProcess:
         return
-    while alive(record):
-        _reap(record.pid)
-        time.sleep(0.05)
+    except psutil.AccessDenied as exc:
+        raise StackError(f"{record.name} (pid {record.pid}): not allowed to signal it: {exc}",
+                         component=record.name) from exc
+    if _wait_gone([proc], timeout):
+        raise StackError(f"{record.name} (pid {record.pid}) did not exit {timeout:.0f}s "
+                         "after SIGKILL", component=record.name)
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    """The running members of a process group."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and _running(proc):
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue  # exited while we looked
+    return members
 
 
 def stop_leftovers(record: ProcessRecord, timeout: float = 10.0) -> None:
     """SIGKILL what is left of a dead component's process group (MLflow's uvicorn
     worker outlives a killed `mlflow server` and keeps its port).
 
-    Only when no process has the leader's PID: Linux never hands out a PID that is
-    still some group's id, so the group's remaining members are then the ones we
-    started. A live process with that PID means the PID was reused; leave it alone.
+    Only when the leader is gone, or is a zombie with the recorded start time: Linux
+    never hands out a PID that is still some group's id, so the group's remaining
+    members are then the ones we started. Any other process with that PID means the
+    PID was reused; leave it alone.
     """
-    if alive(record) or _proc_start_time(record.pid) is not None:
+    if record.pid <= 0:
+        return  # never a group of ours; os.killpg(0) would be the caller's own group
+    try:
+        leader = psutil.Process(record.pid)
+        if (leader.status() != psutil.STATUS_ZOMBIE
+                or not _started_as(record.start_time, leader.create_time())):
+            return  # running, or the PID is someone else's now
+    except psutil.NoSuchProcess:
+        pass  # gone and reaped: the usual case
+    except psutil.Error:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(record.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return  # the group is empty
-        time.sleep(0.05)
+    while (members := _group(record.pid)) and time.monotonic() < deadline:
+        for member in members:
+            with suppress(psutil.Error):  # gone meanwhile
+                member.kill()
+        _wait_gone(members, min(1.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def wait_until(
@@ -149,15 +237,14 @@ def wait_until(
 
     def attempt() -> bool | None:
         nonlocal last_error
-        if record is not None:
+        if record is not None and not alive(record):
             _reap(record.pid)
-            if not alive(record):
-                raise StackError(
-                    f"{name} exited while starting; see its log {record.log}:\n"
-                    f"{tail(Path(record.log))}",
-                    component=name,
-                    log=record.log,
-                )
+            raise StackError(
+                f"{name} exited while starting; see its log {record.log}:\n"
+                f"{tail(Path(record.log))}",
+                component=name,
+                log=record.log,
+            )
         try:
             return check() or None
         except Exception as exc:  # noqa: BLE001 - readiness probes fail in many ways
