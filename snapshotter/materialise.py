@@ -183,21 +183,9 @@ def plan_materialise(
     segments = list(surveyed) if surveyed is not None else survey_frames(as_frames(events), keep)
     live = sorted((s for s in segments if s.rows), key=lambda s: s.last)
     keys = list(key_columns) if key_columns is not None else infer_key_columns(live)
-
-    partitions = frozenset().union(*(s.partitions for s in live))
-    truncates = [s.truncate_at for s in live if s.truncate_at is not None]
-    truncate_at = max(truncates) if truncates else None
-    if truncate_at is not None and len(partitions) > 1:
-        raise SnapshotError(
-            f"truncate event on a multi-partition input (partitions {sorted(partitions)}): "
-            "its position relative to other partitions is undefined; tidelog topics must "
-            "have one partition per table",
-            partitions=sorted(partitions),
-        )
-
+    truncate_at = _truncate_position(live)
     base_lf = as_lazy(base) if base is not None else None
     base_schema = dict(base_lf.collect_schema()) if base_lf is not None else None
-
     out = _output_columns(live, base_schema, segments)
     missing_keys = [k for k in keys if k not in out]
     if missing_keys and out and key_columns is not None:  # no columns known: empty state
@@ -218,28 +206,10 @@ def plan_materialise(
                          placeholders=bool(fill_unavailable), salted=salted, hashed=hashed)
              for seg, cols in zip(live, alive, strict=True)
              if truncate_at is None or seg.last[1] > truncate_at]  # else nothing survives
-    in_order = all(s.in_order for s in live) and all(
-        a.last < b.first for a, b in zip(live, live[1:], strict=False)
-    )
-
     upsert = pl.col(OP).is_in(UPSERT_OPS)
-    keyed = pl.col(KEY).is_not_null()
     carried = [KEY, *([SALT] if salted else []), *([ROW_HASH] if hashed else [])]
     wanted = [*out, *carried]
-    last: pl.LazyFrame | None = None
-    keyless: pl.LazyFrame | None = None
-    ev: pl.LazyFrame | None = None
-    if parts:
-        # Each branch re-reads the segments, so only build the ones the data needs.
-        ev = pl.concat(parts, how="vertical")
-        if not in_order:
-            ev = ev.sort([PARTITION, OFFSET], maintain_order=True)
-        if any(s.keyed_rows for s in live):
-            # A mask over the key column alone, then one gather: polars' `unique(keep=
-            # "last")` on the wide frame was 7x slower (TPC-H lineitem, BENCHMARKS.md).
-            last = ev.filter(keyed).filter(pl.col(KEY).is_last_distinct())
-        if any(s.keyless_upserts for s in live):
-            keyless = ev.filter(~keyed & upsert).select(wanted)
+    ev, last, keyless = _event_branches(live, parts, wanted)
 
     base_rows: pl.LazyFrame | None = None
     if base_lf is not None and base_schema is not None and truncate_at is None:
@@ -260,6 +230,43 @@ def plan_materialise(
     may_be_keyless = keyless is not None or base_lf is not None
     state = state.sort([*present, KEY], maintain_order=may_be_keyless)
     return state.select(wanted if keep_key else list(out))
+
+
+def _truncate_position(live: Sequence[Surveyed]) -> int | None:
+    """The offset of the latest truncate, if any (refused on several partitions)."""
+    partitions = frozenset().union(*(s.partitions for s in live))
+    truncates = [s.truncate_at for s in live if s.truncate_at is not None]
+    truncate_at = max(truncates) if truncates else None
+    if truncate_at is not None and len(partitions) > 1:
+        raise SnapshotError(
+            f"truncate event on a multi-partition input (partitions {sorted(partitions)}): "
+            "its position relative to other partitions is undefined; tidelog topics must "
+            "have one partition per table",
+            partitions=sorted(partitions),
+        )
+    return truncate_at
+
+
+def _event_branches(live: Sequence[Surveyed], parts: list[pl.LazyFrame], wanted: list[str]
+                    ) -> tuple[pl.LazyFrame | None, pl.LazyFrame | None, pl.LazyFrame | None]:
+    """(all events in order, each key's last event, keyless upserts): each branch re-reads
+    the segments, so only the ones the data needs are built (None otherwise)."""
+    if not parts:
+        return None, None, None
+    in_order = all(s.in_order for s in live) and all(
+        a.last < b.first for a, b in zip(live, live[1:], strict=False))
+    ev = pl.concat(parts, how="vertical")
+    if not in_order:
+        ev = ev.sort([PARTITION, OFFSET], maintain_order=True)
+    keyed = pl.col(KEY).is_not_null()
+    last = keyless = None
+    if any(s.keyed_rows for s in live):
+        # A mask over the key column alone, then one gather: polars' `unique(keep=
+        # "last")` on the wide frame was 7x slower (TPC-H lineitem, BENCHMARKS.md).
+        last = ev.filter(keyed).filter(pl.col(KEY).is_last_distinct())
+    if any(s.keyless_upserts for s in live):
+        keyless = ev.filter(~keyed & pl.col(OP).is_in(UPSERT_OPS)).select(wanted)
+    return ev, last, keyless
 
 
 def has_salt(schema: Mapping[str, pl.DataType]) -> bool:

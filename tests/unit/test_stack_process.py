@@ -70,11 +70,12 @@ def _legacy_ticks(pid: int) -> float:
     return float(stat[stat.rindex(")") + 2:].split()[19])
 
 
-def test_spawn_records_psutils_create_time_and_stop_ends_the_group(
+def test_spawn_records_the_start_after_boot_and_stop_ends_the_group(
         start: Spawn, tmp_path: Path) -> None:
     record = start(["sh", "-c", f"sleep 300 & echo $! > {tmp_path}/child; wait"])
-    assert record.start_time == psutil.Process(record.pid).create_time()
-    assert record.start_time > psutil.boot_time()
+    created = psutil.Process(record.pid).create_time()
+    assert abs(record.start_time - (created - psutil.boot_time())) < 1e-6
+    assert 0 < record.start_time <= time.time() - psutil.boot_time()
     assert alive(record)
     child = _child_of(tmp_path)
     stop(record, timeout=10)
@@ -136,22 +137,32 @@ def test_a_record_written_before_psutil_still_names_its_process(start: Spawn) ->
     assert not alive(record)
 
 
-def test_start_times_match_in_either_unit_within_a_tick(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    boot = 1_780_000_000.0
-    monkeypatch.setattr(psutil, "boot_time", lambda: boot)
+def test_start_times_match_in_either_unit_within_a_tick() -> None:
     tick = 1.0 / process.CLOCK_TICKS
-    created = boot + 12_345 * tick
-    assert process._started_as(created, created)
-    assert process._started_as(12_345, created)  # ticks since boot
-    assert process._started_as(12_346, created)  # float rounding stays within a tick
-    assert not process._started_as(12_347, created)
-    assert not process._started_as(created + 2 * tick, created)
-    assert not process._started_as(0.0, created)
-    # after ~250 days of uptime the tick count exceeds the epoch seconds: still ticks
+    since_boot = 12_345 * tick
+    assert process._started_as(since_boot, since_boot)  # seconds since boot
+    assert process._started_as(12_345, since_boot)  # ticks since boot, as before psutil
+    assert process._started_as(12_346, since_boot)  # float rounding stays within a tick
+    assert not process._started_as(12_347, since_boot)
+    assert not process._started_as(since_boot + 2 * tick, since_boot)
+    assert not process._started_as(0.0, since_boot)
+    # after ~250 days of uptime, both units still tell the process
     ticks = 250 * 86_400 * process.CLOCK_TICKS
-    assert ticks > boot
-    assert process._started_as(ticks, boot + ticks * tick)
+    assert process._started_as(ticks, ticks * tick)
+    assert process._started_as(ticks * tick, ticks * tick)
+
+
+def test_a_wall_clock_step_keeps_every_record(start: Spawn,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    record = start(["sleep", "300"])
+    real_boot, real_created = psutil.boot_time, psutil.Process.create_time
+    # A clock step moves the boot time the kernel reports, and so psutil's create_time().
+    monkeypatch.setattr(psutil, "boot_time", lambda: real_boot() + 3600.0)
+    monkeypatch.setattr(psutil.Process, "create_time",
+                        lambda self: real_created(self) + 3600.0)
+    assert alive(record)
+    stop(record, timeout=10)
+    assert not alive(record)
 
 
 def test_stop_leftovers_kills_a_dead_leaders_children_only(

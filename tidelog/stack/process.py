@@ -1,8 +1,8 @@
 """Starting, tracking and stopping the local stack's processes, by PID only.
 
-A record names a process by its PID and its start time (psutil's `create_time()`), so a
-PID the kernel has since handed to another process is never mistaken for ours and never
-signalled. Zombies count as gone: they hold no port and take no signal.
+A record names a process by its PID and its start time (seconds after boot, from
+psutil), so a PID the kernel has since handed to another process is never mistaken for
+ours and never signalled. Zombies count as gone: they hold no port and take no signal.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ _POLL = 0.05
 class ProcessRecord:
     name: str
     pid: int
-    # psutil's create_time(), seconds since the epoch; guards against PID reuse. Records
-    # written before psutil hold clock ticks since boot instead (see `_started_as`).
+    # Seconds from boot to the process's start (`_since_boot`); guards against PID reuse.
+    # Records written before psutil hold clock ticks since boot (see `_started_as`).
     start_time: float
     log: str
     argv0: str
@@ -53,22 +53,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _started_as(recorded: float, created: float) -> bool:
-    """Whether a process created at `created` (psutil, epoch seconds) is the one recorded.
+def _since_boot(proc: psutil.Process) -> float:
+    """Seconds from boot to the process's start: the kernel's clock-tick count, which no
+    wall-clock step changes. psutil's `create_time()` adds the boot time it reads now
+    (`btime`, which a clock step moves), so subtracting the same reading takes it out
+    again; comparing epoch seconds would lose every running process at a clock step."""
+    return proc.create_time() - psutil.boot_time()
+
+
+def _started_as(recorded: float, since_boot: float) -> bool:
+    """Whether a process that started `since_boot` seconds after boot is the one recorded.
 
     Stacks started before tidelog used psutil recorded clock ticks since boot, and may
-    still be running. Their unit can't always be told from the value (at 100 ticks a
-    second, ticks pass today's epoch seconds after about 200 days of uptime), so a record
-    matches in either unit. The tick reading is converted with the current boot time, as
-    psutil converts its own, so a wall-clock step since the record was written cancels
-    out; what is left is float rounding, hence the one-tick tolerance. A start time of 0
-    was written when none could be read: it identifies nothing, so it never matches.
+    still be running, so a record also matches in that unit. The two cannot be confused:
+    a reused PID belongs to a process that started after the recorded one, never at a
+    hundredth of its time. Float rounding stays within a tick, hence the tolerance. A
+    start time of 0 was written when none could be read: it identifies nothing.
     """
     if recorded <= 0:
         return False
-    if abs(created - recorded) <= _TICK:
-        return True
-    return abs(created - (psutil.boot_time() + recorded / CLOCK_TICKS)) <= _TICK
+    return (abs(since_boot - recorded) <= _TICK
+            or abs(since_boot - recorded / CLOCK_TICKS) <= _TICK)
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -85,10 +90,10 @@ def _process(record: ProcessRecord) -> psutil.Process | None:
         return None
     try:
         proc = psutil.Process(record.pid)
-        created = proc.create_time()
+        since_boot = _since_boot(proc)
     except psutil.Error:
         return None
-    return proc if _started_as(record.start_time, created) and _running(proc) else None
+    return proc if _started_as(record.start_time, since_boot) and _running(proc) else None
 
 
 def spawn(
@@ -118,7 +123,7 @@ def spawn(
             raise StackError(f"{name}: cannot start {argv[0]}: {exc}", component=name) from exc
     try:
         # Our unreaped child: readable even if it has already exited.
-        start = psutil.Process(proc.pid).create_time()
+        start = _since_boot(psutil.Process(proc.pid))
     except psutil.Error:
         start = 0.0
     return ProcessRecord(name, proc.pid, start, str(log), str(argv[0]))
@@ -211,7 +216,7 @@ def stop_leftovers(record: ProcessRecord, timeout: float = 10.0) -> None:
     try:
         leader = psutil.Process(record.pid)
         if (leader.status() != psutil.STATUS_ZOMBIE
-                or not _started_as(record.start_time, leader.create_time())):
+                or not _started_as(record.start_time, _since_boot(leader))):
             return  # running, or the PID is someone else's now
     except psutil.NoSuchProcess:
         pass  # gone and reaped: the usual case
