@@ -39,6 +39,7 @@ from cdc.columns import with_salts  # noqa: E402
 from cdc.reader import LogIdentity  # noqa: E402
 from snapshotter.archive import Archive  # noqa: E402
 from snapshotter.cut import Cut, PartitionCut  # noqa: E402
+from snapshotter.row_hashes import with_row_hashes  # noqa: E402
 from snapshotter.snapshots import create_snapshot  # noqa: E402
 from tidelog.settings import Settings  # noqa: E402
 
@@ -62,8 +63,9 @@ def build_archive(directory: Path, keys: int, events: int, salted: bool = False
         frame = pl.read_parquet(path)
         start, end = int(frame["__offset"].min()), int(frame["__offset"].max()) + 1
         table = pq.read_table(path)
+        # --salted: salts, then row hashes, as the archiver writes segments now
         archive.write_segment(topic, 0, gen, start, end,
-                              with_salts(table) if salted else table)
+                              with_row_hashes(with_salts(table)) if salted else table)
         ends.append(end)
 
     def cut(end: int) -> Cut:
@@ -80,7 +82,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--salted", action="store_true",
-                        help="salt each segment, as the archiver does (docs/digest.md)")
+                        help="salt and hash each segment's rows, as the archiver does "
+                             "(docs/digest.md)")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="tidelog-bench-inc-"))
