@@ -24,6 +24,7 @@ from snapshotter.layout import (
 )
 from snapshotter.manifest import TableManifest
 from snapshotter.materialise import has_salt, materialise, unavailable_columns
+from snapshotter.row_hashes import drop_row_hashes, stored_sum
 from snapshotter.table_files import (
     KEY_COLUMN,
     OP_COLUMN,
@@ -79,8 +80,9 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     old_delta = (pl.read_parquet([str(src / f) for f in prev.delta_files])
                  if prev.delta_files else None)
     carried = [(KEY_COLUMN, pl.String()), *([(SALT, pl.Binary())] if prev.salted else [])]
-    changes = (materialise(frames, keep_key=True) if frames
+    changes = (materialise(frames, keep_key=True, row_hashes=True) if frames
                else pl.DataFrame(schema=[*file_schema, *carried]))
+    changes, hashes = drop_row_hashes(changes)  # archived: their sum is the rows' content
     if unavailable_columns(changes):
         return None  # an unchanged TOAST value whose real value is in the base state
     if old_delta is not None:
@@ -120,7 +122,10 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
             described = con.execute(f"describe select * from {relation}").fetchall()
             if [(str(r[0]), str(r[1])) for r in described if r[0] != SALT] != list(prev.columns):
                 return None
-            sums.append(content_sum(con, relation, prev.columns))
+            stored = (stored_sum(con, path, hashes, changes)
+                      if part == "changes" and hashes is not None else None)
+            sums.append(stored if stored is not None
+                        else content_sum(con, relation, prev.columns))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     content = ContentSum.parse(prev.content_digest, prev.rows) - sums[0] + sums[1]

@@ -20,14 +20,13 @@ import pytest
 import snapshotter.table_files as table_files
 from cdc.columns import METADATA_COLUMNS, ROW_HASH, ROW_HASH_TYPE, SALT, with_salts
 from snapshotter.archive import Archive
-from snapshotter.archiving import archive_topics
 from snapshotter.cut import Cut, PartitionCut
 from snapshotter.digest import content_sum, table_digest
 from snapshotter.layout import visible_sql
 from snapshotter.row_hashes import SAMPLE_HEAD, stored_sum, with_row_hashes
 from snapshotter.snapshots import create_snapshot, rebuild_snapshot
 from snapshotter.verify import verify_snapshot
-from tests.unit.test_archive_failures import _recorded
+from tests.unit.test_row_salts import archived_segments
 from tests.unit.test_snapshot_layout import IDENTITY, PREFIX, History
 from tests.unit.test_snapshot_layout import _settings as layout_settings
 from tidelog.settings import Settings
@@ -127,18 +126,11 @@ def test_each_stored_row_hash_is_its_rows_digest_summand() -> None:
 
 def test_the_archiver_hashes_table_events_and_not_the_transaction_topic(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(home=tmp_path, bootstrap_servers="fake:9092", topic_prefix="rec",
-                        archive_root=str(tmp_path / "archive"))
-    broker = _recorded({"rec.public.t1": "rec.public.t1",
-                        "rec.transaction": "rec.transaction"}).install(monkeypatch)
-    archive_topics(settings, sorted(broker.topics))
-    archive = Archive(settings.archive_root)
-    [segment] = archive.segments("rec.public.t1", 0, 0)
-    hashes = pq.read_table(segment.path)[ROW_HASH].to_pylist()
-    assert hashes and None not in hashes and len({(h["hi"], h["lo"]) for h in hashes}) == len(
-        hashes)
-    [tx_segment] = archive.segments("rec.transaction", 0, 0)
-    assert ROW_HASH not in pq.read_schema(tx_segment.path).names
+    table_segment, tx_segment, events = archived_segments(tmp_path, monkeypatch)
+    hashes = pq.read_table(table_segment)[ROW_HASH].to_pylist()
+    assert len(hashes) == events and None not in hashes
+    assert len({(h["hi"], h["lo"]) for h in hashes}) == events
+    assert ROW_HASH not in pq.read_schema(tx_segment).names
 
 
 def test_a_full_build_sums_stored_hashes_to_the_content_digest(
@@ -211,3 +203,29 @@ def test_a_forged_hash_in_the_sample_falls_back_to_the_content(tmp_path: Path) -
     assert stored_sum(con, path, unsampled, state) not in (None, truth)
     with_null = pl.Series(ROW_HASH, [None, *hashes.to_list()[1:]], hashes.dtype)
     assert stored_sum(con, path, with_null, state) is None
+
+
+def test_a_layered_build_sums_the_changed_rows_stored_hashes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshotter.layered_build as layered_build
+    settings = layout_settings(tmp_path)
+    history = History(settings, TABLE).seed(200)
+    create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    for key in range(5):
+        history.event("u", key, v=-1.0, name=f"changed {key}")
+    history.event("d", 7)
+    hashed: list[str] = []
+    real = layered_build.content_sum
+
+    def counting(con: duckdb.DuckDBPyConnection, relation: str,
+                 columns: list[tuple[str, str]]) -> object:
+        hashed.append(relation)
+        return real(con, relation, columns)
+    monkeypatch.setattr(layered_build, "content_sum", counting)
+    layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert layered.tables[TABLE].layered
+    assert len(hashed) == 1 and "removed" in hashed[0]  # only the base's replaced rows
+    assert _recomputed(settings, layered.id) == layered.tables[TABLE].digest
+    full = create_snapshot(settings, [TABLE], history.cut(), catch_up=False,
+                           incremental=False)
+    assert full.tables[TABLE].digest == layered.tables[TABLE].digest

@@ -51,8 +51,10 @@ def test_with_salts_draws_sixteen_random_bytes_per_row_once() -> None:
         with_salts(salted)
 
 
-def test_the_archiver_salts_table_events_and_not_the_transaction_topic(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def archived_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> tuple[Path, Path, int]:
+    """Archive a recorded table topic and the transaction topic from a fake broker: the
+    table's segment, the transaction topic's, and how many table events there were."""
     settings = Settings(home=tmp_path, bootstrap_servers="fake:9092", topic_prefix="rec",
                         archive_root=str(tmp_path / "archive"))
     broker = _recorded({"rec.public.t1": "rec.public.t1",
@@ -60,13 +62,18 @@ def test_the_archiver_salts_table_events_and_not_the_transaction_topic(
     archive_topics(settings, sorted(broker.topics))
     archive = Archive(settings.archive_root)
     [table_segment] = archive.segments("rec.public.t1", 0, 0)
-    rows = pq.read_table(table_segment.path)
+    [tx_segment] = archive.segments("rec.transaction", 0, 0)
+    return table_segment.path, tx_segment.path, len(broker.topics["rec.public.t1"])
+
+
+def test_the_archiver_salts_table_events_and_not_the_transaction_topic(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table_segment, tx_segment, events = archived_segments(tmp_path, monkeypatch)
+    rows = pq.read_table(table_segment)
     assert rows.schema.field(SALT).type == SALT_TYPE
     salts = rows[SALT].to_pylist()
-    assert None not in salts and len(set(salts)) == rows.num_rows == len(
-        broker.topics["rec.public.t1"])
-    [tx_segment] = archive.segments("rec.transaction", 0, 0)
-    assert SALT not in pq.read_schema(tx_segment.path).names
+    assert None not in salts and len(set(salts)) == rows.num_rows == events
+    assert SALT not in pq.read_schema(tx_segment).names
 
 
 def _history(tmp_path: Path, salted: bool = True) -> tuple[Settings, History]:
