@@ -199,7 +199,7 @@ def plan_materialise(
     salted = any(has_salt(seg.schema) for seg in live) or (base_schema is not None
                                                          and has_salt(base_schema))
     hashed = (row_hashes and not fill_unavailable
-              and any(ROW_HASH in seg.schema for seg in live))
+              and any(has_row_hash(seg.schema) for seg in live))
     meta = [pl.col(c).cast(t) for c, t in META_DTYPES.items()]
     winners = (None if fill_unavailable else _winners(live, alive, out, keep, meta))
     parts = [_event_rows(seg, cols, out, keep, where, truncate_at, winners, meta,
@@ -285,12 +285,18 @@ def _salt_of(schema: Mapping[str, pl.DataType]) -> pl.Expr:
 ROW_HASH_DTYPE = pl.Struct({"hi": pl.UInt64(), "lo": pl.UInt64()})
 
 
+def has_row_hash(schema: Mapping[str, pl.DataType]) -> bool:
+    """Whether rows of this schema carry archived row hashes: a `__row_hash` of the hash
+    struct (a source column of that name, archived before tidelog refused it, is not)."""
+    return schema.get(ROW_HASH) == ROW_HASH_DTYPE
+
+
 def _row_hash_of(schema: Mapping[str, pl.DataType], out: Mapping[str, pl.DataType],
                  alive: set[str]) -> pl.Expr:
     """The input's archived row hash where its rows are exactly the output's (the same
     columns and types, all of them alive); else null, so the row is hashed from files."""
     own = {n: schema[n] for n in data_columns(list(schema))}
-    if ROW_HASH in schema and own == dict(out) and alive == set(out):
+    if has_row_hash(schema) and own == dict(out) and alive == set(out):
         return pl.col(ROW_HASH).cast(ROW_HASH_DTYPE)
     return pl.lit(None, dtype=ROW_HASH_DTYPE).alias(ROW_HASH)
 
@@ -315,7 +321,8 @@ def _event_rows(seg: Surveyed, cols: set[str], out: Mapping[str, pl.DataType], k
         extra.append(_salt_of(seg.schema))
     if hashed:
         extra.append(_row_hash_of(seg.schema, out, cols))
-    return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols) for n, t in out.items()))
+    return rows.select(*meta, *extra, *(_column_expr(n, t, n in cols and n in seg.schema)
+                                        for n, t in out.items()))
 
 
 def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
@@ -348,10 +355,11 @@ def _state(base_rows: pl.LazyFrame | None, last: pl.LazyFrame | None,
 def _output_columns(live: Sequence[Surveyed], base_schema: Mapping[str, pl.DataType] | None,
                     segments: Sequence[Surveyed]) -> dict[str, pl.DataType]:
     """The state's data columns: the latest event's segment's; else the base's; else the
-    last segment's."""
+    last segment's. Segments of tombstones alone say nothing about the columns."""
+    shaped = [s for s in live if not _only_tombstones(s)]
     schema: Mapping[str, pl.DataType]
-    if live:
-        schema = live[-1].schema
+    if shaped:
+        schema = shaped[-1].schema
     elif base_schema is not None:
         schema = base_schema
     elif segments:
@@ -359,6 +367,13 @@ def _output_columns(live: Sequence[Surveyed], base_schema: Mapping[str, pl.DataT
     else:
         schema = {}
     return {n: schema[n] for n in data_columns(list(schema))}
+
+
+def _only_tombstones(seg: Surveyed) -> bool:
+    """A segment of Kafka tombstones only, without data columns: what an archive run that
+    stops between Debezium's delete and its tombstone writes. A tombstone has no value,
+    hence no schema: such a segment neither adds nor drops a column."""
+    return seg.ops <= {"x"} and not data_columns(list(seg.schema))
 
 
 def _alive_columns(live: Sequence[Surveyed], out: Mapping[str, pl.DataType]
@@ -369,7 +384,8 @@ def _alive_columns(live: Sequence[Surveyed], out: Mapping[str, pl.DataType]
     alive: list[set[str]] = []
     running = set(out)
     for seg in reversed(live):
-        running &= set(seg.schema)
+        if not _only_tombstones(seg):  # which has no columns to read, and drops none
+            running &= set(seg.schema)
         alive.append(set(running))
     alive.reverse()
     return alive

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
 from cdc.reader import RawMessage
 from snapshotter.archiving import _default_decoder, _merge_runs
+from snapshotter.materialise import materialise
 
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "recorded"
 
@@ -60,3 +62,31 @@ def test_a_leading_tombstone_run_takes_the_columns_of_the_next() -> None:
     [(table, last)] = _merge_runs(runs)
     assert last == messages[-1].offset
     assert table.equals(whole) and table.schema.equals(whole.schema, check_metadata=True)
+
+
+def _state_of(flushes: list[list[RawMessage]], base: pl.DataFrame | None = None
+              ) -> pl.DataFrame:
+    """The state from segments written flush by flush, as the archiver writes them."""
+    segments = [table for chunk in flushes
+                for table, _ in _merge_runs(_default_decoder(chunk))]
+    frames = [pl.from_arrow(t) for t in segments]
+    return materialise([f.lazy() for f in frames if isinstance(f, pl.DataFrame)],
+                       base=base, keep_key=True)
+
+
+def test_a_tombstone_flushed_alone_drops_no_column() -> None:
+    """An archive run that stops between Debezium's delete and its tombstone writes a
+    segment of the tombstone alone, without data columns; it must not count as a schema
+    that dropped every column (which emptied every earlier row's values)."""
+    msgs = recorded_table_messages()
+    tombstone = next(i for i, m in enumerate(msgs) if m.value is None)
+    whole = _state_of([msgs[:tombstone + 1], msgs[tombstone + 1:tombstone + 2]])
+    split = _state_of([msgs[:tombstone], msgs[tombstone:tombstone + 1],
+                       msgs[tombstone + 1:tombstone + 2]])
+    assert split.height == whole.height > 0
+    assert split.drop("__salt", strict=False).equals(whole.drop("__salt", strict=False))
+    # on a base with no other events: the base's columns, not none
+    only_tombstone = _state_of([msgs[tombstone:tombstone + 1]], base=whole)
+    assert only_tombstone.columns == whole.columns
+    assert only_tombstone.drop("__salt", strict=False).equals(
+        whole.drop("__salt", strict=False))

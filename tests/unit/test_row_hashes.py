@@ -229,3 +229,16 @@ def test_a_layered_build_sums_the_changed_rows_stored_hashes(
     full = create_snapshot(settings, [TABLE], history.cut(), catch_up=False,
                            incremental=False)
     assert full.tables[TABLE].digest == layered.tables[TABLE].digest
+
+
+def test_a_text_row_hash_column_from_an_older_archive_is_no_hash(tmp_path: Path) -> None:
+    """Before tidelog refused the name, a source column could be called `__row_hash`;
+    only the hash struct is taken for stored hashes."""
+    settings = layout_settings(tmp_path)
+    rows = _typed_rows(20)
+    events = with_salts(_events(rows))
+    events = events.append_column("__row_hash", pa.array(["not a hash"] * 20))
+    _write(settings, events, 0, 20)
+    manifest = create_snapshot(settings, [TABLE], _cut(20), catch_up=False)
+    assert manifest.tables[TABLE].rows == 20
+    assert _recomputed(settings, manifest.id) == manifest.tables[TABLE].digest
