@@ -84,9 +84,11 @@ def start_postgres(root: Path, port: int) -> ProcessRecord:
                 "TIDELOG_HOME", component="postgres")
     if not (data / "PG_VERSION").exists():
         _initdb(data, log)
-    stale = data / "postmaster.pid"
-    if stale.exists():
-        stale.unlink()
+    # Only called when our postgres is not running: the lock files a killed postmaster
+    # left are stale. Its PID may still exist as a zombie (its parent, an earlier
+    # `stack up`, is gone), which postgres takes for a live postmaster holding them.
+    for stale in (data / "postmaster.pid", root / f".s.PGSQL.{port}.lock"):
+        stale.unlink(missing_ok=True)
     record = spawn(
         "postgres",
         [pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(root)],
