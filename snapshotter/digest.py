@@ -26,6 +26,7 @@ __all__ = [
     "ContentSum",
     "table_digest",
     "content_sum",
+    "content_sums",
     "digest_from_parts",
     "digest_with_erased",
     "schema_digest",
@@ -146,17 +147,24 @@ def _row_sql(columns: Sequence[tuple[str, str]], salted: bool) -> tuple[str, str
 
 
 def digest_sql(relation_sql: str, columns: Sequence[tuple[str, str]], *,
-               salted: bool = False) -> str:
+               salted: bool = False, group_by: str | None = None) -> str:
     """The query giving (rows, hi, lo) for a relation with these (name, type) columns;
-    `salted`: the relation also has `__salt`, which prefixes each row's text."""
+    `salted`: the relation also has `__salt`, which prefixes each row's text.
+    `group_by`: one such row per value of that column (no column of the content),
+    which then comes first: (value, rows, hi, lo)."""
     cells, row = _row_sql(columns, salted)
+    group = "" if group_by is None else f"{ident(group_by)} AS g, "
+    sums = ("SELECT count(*), "
+            f"(coalesce(sum((h >> 64)::UBIGINT), 0) % {_MOD64})::UBIGINT, "
+            f"(coalesce(sum((h & {_MASK64})::UBIGINT), 0) % {_MOD64})::UBIGINT "
+            "FROM hashed")
+    if group_by is not None:
+        sums = sums.replace("SELECT ", "SELECT g, ", 1) + " GROUP BY g"
     return (
-        f"WITH cells AS (SELECT {cells} FROM ({_as_query(relation_sql)}) AS digest_input), "
-        f"hashed AS (SELECT md5_number({row}) AS h FROM cells) "
-        "SELECT count(*), "
-        f"(coalesce(sum((h >> 64)::UBIGINT), 0) % {_MOD64})::UBIGINT, "
-        f"(coalesce(sum((h & {_MASK64})::UBIGINT), 0) % {_MOD64})::UBIGINT "
-        "FROM hashed"
+        f"WITH cells AS (SELECT {group}{cells} FROM ({_as_query(relation_sql)}) "
+        "AS digest_input), "
+        f"hashed AS (SELECT {'g, ' if group else ''}md5_number({row}) AS h FROM cells) "
+        + sums
     )
 
 
@@ -244,6 +252,23 @@ def content_sum(con: duckdb.DuckDBPyConnection, relation_sql: str,
         ) from exc
     assert result is not None
     return ContentSum(int(result[0]), int(result[1]), int(result[2]))
+
+
+def content_sums(con: duckdb.DuckDBPyConnection, relation_sql: str,
+                 columns: Sequence[tuple[str, str]], group_by: str, *,
+                 salted: bool) -> dict[object, ContentSum]:
+    """`content_sum` of each group of rows sharing a value of column `group_by`, in one
+    scan; a value with no rows is absent."""
+    try:
+        with in_utc(con):
+            found = con.execute(digest_sql(relation_sql, columns, salted=salted,
+                                           group_by=group_by)).fetchall()
+    except duckdb.Error as exc:
+        raise SnapshotError(
+            f"could not compute the digest of {relation_sql!r}: {exc}",
+            relation=relation_sql,
+        ) from exc
+    return {g: ContentSum(int(n), int(hi), int(lo)) for g, n, hi, lo in found}
 
 
 def table_digest(con: duckdb.DuckDBPyConnection, relation_sql: str) -> TableDigest:

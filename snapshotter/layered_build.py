@@ -15,7 +15,7 @@ from cdc.columns import SALT
 from snapshotter import full_build
 from snapshotter.digest import (
     ContentSum,
-    content_sum,
+    content_sums,
     digest_from_parts,
 )
 from snapshotter.layout import (
@@ -24,7 +24,6 @@ from snapshotter.layout import (
 )
 from snapshotter.manifest import TableManifest
 from snapshotter.materialise import has_salt, materialise, unavailable_columns
-from snapshotter.row_hashes import drop_row_hashes, stored_sum
 from snapshotter.table_files import (
     KEY_COLUMN,
     OP_COLUMN,
@@ -80,9 +79,8 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     old_delta = (pl.read_parquet([str(src / f) for f in prev.delta_files])
                  if prev.delta_files else None)
     carried = [(KEY_COLUMN, pl.String()), *([(SALT, pl.Binary())] if prev.salted else [])]
-    changes = (materialise(frames, keep_key=True, row_hashes=True) if frames
+    changes = (materialise(frames, keep_key=True) if frames
                else pl.DataFrame(schema=[*file_schema, *carried]))
-    changes, hashes = drop_row_hashes(changes)  # archived: their sum is the rows' content
     if unavailable_columns(changes):
         return None  # an unchanged TOAST value whose real value is in the base state
     if old_delta is not None:
@@ -109,29 +107,44 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     delete_name, delta_name = f"{table}/deletes.parquet", f"{table}/delta.parquet"
     deletes.write_parquet(tmp / delete_name, compression="zstd", statistics=True)
     delta.write_parquet(tmp / delta_name, compression="zstd", statistics=True)
+    # Both sides hashed in one scan of one file, through Parquet exactly as a full
+    # build's files are read for its digest.
+    side = "__side"
+    both = _replaced_and_changed(removed, changes, side)
+    if both is None:
+        return None  # the base's rows and the events' differ in their columns' types
     scratch = tmp / f".scratch-{uuid.uuid4().hex[:8]}"
     scratch.mkdir()
     try:
-        # Hash through Parquet, exactly as a full build's files are read for its digest.
-        removed.write_parquet(scratch / "removed.parquet")
-        changes.write_parquet(scratch / "changes.parquet")
-        sums = []
-        for part in ("removed", "changes"):
-            path = scratch / f"{part}.parquet"
-            relation = f"(select * exclude ({KEY_COLUMN}) from read_parquet({sql_text(str(path))}))"
-            described = con.execute(f"describe select * from {relation}").fetchall()
-            if [(str(r[0]), str(r[1])) for r in described if r[0] != SALT] != list(prev.columns):
-                return None
-            stored = (stored_sum(con, path, hashes, changes)
-                      if part == "changes" and hashes is not None else None)
-            sums.append(stored if stored is not None
-                        else content_sum(con, relation, prev.columns))
+        path = scratch / "changed.parquet"
+        both.write_parquet(path)
+        relation = f"read_parquet({sql_text(str(path))})"
+        described = con.execute(f"describe select * from {relation}").fetchall()
+        if [(str(r[0]), str(r[1])) for r in described
+                if r[0] not in (KEY_COLUMN, SALT, side)] != list(prev.columns):
+            return None
+        sums = content_sums(con, relation, prev.columns, side, salted=prev.salted)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    content = ContentSum.parse(prev.content_digest, prev.rows) - sums[0] + sums[1]
+    nothing = ContentSum(0, 0, 0)
+    content = (ContentSum.parse(prev.content_digest, prev.rows)
+               - sums.get(0, nothing) + sums.get(1, nothing))
     digest = digest_from_parts(prev.schema_digest, content)
     return table_manifest(con, table, topic, tmp, prev.key_columns, prev.files,
                            delete_files=(delete_name,), delta_files=(delta_name,),
                            digest=digest, columns=prev.columns,
                            checksums={f: prev.checksums[f] for f in prev.files},
                            salted=prev.salted)
+
+
+def _replaced_and_changed(removed: pl.DataFrame, changes: pl.DataFrame,
+                          side: str) -> pl.DataFrame | None:
+    """The base rows a change replaces (`side` 0) and the changed rows (`side` 1) in one
+    frame; None where their columns differ (name or type)."""
+    if set(removed.columns) != set(changes.columns):
+        return None
+    changes = changes.select(removed.columns)
+    if changes.schema != removed.schema:
+        return None
+    return pl.concat([removed.with_columns(pl.lit(0, pl.Int8).alias(side)),
+                      changes.with_columns(pl.lit(1, pl.Int8).alias(side))])

@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from cdc.columns import ROW_HASH, ROW_HASH_TYPE, SALT
+from snapshotter import engine
 from snapshotter.digest import ContentSum, in_utc, row_hash_sql
 from tidelog.sql import literal
 
@@ -65,9 +66,8 @@ def with_row_hashes(table: pa.Table) -> pa.Table:
 
 
 def _hashes(table: pa.Table) -> pa.Array:
-    con = duckdb.connect()
+    con = engine.connection()
     try:
-        con.execute("SET TimeZone = 'UTC'")
         con.register("segment_events", table)
         columns = _data_columns(con, "segment_events")
         salted = SALT in table.column_names

@@ -24,11 +24,12 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from snapshotter import engine
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut
 from snapshotter.digest import overall_digest, table_digest
 from snapshotter.layout import changed_files, read_table, visible_sql
-from snapshotter.manifest import Manifest
+from snapshotter.manifest import Manifest, TableManifest
 from snapshotter.openlineage import describe_snapshot
 from snapshotter.planning import (
     check_archive,
@@ -40,7 +41,7 @@ from snapshotter.planning import (
 )
 from snapshotter.store import SnapshotStore
 from snapshotter.table_files import KEY_COLUMN, Base
-from snapshotter.writers import build_table
+from snapshotter.writers import build_each, build_table, build_workers
 from tidelog import __version__
 from tidelog.crashpoints import crash_point
 from tidelog.errors import (
@@ -138,12 +139,12 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
     of every file (what a rebuild's proof needs: docs/digest.md)."""
     tmp = store.build_dir(sid)
     try:
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")  # what every digest renders timestamps in
         bases = SnapshotStore.of(settings)
         found = (find_base(bases.manifests(), cut, tables)
                  if incremental and not cut.is_window else None)
         with contextlib.ExitStack() as hold:
+            con = engine.connection()
+            hold.callback(con.close)
             base = None
             if found is not None:
                 # A shared lock on the base: deleting it waits until this build is done.
@@ -151,11 +152,14 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
                 if bases.intact(found, con):
                     # never build on a damaged snapshot; a full build is always right
                     base = Base(found, bases.path(found.id))
-            table_manifests = {}
-            for table in sorted(tables):
+            workers, memory = build_workers(settings, len(tables))
+
+            def build(table: str) -> TableManifest:
+                # a connection of its own per table (same database): builds run at once
+                cursor = engine.connection()
                 try:
-                    table_manifests[table] = build_table(con, settings, archive, cut, table,
-                                                         tmp, base, row_hashes=row_hashes)
+                    return build_table(cursor, settings, archive, cut, table, tmp, base,
+                                       row_hashes=row_hashes, memory_bytes=memory)
                 except (pl.exceptions.PolarsError, duckdb.Error, pa.ArrowException) as exc:
                     if _storage_failure(exc):
                         raise _write_failed(sid, store.root, exc) from exc
@@ -164,6 +168,10 @@ def _build(settings: Settings, archive: Archive, cut: Cut, tables: Sequence[str]
                     raise SnapshotError(
                         f"building table {table} of snapshot {sid} failed: {exc}; check the "
                         f"archive with `tidelog archive verify`{also}", table=table) from exc
+                finally:
+                    cursor.close()
+
+            table_manifests = build_each(build, sorted(tables), workers)
         manifest = Manifest(
             id=sid, cut=cut, tables=table_manifests,
             digest=overall_digest({k: v.digest for k, v in table_manifests.items()}),

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tidelog.errors import ConfigError
+from tidelog.redact import redact_url
 
 __all__ = ["Settings", "KafkaValue", "CoreEnv", "ProcessEnv", "StackEnv", "KAFKA_PASSTHROUGH",
            "env_name", "section_variables", "load_settings", "home_dir", "read_section"]
@@ -64,7 +65,8 @@ class CoreEnv(BaseSettings):
         "archive location: a directory or an object-store URI such as "
         "`s3://bucket/tidelog/archive` (default `$TIDELOG_HOME/archive`)"))
     snapshot_root: str = Field("", description=(
-        "snapshot directory (default `$TIDELOG_HOME/snapshots`)"))
+        "snapshot directory, a local path (default `$TIDELOG_HOME/snapshots`); to put "
+        "snapshots on object storage, `tidelog snapshot publish` them"))
     snapshot_memory_mb: int | None = Field(None, gt=0, description=(
         "MiB a full snapshot build aims to stay within; larger tables are built in key-hash "
         "buckets (default 4096, at least 1536)"))
@@ -76,6 +78,17 @@ class CoreEnv(BaseSettings):
         "(docs/retention.md)"))
     gc_keep_snapshots: int = Field(1, ge=0, description=(
         "`tidelog gc` keeps the newest N snapshots"))
+
+    @field_validator("snapshot_root")
+    @classmethod
+    def _local_snapshot_root(cls, value: str) -> str:
+        if "://" in value:
+            # Path() would take `s3://b/p` for the relative directory `s3:/b/p`.
+            raise ValueError(
+                "snapshots are built in a local directory: give a path; to put them on "
+                "object storage, publish each one with `tidelog snapshot publish SID --to "
+                "s3://...` (docs/catalog.md \"Remote readers\")")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -143,9 +156,12 @@ def _explain(section: type[BaseSettings], exc: ValidationError, source: str) -> 
             known = sorted(section.model_fields)
             parts.append(f"unknown setting {name!r} (known: {', '.join(known)})")
             continue
-        # Only typed fields (numbers, switches, sizes) fail validation: none holds a secret.
-        parts.append(f"{env_name(section, name)} (or `{name}`)={error.get('input')!r}: "
-                     f"{error['msg'].lower()}")
+        # Typed fields (numbers, switches, sizes) hold no secret; a URI may carry one.
+        value = error.get("input")
+        shown = redact_url(value) if isinstance(value, str) and "://" in value else value
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{env_name(section, name)} (or `{name}`)={shown!r}: "
+                     f"{message[:1].lower()}{message[1:]}")
     return f"invalid settings from {source}: " + "; ".join(parts)
 
 

@@ -10,6 +10,7 @@ import datetime as dt
 import decimal
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -21,7 +22,7 @@ import snapshotter.table_files as table_files
 from cdc.columns import METADATA_COLUMNS, ROW_HASH, ROW_HASH_TYPE, SALT, with_salts
 from snapshotter.archive import Archive
 from snapshotter.cut import Cut, PartitionCut
-from snapshotter.digest import content_sum, table_digest
+from snapshotter.digest import ContentSum, content_sum, table_digest
 from snapshotter.layout import visible_sql
 from snapshotter.row_hashes import SAMPLE_HEAD, stored_sum, with_row_hashes
 from snapshotter.snapshots import create_snapshot, rebuild_snapshot
@@ -205,8 +206,11 @@ def test_a_forged_hash_in_the_sample_falls_back_to_the_content(tmp_path: Path) -
     assert stored_sum(con, path, with_null, state) is None
 
 
-def test_a_layered_build_sums_the_changed_rows_stored_hashes(
+def test_a_layered_build_hashes_replaced_and_changed_rows_in_one_scan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layered build's change is small (at most COMPACT_FRACTION of the table): its
+    rows are hashed from content, the base's replaced rows and the new ones in one query,
+    and the derived digest is the full build's."""
     import snapshotter.layered_build as layered_build
     settings = layout_settings(tmp_path)
     history = History(settings, TABLE).seed(200)
@@ -214,17 +218,17 @@ def test_a_layered_build_sums_the_changed_rows_stored_hashes(
     for key in range(5):
         history.event("u", key, v=-1.0, name=f"changed {key}")
     history.event("d", 7)
-    hashed: list[str] = []
-    real = layered_build.content_sum
+    sums: list[dict[object, ContentSum]] = []
+    real = layered_build.content_sums
 
-    def counting(con: duckdb.DuckDBPyConnection, relation: str,
-                 columns: list[tuple[str, str]]) -> object:
-        hashed.append(relation)
-        return real(con, relation, columns)
-    monkeypatch.setattr(layered_build, "content_sum", counting)
+    def recording(*args: Any, **kwargs: Any) -> dict[object, ContentSum]:
+        sums.append(real(*args, **kwargs))
+        return sums[-1]
+    monkeypatch.setattr(layered_build, "content_sums", recording)
     layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
     assert layered.tables[TABLE].layered
-    assert len(hashed) == 1 and "removed" in hashed[0]  # only the base's replaced rows
+    assert len(sums) == 1
+    assert {side: part.rows for side, part in sums[0].items()} == {0: 6, 1: 5}
     assert _recomputed(settings, layered.id) == layered.tables[TABLE].digest
     full = create_snapshot(settings, [TABLE], history.cut(), catch_up=False,
                            incremental=False)
