@@ -28,12 +28,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
+from snapshotter import engine
 from snapshotter.layout import fsync as _fsync
 from snapshotter.layout import sql_text, visible_sql
 from snapshotter.manifest import Manifest
@@ -181,30 +182,60 @@ def _suppress_missing() -> Iterator[None]:
         pass
 
 
-def _start_from(files: CatalogFiles, tmp: Path) -> duckdb.DuckDBPyConnection:
-    """A read-write connection on a copy of tidelog's copy (or an empty file)."""
-    if files.own.exists():
-        shutil.copyfile(files.own, tmp)
+@contextmanager
+def _attached(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection whose current database is the catalog file at `path`, read-write.
+
+    The file is attached to the process's in-memory database (about 3 ms) rather than
+    opened as a database of its own (about 14 ms); detaching checkpoints and closes it."""
+    alias = f"catalog_{uuid.uuid4().hex[:12]}"
+    con = engine.connection()
+    try:
+        con.execute(f"attach {sql_text(str(path))} as {ident(alias)}")
         try:
-            con = duckdb.connect(str(tmp))
-            if _registered(con) is not None:
-                return con
-            con.close()
-        except duckdb.Error as exc:
-            _LOG.warning("catalog copy %s is unreadable (%s); rebuilding it from the "
-                         "manifests", files.own, exc)
-        _remove(tmp)
-        _remove(Path(f"{tmp}.wal"))
-    con = duckdb.connect(str(tmp))
-    con.execute("create schema if not exists tidelog")
-    con.execute(
-        # No primary key: DuckDB (1.4, 1.5) then grows the file by a block per change;
-        # the sync keeps ids unique.
-        "create table if not exists tidelog.snapshots (id varchar, "
-        "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
-        "built_from varchar, path varchar)"
-    )
-    return con
+            con.execute(f"use {ident(alias)}")
+            yield con
+            con.execute(f"checkpoint {ident(alias)}")
+        except BaseException:
+            with suppress(duckdb.Error):
+                con.execute("rollback")  # a transaction the caller left open
+            raise
+        finally:
+            con.execute("use memory")
+            con.execute(f"detach {ident(alias)}")
+    finally:
+        con.close()
+
+
+@contextmanager
+def _start_from(files: CatalogFiles, tmp: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection on a copy of tidelog's copy (or an empty file)."""
+    with ExitStack() as attached:
+        if files.own.exists():
+            shutil.copyfile(files.own, tmp)
+            usable = False
+            try:
+                con = attached.enter_context(_attached(tmp))
+                usable = _registered(con) is not None
+            except duckdb.Error as exc:
+                _LOG.warning("catalog copy %s is unreadable (%s); rebuilding it from the "
+                             "manifests", files.own, exc)
+            if usable:
+                yield con  # outside the try: the caller's errors are the caller's
+                return
+            attached.close()  # not a tidelog catalog: start from an empty file
+            _remove(tmp)
+            _remove(Path(f"{tmp}.wal"))
+        con = attached.enter_context(_attached(tmp))
+        con.execute("create schema if not exists tidelog")
+        con.execute(
+            # No primary key: DuckDB (1.4, 1.5) then grows the file by a block per change;
+            # the sync keeps ids unique.
+            "create table if not exists tidelog.snapshots (id varchar, "
+            "created_at varchar, tables varchar[], rows bigint, cut json, digest varchar, "
+            "built_from varchar, path varchar)"
+        )
+        yield con
 
 
 def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
@@ -223,16 +254,12 @@ def sync_catalog(settings: Settings, *, rebuild: bool = False) -> bool:
             return False
         tmp = files.temporary()
         try:
-            con = _start_from(files, tmp)
-            try:
+            with _start_from(files, tmp) as con:
                 manifests = _queryable(settings, manifests)
                 changed = _apply(con, settings, manifests)
-                if not changed and files.published.exists():
-                    _write_listing(files, _wanted(settings, manifests))
-                    return False
-                con.execute("checkpoint")
-            finally:
-                con.close()
+            if not changed and files.published.exists():
+                _write_listing(files, _wanted(settings, manifests))
+                return False
             if Path(f"{tmp}.wal").exists():
                 raise SnapshotError(f"catalog: DuckDB left a WAL beside {tmp} after a "
                                     "checkpoint; the catalog was not changed")

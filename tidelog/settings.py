@@ -68,8 +68,8 @@ class CoreEnv(BaseSettings):
         "snapshot directory, a local path (default `$TIDELOG_HOME/snapshots`); to put "
         "snapshots on object storage, `tidelog snapshot publish` them"))
     snapshot_memory_mb: int | None = Field(None, gt=0, description=(
-        "MiB a full snapshot build aims to stay within; larger tables are built in key-hash "
-        "buckets (default 4096, at least 1536)"))
+        "MiB a full snapshot build aims to stay within, shared by the tables it builds at "
+        "once; larger tables are built in key-hash buckets (default 4096, at least 1536)"))
     events: bool = Field(False, description=(
         "`on` publishes CloudEvents (dataset ready, model trained, ...) to "
         "`<prefix>.tidelog.events.*` (docs/events.md)"))

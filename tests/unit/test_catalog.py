@@ -148,3 +148,49 @@ def test_a_corrupt_own_copy_is_rebuilt_from_the_manifests(tmp_path: Path) -> Non
         assert con.execute("select id from tidelog.snapshots").fetchall() == [(sid,)]
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "foreign"])
+def test_a_damaged_or_foreign_own_copy_is_rebuilt_from_the_manifests(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(tmp_path)
+    history = History(settings, TABLE).seed(5)
+    _snapshot(settings, history, 100)
+    files = CatalogFiles(settings.home)
+    files.own.unlink()
+    files.listing.unlink()  # else the listing agrees and nothing is synced
+    if damage == "garbage":
+        files.own.write_bytes(b"not a duckdb file" * 500)
+    else:
+        with duckdb.connect(str(files.own)) as con:
+            con.execute("create table someone_elses as select 1 as x")
+    with caplog.at_level(logging.WARNING, logger="snapshotter.catalog"):
+        assert sync_catalog(settings)
+    assert ("is unreadable" in caplog.text) is (damage == "garbage")
+    _agrees(settings)
+    assert not list(files.directory.glob(".tmp-*"))
+
+
+def test_a_failed_catalog_change_leaves_the_previous_catalog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshotter.catalog as catalog
+
+    settings = _settings(tmp_path)
+    history = History(settings, TABLE).seed(5)
+    _snapshot(settings, history, 100)
+    before = CatalogFiles(settings.home).published.read_bytes()
+    history.event("c", 101, v=1.0, name="n101")
+    cut = history.cut()
+
+    def broken(con: duckdb.DuckDBPyConnection, *args: object) -> None:
+        con.execute("insert into tidelog.snapshots (id) values ('half-written')")
+        raise duckdb.InvalidInputException("view creation failed")
+    monkeypatch.setattr(catalog, "_insert", broken)
+    with pytest.raises(Exception, match="the previous catalog is unchanged"):
+        create_snapshot(settings, [TABLE], cut, catch_up=False)
+    files = CatalogFiles(settings.home)
+    assert files.published.read_bytes() == before
+    assert not list(files.directory.glob(".tmp-*"))
+    monkeypatch.undo()
+    assert sync_catalog(settings)  # the next sync registers the published snapshot
+    _agrees(settings)
