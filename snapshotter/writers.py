@@ -61,7 +61,6 @@ def build_each(build: Callable[[str], TableManifest], tables: Sequence[str],
             raise
 
 
-
 def build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Archive,
                 cut: Cut, table: str, tmp: Path, base: Base | None, *,
                 row_hashes: bool = True, memory_bytes: int | None = None) -> TableManifest:
