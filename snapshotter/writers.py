@@ -28,8 +28,8 @@ __all__ = ["MAX_WORKERS", "build_each", "build_table", "build_workers"]
 
 # Tables built at once. Most of a table's build is polars and DuckDB, which release the
 # GIL, but much of a small table's is latency: opening files, planning small queries,
-# fsync. Two at once took 20% off an incremental TPC-H snapshot and 15% off a full one
-# on 2 cores (BENCHMARKS.md "Tables built at once").
+# fsync. Two at once took about a fifth off both an incremental and a full TPC-H
+# snapshot on 2 cores (BENCHMARKS.md "Tables built at once").
 MAX_WORKERS = 4
 
 
