@@ -387,18 +387,28 @@ def _create_change_views(con: duckdb.DuckDBPyConnection, settings: Settings,
     if "://" in root:
         return
     con.execute("create schema if not exists changes")
+    # Each view's comment is the statement that made it. DuckDB binds a view again at
+    # every query, so segments (and columns) archived later show without recreating it;
+    # creating one binds it, which reads the footer of every segment of its generation.
+    made = dict(con.execute(
+        "select view_name, comment from duckdb_views() where database_name = "
+        "current_database() and schema_name = 'changes'").fetchall())
     for table, view in view_names(manifest).items():
         part = next(p for p in manifest.cut.partitions if p.topic == manifest.tables[table].topic)
         generation = _generation_number(root, part.topic, part.partition, part.topic_id)
         if generation is None:
             continue
         pattern = f"{root}/{part.topic}/p{part.partition}/g{generation}/*.parquet"
-        con.execute(
+        statement = (
             f"create or replace view changes.{ident(view)} as select "
             "__offset, __op, __key, __lsn, __txid, __ts_ms, __before, "
             "columns(c -> c not in ('__partition', '__offset', '__op', '__key', '__lsn', "
             "'__txid', '__tx', '__ts_ms', '__before', '__salt', '__row_hash')) "
             f"from read_parquet({sql_text(pattern)}, union_by_name = true)")
+        if made.get(view) == statement:
+            continue
+        con.execute(statement)
+        con.execute(f"comment on view changes.{ident(view)} is {sql_text(statement)}")
 
 
 def _generation_number(root: str, topic: str, partition: int, topic_id: str) -> int | None:

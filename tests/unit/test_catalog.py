@@ -194,3 +194,40 @@ def test_a_failed_catalog_change_leaves_the_previous_catalog(
     monkeypatch.undo()
     assert sync_catalog(settings)  # the next sync registers the published snapshot
     _agrees(settings)
+
+
+def test_change_views_are_made_once_per_generation_and_see_later_segments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating a `changes.*` view binds it, reading every segment's footer; DuckDB binds
+    it again at each query, so a view is only made again when its statement changes."""
+    import snapshotter.catalog as catalog
+
+    made: list[str] = []
+    real = catalog.engine.connection
+
+    class Recording:
+        def __init__(self) -> None:
+            self.con = real()
+
+        def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+            if sql.startswith("create or replace view changes."):
+                made.append(sql)
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.con, name)
+    monkeypatch.setattr(catalog.engine, "connection", Recording)
+    settings = _settings(tmp_path)
+    history = History(settings, TABLE).seed(5)
+    _snapshot(settings, history, 100)
+    assert len(made) == 1
+    history.event("c", 101, v=1.0, name="n101", colour="red")  # a column added later
+    _snapshot(settings, history, 102)
+    assert len(made) == 1  # the same generation: the same view
+    columns, rows = run_sql(settings, "select __key, colour from changes.items "
+                                      "where colour is not null")
+    assert rows == [('{"id":101}', "red")]
+    _, rows = run_sql(settings, "select count(*) from changes.items")
+    assert rows == [(history.offset,)]
+    sync_catalog(settings, rebuild=True)  # a catalog made anew makes its views anew
+    assert len(made) == 2
