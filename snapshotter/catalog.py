@@ -187,24 +187,42 @@ def _attached(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection whose current database is the catalog file at `path`, read-write.
 
     The file is attached to the process's in-memory database (about 3 ms) rather than
-    opened as a database of its own (about 14 ms); detaching checkpoints and closes it."""
+    opened as a database of its own (about 14 ms); it is checkpointed when the block
+    succeeds, and always detached."""
     alias = f"catalog_{uuid.uuid4().hex[:12]}"
     con = engine.connection()
     try:
         con.execute(f"attach {sql_text(str(path))} as {ident(alias)}")
-        try:
-            con.execute(f"use {ident(alias)}")
-            yield con
-            con.execute(f"checkpoint {ident(alias)}")
-        except BaseException:
-            with suppress(duckdb.Error):
-                con.execute("rollback")  # a transaction the caller left open
-            raise
-        finally:
-            con.execute("use memory")
-            con.execute(f"detach {ident(alias)}")
-    finally:
+    except BaseException:
         con.close()
+        raise
+    try:
+        con.execute(f"use {ident(alias)}")
+        yield con
+        con.execute(f"checkpoint {ident(alias)}")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("rollback")  # a transaction the caller left open
+        raise
+    finally:
+        _detach(con, alias)
+
+
+def _detach(con: duckdb.DuckDBPyConnection, alias: str) -> None:
+    """Detach `alias` even when DuckDB invalidated it (a checkpoint that failed, e.g. on
+    a full disk, makes every statement on it fail, `use` included). Left attached, it
+    would fail every later catalog change of the process: `information_schema` reads
+    every attached database."""
+    with suppress(duckdb.Error):
+        con.close()  # `con`'s default database is `alias`, which blocks detaching it
+    other = engine.connection()
+    try:
+        other.execute(f"detach database if exists {ident(alias)}")
+    except duckdb.Error as exc:  # not seen; the next change says why it fails
+        _LOG.error("could not detach the catalog copy %s from this process's DuckDB "
+                   "(%s); restart the process if catalog changes keep failing", alias, exc)
+    finally:
+        other.close()
 
 
 @contextmanager
@@ -223,7 +241,8 @@ def _start_from(files: CatalogFiles, tmp: Path) -> Iterator[duckdb.DuckDBPyConne
             if usable:
                 yield con  # outside the try: the caller's errors are the caller's
                 return
-            attached.close()  # not a tidelog catalog: start from an empty file
+            with suppress(duckdb.Error):  # not a tidelog catalog: start from an empty file
+                attached.close()
             _remove(tmp)
             _remove(Path(f"{tmp}.wal"))
         con = attached.enter_context(_attached(tmp))

@@ -18,6 +18,9 @@ __all__ = ["connection"]
 
 _LOCK = threading.Lock()
 _DATABASE: tuple[int, duckdb.DuckDBPyConnection] | None = None
+# A database inherited through fork() is never closed in the child: destroying it there
+# (whose threads did not survive the fork) hangs or aborts the child (found in review).
+_INHERITED: list[duckdb.DuckDBPyConnection] = []
 
 
 def connection() -> duckdb.DuckDBPyConnection:
@@ -25,8 +28,10 @@ def connection() -> duckdb.DuckDBPyConnection:
     every digest renders timestamps in)."""
     global _DATABASE
     with _LOCK:
-        # A database opened before a fork is not the child's to use.
-        if _DATABASE is None or _DATABASE[0] != os.getpid():
+        if _DATABASE is not None and _DATABASE[0] != os.getpid():
+            _INHERITED.append(_DATABASE[1])  # opened before a fork: not the child's to use
+            _DATABASE = None
+        if _DATABASE is None:
             _DATABASE = (os.getpid(), duckdb.connect())
         cursor = _DATABASE[1].cursor()
     cursor.execute("SET TimeZone = 'UTC'")

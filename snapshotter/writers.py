@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import duckdb
@@ -37,7 +37,9 @@ def build_workers(settings: Settings, tables: int) -> tuple[int, int]:
     """(tables built at once, bytes of the memory budget each of them may use).
 
     The budget (`TIDELOG_SNAPSHOT_MEMORY_MB`) is the whole snapshot's: it is shared out,
-    and fewer tables run at once where a share would fall below what one build needs."""
+    and fewer tables run at once where a share would fall below what one build needs
+    (BUILD_FLOOR_BYTES for folding a group of FOLD_EVENTS events, which also bounds a
+    layered build, plus 512 MiB for its buckets)."""
     budget = memory_budget(settings)
     workers = max(1, min(tables, os.cpu_count() or 1, MAX_WORKERS))
     while workers > 1 and budget // workers < BUILD_FLOOR_BYTES + (512 << 20):
@@ -47,18 +49,30 @@ def build_workers(settings: Settings, tables: int) -> tuple[int, int]:
 
 def build_each(build: Callable[[str], TableManifest], tables: Sequence[str],
                workers: int) -> dict[str, TableManifest]:
-    """`build(table)` for every table, `workers` at a time; the first failure (in table
-    order) is raised once the running builds have stopped, and no further one starts."""
+    """`build(table)` for every table, `workers` at a time. At the first failure no
+    further table starts; once the running ones have stopped, the failure of the first
+    failed table (in table order) is raised. Ctrl-C is taken within a second."""
     if workers <= 1:
         return {table: build(table) for table in tables}
     with ThreadPoolExecutor(workers, thread_name_prefix="tidelog-build") as pool:
         futures: dict[str, Future[TableManifest]] = {t: pool.submit(build, t) for t in tables}
         try:
-            return {table: future.result() for table, future in futures.items()}
+            pending = set(futures.values())
+            while pending:
+                # a timeout, so that the main thread gets to handle signals
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                if any(f.exception() is not None for f in done):
+                    break
         except BaseException:
             for future in futures.values():
                 future.cancel()
             raise
+        for future in futures.values():
+            future.cancel()  # after a failure: those not started yet never start
+    for future in futures.values():
+        if not future.cancelled() and (error := future.exception()) is not None:
+            raise error
+    return {table: future.result() for table, future in futures.items()}
 
 
 def build_table(con: duckdb.DuckDBPyConnection, settings: Settings, archive: Archive,

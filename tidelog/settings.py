@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ KafkaValue = str | int | float | bool
 
 KAFKA_PASSTHROUGH = "TIDELOG_KAFKA__"
 S = TypeVar("S", bound=BaseSettings)
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme, as in `s3://`
 
 
 class CoreEnv(BaseSettings):
@@ -82,7 +84,7 @@ class CoreEnv(BaseSettings):
     @field_validator("snapshot_root")
     @classmethod
     def _local_snapshot_root(cls, value: str) -> str:
-        if "://" in value:
+        if _URI.match(value):
             # Path() would take `s3://b/p` for the relative directory `s3:/b/p`.
             raise ValueError(
                 "snapshots are built in a local directory: give a path; to put them on "
@@ -158,7 +160,8 @@ def _explain(section: type[BaseSettings], exc: ValidationError, source: str) -> 
             continue
         # Typed fields (numbers, switches, sizes) hold no secret; a URI may carry one.
         value = error.get("input")
-        shown = redact_url(value) if isinstance(value, str) and "://" in value else value
+        shown = (redact_url(value) if isinstance(value, str)
+                 and _URI.match(value) else value)
         message = str(error["msg"]).removeprefix("Value error, ")
         parts.append(f"{env_name(section, name)} (or `{name}`)={shown!r}: "
                      f"{message[:1].lower()}{message[1:]}")

@@ -68,7 +68,61 @@ def test_the_first_failure_in_table_order_is_raised_and_no_later_build_starts() 
 
     with pytest.raises(ValueError, match="t0 broke"):
         writers.build_each(build, [f"t{n}" for n in range(50)], 2)
-    assert len(started) < 50  # the rest were cancelled
+    assert len(started) <= 4  # the rest never started
+
+
+def test_no_table_starts_after_a_failure_while_an_earlier_one_runs() -> None:
+    """A disk that is full fails the next table at once; the first, slow table must
+    not keep the others starting (found in review)."""
+    started: list[str] = []
+    slow_done = threading.Event()
+
+    def build(table: str) -> TableManifest:
+        started.append(table)
+        if table == "a":
+            slow_done.wait(10)
+            return table  # type: ignore[return-value]
+        if table == "b":
+            raise OSError(28, "No space left on device")
+        time.sleep(0.3)
+        return table  # type: ignore[return-value]
+
+    timer = threading.Timer(1.5, slow_done.set)
+    timer.start()
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            writers.build_each(build, list("abcdefgh"), 2)
+    finally:
+        timer.cancel()
+    assert started[:2] == ["a", "b"] and len(started) <= 3
+
+
+def test_ctrl_c_stops_the_builds_within_a_second() -> None:
+    import signal
+
+    started: list[str] = []
+    release = threading.Event()
+
+    def build(table: str) -> TableManifest:
+        started.append(table)
+        release.wait(10)
+        return table  # type: ignore[return-value]
+
+    def interrupt(signum: int, frame: object) -> None:
+        release.set()  # the running builds finish their step
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    began = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            writers.build_each(build, list("abcdef"), 2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.perf_counter() - began < 3
+    assert started == ["a", "b"]  # the ones running; no other started
 
 
 def _histories(settings: object) -> list[History]:

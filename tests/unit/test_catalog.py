@@ -231,3 +231,60 @@ def test_change_views_are_made_once_per_generation_and_see_later_segments(
     assert rows == [(history.offset,)]
     sync_catalog(settings, rebuild=True)  # a catalog made anew makes its views anew
     assert len(made) == 2
+
+
+def test_a_catalog_change_failing_on_a_full_disk_does_not_break_later_ones(
+        tmp_path: Path) -> None:
+    """A checkpoint that fails invalidates the attached copy in DuckDB; left attached,
+    it failed every later catalog change of the process (found in review). Run in a
+    child: the file size limit (RLIMIT_FSIZE) stands for a full disk."""
+    code = textwrap.dedent("""
+        import json, os, resource, signal, sys
+        from pathlib import Path
+        import snapshotter.catalog as catalog
+        from snapshotter import engine
+        from snapshotter.snapshots import create_snapshot
+        from tests.unit.test_snapshot_layout import History, _settings
+
+        settings = _settings(Path(sys.argv[1]))
+        history = History(settings, "public.items").seed(5)
+        create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit: EFBIG
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        real = catalog._apply
+
+        def full_disk(con, *args):
+            changed = real(con, *args)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+            con.execute("create table tidelog.filler as select range from range(2000000)")
+            return changed
+        catalog._apply = full_disk
+        history.event("c", 200, v=1.0, name="y")
+        try:
+            create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+            failed = ""
+        except Exception as exc:
+            failed = str(exc)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        catalog._apply = real
+        con = engine.connection()
+        attached = [r[0] for r in con.execute("select database_name from duckdb_databases()")
+                    .fetchall() if r[0].startswith("catalog_")]
+        history.event("c", 201, v=1.0, name="z")
+        later = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+        print(json.dumps([failed, attached, later.id]))
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    import json
+
+    failed, attached, later = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "the previous catalog is unchanged" in failed and "File too large" in failed
+    assert attached == []
+    settings = _settings(tmp_path)
+    assert later in {m.id for m in list_snapshots(settings)}
+    _agrees(settings)
+    assert not list(CatalogFiles(settings.home).directory.glob(".tmp-*"))
