@@ -1,7 +1,7 @@
 """The process's in-memory DuckDB database, for builds and row hashes.
 
 Opening an in-memory database takes about 12 ms; a connection on an open one (`cursor`)
-about 0.3 ms, and an incremental snapshot of 8 TPC-H tables takes some 300 ms in all.
+about 0.3 ms, and an incremental snapshot of 8 TPC-H tables takes some 200 ms in all.
 Each caller gets a connection of its own, which it closes: connections share nothing a
 build relies on (registered frames and temporary objects are per connection), and they
 may run at once from several threads.
