@@ -121,11 +121,13 @@ def registered_versions_using(settings: Settings, snapshot_id: str) -> list[dict
 
 def delete_snapshot_files(settings: Settings, snapshot_id: str,
                           check: Callable[[], object] | None = None) -> None:
+    from snapshotter.mirror import sync_or_raise
     from snapshotter.store import SnapshotStore
 
     trash = SnapshotStore.of(settings).set_aside(snapshot_id, check)
     _forget_in_catalog(settings, snapshot_id)
     shutil.rmtree(trash, ignore_errors=True)
+    sync_or_raise(settings, f"snapshot {snapshot_id} is deleted here")
 
 
 def _forget_in_catalog(settings: Settings, snapshot_id: str) -> None:

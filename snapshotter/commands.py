@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
+from tidelog.errors import ConfigError
 from tidelog.output import print_json as _print_json
 from tidelog.settings import load_settings
 
@@ -152,6 +154,25 @@ def _snapshot_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_sync(args: argparse.Namespace) -> int:
+    from snapshotter.mirror import sync
+
+    report = sync(load_settings())
+    if report is None:
+        raise ConfigError("TIDELOG_SNAPSHOT_ROOT is a local directory: there is nothing to "
+                          "sync; set it to an s3:// URI (docs/catalog.md \"Snapshots on "
+                          "object storage\"), or copy one snapshot with `tidelog snapshot "
+                          "publish SID --to ROOT`")
+    if args.json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        print(f"{report.root}: {len(report.published)} manifests written "
+              f"({', '.join(report.published) or 'none'}), {len(report.removed)} removed, "
+              f"{report.files} files ({report.bytes} bytes) uploaded, {report.swept} "
+              "objects no manifest needs deleted")
+    return 0
+
+
 def _snapshot_sql(args: argparse.Namespace) -> int:
     from snapshotter.remote import snapshot_sql
 
@@ -237,6 +258,10 @@ def register(sub: Any) -> None:
                    help="root URI, e.g. s3://bucket/prefix?endpoint_override=host:port")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_snapshot_publish)
+    p = snap_sub.add_parser("sync", help="bring the S3 snapshot root in line with the "
+                                         "local snapshots (after a failed upload)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_snapshot_sync)
     p = snap_sub.add_parser("sql", help="print DuckDB SQL creating views of a snapshot")
     p.add_argument("id")
     p.add_argument("--root", help="a root the snapshot was published to (default: local)")

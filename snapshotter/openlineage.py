@@ -77,7 +77,7 @@ def snapshot_table(settings: Settings, manifest: Manifest, table: str) -> Lineag
     from tidelog.openlineage_facets import DigestDatasetFacet
 
     t = manifest.tables[table]
-    namespace, name = storage_dataset(settings.snapshot_root, table)
+    namespace, name = storage_dataset(settings.snapshot_location, table)
     digest = DigestDatasetFacet(digest=t.digest, contentDigest=t.content_digest, rows=t.rows,
                                 snapshotId=manifest.id)
     return LineageDataset(namespace, name, facets={"tidelog_digest": digest},

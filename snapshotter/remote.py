@@ -29,7 +29,8 @@ from snapshotter.storage import Storage
 from tidelog.errors import ConfigError, SnapshotError, SnapshotNotFound, TidelogError
 from tidelog.settings import Settings
 
-__all__ = ["Published", "publish_snapshot", "locate", "snapshot_sql", "CREDENTIALS"]
+__all__ = ["Published", "publish_snapshot", "locate", "plain_root", "snapshot_sql", "upload",
+           "CREDENTIALS"]
 
 # How the printed SQL gets the S3 key: `env` reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
 # with the DuckDB CLI's getenv(); `chain` is DuckDB's credential chain (aws extension).
@@ -107,11 +108,8 @@ def publish_snapshot(settings: Settings, sid: str, root: str) -> Published:
             for file in table.all_files:
                 if owners[name][file] != current:
                     continue
-                source, target = snapshot.path / file, storage.path(current, file)
-                storage.makedirs(target.rsplit("/", 1)[0])
-                # streamed: a data file may be larger than memory
-                pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=storage.fs)
+                source = snapshot.path / file
+                upload(storage, source, storage.path(current, file))
                 totals[0] += 1
                 totals[1] += source.stat().st_size
         storage.write_bytes(_manifest_path(storage, current), manifest.dumps().encode())
@@ -123,13 +121,21 @@ def publish_snapshot(settings: Settings, sid: str, root: str) -> Published:
     except TidelogError:
         raise
     except OSError as exc:
-        raise SnapshotError(f"publishing snapshot {sid} to {_plain(root)} failed: {exc}; "
+        raise SnapshotError(f"publishing snapshot {sid} to {plain_root(root)} failed: {exc}; "
                             "nothing is visible there until its manifest is written, so "
                             "rerun the same command", snapshot_id=sid) from exc
-    return Published(sid, _plain(root), tuple(uploaded), totals[0], totals[1])
+    return Published(sid, plain_root(root), tuple(uploaded), totals[0], totals[1])
 
 
-def _plain(root: str) -> str:
+def upload(storage: Storage, source: Path, target: str) -> None:
+    """Copy local file `source` to `target` at `storage`, streamed: a data file may be
+    larger than memory. An object-store PUT is atomic: the old object or the new."""
+    storage.makedirs(target.rsplit("/", 1)[0])
+    pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=storage.fs)
+
+
+def plain_root(root: str) -> str:
     """The root without its query (endpoint options): what goes in paths and messages."""
     return root.split("?", 1)[0].rstrip("/")
 
@@ -175,7 +181,7 @@ def snapshot_sql(settings: Settings, sid: str, root: str | None = None, *,
         storage = Storage.open(root)
         remote = _remote_manifest(storage, sid)
         if remote is None:
-            raise SnapshotNotFound(f"no snapshot {sid!r} at {_plain(root)}; publish it "
+            raise SnapshotNotFound(f"no snapshot {sid!r} at {plain_root(root)}; publish it "
                                    f"with `tidelog snapshot publish {sid} --to ROOT`",
                                    snapshot_id=sid)
         manifest = remote

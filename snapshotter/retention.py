@@ -262,6 +262,7 @@ def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None, *,
     `check(sid)` runs under each snapshot's exclusive lock before it goes, and keeps it
     by raising SnapshotPinned (a pin taken since the plan was made)."""
     from snapshotter.catalog import catalog_path, sync_catalog
+    from snapshotter.mirror import sync_or_raise
 
     archive = archive or Archive(settings.archive_root)
     store = SnapshotStore.of(settings)
@@ -299,6 +300,8 @@ def collect(settings: Settings, plan: GcPlan, archive: Archive | None = None, *,
                 removed_segments.append(seg.path)
     if catalog_path(settings).exists():
         sync_catalog(settings)
+    if deleted:
+        sync_or_raise(settings, f"snapshots {', '.join(deleted)} are deleted here")
     return {"deleted_snapshots": deleted, "pinned_meanwhile": pinned_meanwhile,
             "deleted_segments": removed_segments,
             "trimmed": [{"topic": t, "partition": p, "generation": g, "first_offset": o}

@@ -212,6 +212,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
                     incremental: bool = True, catch_up: bool = True,
                     allow_stale: bool = False) -> Manifest:
     from snapshotter.catalog import ensure_catalog, register_snapshot
+    from snapshotter.mirror import sync_or_raise
 
     tables = sorted(set(tables))
     if not tables:
@@ -233,6 +234,7 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
         if exists and incremental:
             found = store.manifest(sid)
             _announce(settings, found)  # same event id: a crash after the build resends
+            sync_or_raise(settings, f"snapshot {sid} is built and listed here")
             if cut.stale_allowed:
                 # Built earlier from the same offsets; this request's cut was stale, and
                 # the caller (and a run trained on it) must see that.
@@ -248,6 +250,8 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
             raise _write_failed(sid, store.root, exc) from exc
     crash_point("snapshot.after_publish")
     register_snapshot(settings, manifest)
+    # Before `dataset.ready`: a consumer told of it may read it from the S3 root.
+    sync_or_raise(settings, f"snapshot {sid} is built and listed here")
     _announce(settings, manifest)
     return manifest
 

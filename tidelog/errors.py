@@ -23,6 +23,7 @@
     ├── SnapshotError               snapshot_error         400
     │   ├── SnapshotNotFound        snapshot_not_found     404
     │   ├── SnapshotWriteError      snapshot_write_failed  507
+    │   ├── SnapshotMirrorError     snapshot_mirror_failed 502  transient
     │   ├── DigestMismatch          digest_mismatch        409
     │   │   └── DatasetErased       dataset_erased         409
     │   ├── SnapshotPinned          snapshot_pinned        409
@@ -73,6 +74,7 @@ __all__ = [
     "SnapshotError",
     "SnapshotNotFound",
     "SnapshotWriteError",
+    "SnapshotMirrorError",
     "DigestMismatch",
     "DatasetErased",
     "SnapshotPinned",
@@ -242,6 +244,14 @@ class SnapshotWriteError(SnapshotError):
 
     code = "snapshot_write_failed"
     status = 507
+
+
+class SnapshotMirrorError(SnapshotError):
+    """The S3 snapshot root could not be brought in line with the local snapshots."""
+
+    code = "snapshot_mirror_failed"
+    status = 502
+    transient = True
 
 
 class DigestMismatch(SnapshotError):

@@ -67,8 +67,12 @@ class CoreEnv(BaseSettings):
         "archive location: a directory or an object-store URI such as "
         "`s3://bucket/tidelog/archive` (default `$TIDELOG_HOME/archive`)"))
     snapshot_root: str = Field("", description=(
-        "snapshot directory, a local path (default `$TIDELOG_HOME/snapshots`); to put "
-        "snapshots on object storage, `tidelog snapshot publish` them"))
+        "where snapshots live: a local directory (default `$TIDELOG_HOME/snapshots`) or "
+        "an S3 URI such as `s3://bucket/tidelog/snapshots`, which every snapshot change "
+        "reaches (docs/catalog.md \"Snapshots on object storage\")"))
+    snapshot_local: str = Field("", description=(
+        "with an S3 snapshot root: the local directory tidelog builds in and keeps its "
+        "working copy of the snapshots in (default `$TIDELOG_HOME/snapshots`)"))
     snapshot_memory_mb: int | None = Field(None, gt=0, description=(
         "MiB a full snapshot build aims to stay within, shared by the tables it builds at "
         "once; larger tables are built in key-hash buckets (default 4096, at least 1536)"))
@@ -83,13 +87,19 @@ class CoreEnv(BaseSettings):
 
     @field_validator("snapshot_root")
     @classmethod
-    def _local_snapshot_root(cls, value: str) -> str:
-        if _URI.match(value):
-            # Path() would take `s3://b/p` for the relative directory `s3:/b/p`.
+    def _snapshot_root(cls, value: str) -> str:
+        if _URI.match(value) and not value.startswith("s3://"):
+            # Path() would take `gs://b/p` for the relative directory `gs:/b/p`.
             raise ValueError(
-                "snapshots are built in a local directory: give a path; to put them on "
-                "object storage, publish each one with `tidelog snapshot publish SID --to "
-                "s3://...` (docs/catalog.md \"Remote readers\")")
+                "a snapshot root is a local directory or an `s3://bucket/prefix` URI "
+                "(S3-compatible servers: add `?endpoint_override=host:port`)")
+        return value
+
+    @field_validator("snapshot_local")
+    @classmethod
+    def _snapshot_local(cls, value: str) -> str:
+        if _URI.match(value):
+            raise ValueError("the working copy of the snapshots is a local directory")
         return value
 
     @classmethod
@@ -178,7 +188,8 @@ class Settings:
     topic_prefix: str = "tidelog"
     connector_name: str = "tidelog-postgres"
     archive_root: str = ""
-    snapshot_root: str = ""
+    snapshot_root: str = ""  # the local directory snapshots are built and kept in
+    snapshot_remote: str = ""  # an S3 root mirroring them (snapshotter/mirror.py), or ""
     snapshot_memory_mb: int | None = None  # what a full snapshot build aims to stay within
     events: bool = False  # publish CloudEvents to <prefix>.tidelog.events.* (docs/events.md)
     gc_keep_days: float = 30.0  # `tidelog gc`: runs and snapshots this young are kept
@@ -201,7 +212,7 @@ class Settings:
         """The `TIDELOG_*` variables that make a child process load these same settings."""
         environ = {env_name(ProcessEnv, "home"): str(self.home)}
         for name in CoreEnv.model_fields:
-            value = getattr(self, name)
+            value = self._env_value(name)
             if isinstance(value, bool):
                 environ[env_name(CoreEnv, name)] = "on" if value else "off"
             elif value not in (None, ""):
@@ -209,6 +220,19 @@ class Settings:
         for key, value in self.kafka.items():
             environ[KAFKA_PASSTHROUGH + key.upper().replace(".", "__")] = value
         return environ
+
+    def _env_value(self, name: str) -> object:
+        # With an S3 root, `snapshot_root` holds the local working copy.
+        if name == "snapshot_root" and self.snapshot_remote:
+            return self.snapshot_remote
+        if name == "snapshot_local":
+            return self.snapshot_root if self.snapshot_remote else ""
+        return getattr(self, name)
+
+    @property
+    def snapshot_location(self) -> str:
+        """Where readers find the snapshots: the S3 root if there is one, else the local."""
+        return self.snapshot_remote or self.snapshot_root
 
     def require(self, name: str) -> str:
         value = getattr(self, name)
@@ -260,7 +284,16 @@ def load_settings(home: Path | None = None) -> Settings:
     for env, value in os.environ.items():
         if env.startswith(KAFKA_PASSTHROUGH):
             kafka[env.removeprefix(KAFKA_PASSTHROUGH).lower().replace("__", ".")] = value
-    settings = Settings(home=home, kafka=kafka, **core.model_dump())
+    values = core.model_dump()
+    local = values.pop("snapshot_local")
+    if values["snapshot_root"].startswith("s3://"):
+        values["snapshot_remote"], values["snapshot_root"] = values["snapshot_root"], local
+    elif local:
+        raise ConfigError(
+            f"{env_name(CoreEnv, 'snapshot_local')} is the working copy of an S3 snapshot "
+            f"root, but {env_name(CoreEnv, 'snapshot_root')} is a local directory: unset "
+            "one of them")
+    settings = Settings(home=home, kafka=kafka, **values)
     if not settings.archive_root:
         settings = replace(settings, archive_root=str(home / "archive"))
     if not settings.snapshot_root:

@@ -32,6 +32,7 @@ from snapshotter.erasure import (
     subject_sum_at,
 )
 from snapshotter.erasure_ledger import ErasureLedger, LedgerCheck
+from snapshotter.mirror import sync_or_raise
 from tidelog.crashpoints import crash_point
 from tidelog.errors import ErasureError, TidelogError
 from tidelog.redact import redact_dsn
@@ -172,6 +173,10 @@ def _execute(settings: Settings, journal: Journal, files: ErasureFiles,
     if step("snapshots"):
         erase_snapshots(settings, journal.id, subject)
         mark("snapshots")
+    if step("remote"):
+        # The S3 snapshot root (if any): rewritten copies up, the erased files deleted.
+        sync_or_raise(settings, f"erasure {journal.id} is done here")
+        mark("remote")
     if step("caches"):
         # Datasets rebuilt from the archive for MLflow's `load()`: derived, so removed
         # whole rather than rewritten; the next load rebuilds from the erased archive.

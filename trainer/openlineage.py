@@ -59,7 +59,7 @@ def describe_rebuild(report: RebuildReport, _: Any, settings: Settings, *__: Any
                      ) -> Lineage:
     from tidelog.openlineage import storage_dataset
 
-    inputs = tuple(LineageDataset(*storage_dataset(settings.snapshot_root, table),
+    inputs = tuple(LineageDataset(*storage_dataset(settings.snapshot_location, table),
                                   version=report.rebuilt_snapshot_id)
                    for table in sorted(report.tables))
     return Lineage(

@@ -3,6 +3,7 @@ with nothing but the printed SQL, the endpoint and credentials from its environm
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -15,6 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from snapshotter.digest import ContentSum, digest_sql
+from snapshotter.mirror import sync
 from snapshotter.remote import publish_snapshot, snapshot_sql
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from tests.unit.test_snapshot_layout import History, _settings
@@ -114,6 +116,54 @@ def test_layered_snapshot_on_s3_is_read_by_another_duckdb(tmp_path: Path,
     assert ContentSum(*map(int, got_base.split(","))).hex == base_table.content_digest
 
 
+def test_an_s3_snapshot_root_is_kept_in_line_and_read_by_another_duckdb(
+        tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TIDELOG_SNAPSHOT_ROOT=s3://…`: each snapshot is there when `create` returns, a
+    layered one reading its base's files; deleting the base leaves the layered snapshot
+    whole there, with its own copies."""
+    from api.retention import delete_snapshot_files
+    from tests.unit.test_snapshot_layout import PREFIX
+    from tidelog.settings import load_settings
+
+    root = (f"s3://tidelog-snapshots/shared?endpoint_override={s3_endpoint}&scheme=http"
+            "&region=us-east-1")
+    monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT", root)
+    monkeypatch.setenv("TIDELOG_ARCHIVE_ROOT", str(tmp_path / "archive"))
+    monkeypatch.setenv("TIDELOG_TOPIC_PREFIX", PREFIX)
+    settings = load_settings(tmp_path / "home")
+    assert settings.snapshot_remote == root
+    history = History(settings, TABLE).seed(250)
+    base = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    for key in random.Random(5).sample(range(250), 5):
+        history.event("u", key, v=-4.0, name=f"changed-{key}")
+    history.event("d", 9)
+    layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert layered.built_from == base.id
+    s3 = pafs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", region="us-east-1")
+
+    def keys(sid: str) -> list[str]:
+        found = s3.get_file_info(pafs.FileSelector(f"tidelog-snapshots/shared/{sid}",
+                                                   recursive=True, allow_not_found=True))
+        return sorted(i.path.rsplit(f"{sid}/", 1)[1] for i in found
+                      if i.type == pafs.FileType.File)
+
+    table = layered.tables[TABLE]
+    assert "manifest.json" in keys(base.id) and table.files[0] in keys(base.id)
+    assert table.files[0] not in keys(layered.id) and "manifest.json" in keys(layered.id)
+
+    def digest_there() -> str:
+        [got] = _duckdb_cli(snapshot_sql(settings, layered.id, root, with_salt=True),
+                            digest_sql(f'"snap_{layered.id}".items', table.columns,
+                                       salted=True))
+        return ContentSum(*map(int, got.split(","))).hex
+
+    assert digest_there() == table.content_digest
+    delete_snapshot_files(settings, base.id)
+    assert keys(base.id) == []  # its files went once the layered one had its own
+    assert table.files[0] in keys(layered.id)
+    assert digest_there() == table.content_digest
+
+
 def test_erasure_rewrites_an_archive_on_s3(tmp_path: Path, s3_endpoint: str) -> None:
     """The erasure of tests/unit/test_erasure.py with the archive on S3: no object keeps a
     byte of the subject, the recorded digests still verify, the cut still rebuilds."""
@@ -137,9 +187,9 @@ def test_erasure_rewrites_an_archive_on_s3(tmp_path: Path, s3_endpoint: str) -> 
                                       f"{s3_endpoint}&scheme=http&region=us-east-1")
     archive = Archive(settings.archive_root)
 
-    def objects_with(needles: list[str]) -> list[str]:
+    def objects_with(needles: list[str], bucket: str = "tidelog-archive") -> list[str]:
         found = []
-        for info in s3.get_file_info(pafs.FileSelector("tidelog-archive", recursive=True)):
+        for info in s3.get_file_info(pafs.FileSelector(bucket, recursive=True)):
             if info.type != pafs.FileType.File:
                 continue
             data = s3.open_input_file(info.path).read()
@@ -149,10 +199,18 @@ def test_erasure_rewrites_an_archive_on_s3(tmp_path: Path, s3_endpoint: str) -> 
                 found.append(info.path)
         return found
 
+    # the snapshots on S3 too (TIDELOG_SNAPSHOT_ROOT=s3://…): the erasure reaches them
+    s3.create_dir("tidelog-snapshots-er")
+    settings = dataclasses.replace(settings, snapshot_remote=(
+        f"s3://tidelog-snapshots-er/s?endpoint_override={s3_endpoint}&scheme=http"
+        "&region=us-east-1"))
+    sync(settings)
     assert objects_with([SECRET_NAME, SECRET_MAIL])  # the subject is on S3 before
+    assert objects_with([SECRET_NAME, SECRET_MAIL], "tidelog-snapshots-er")
     report = erase(settings, PEOPLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
     assert report.erasure_id and len(report.segments) == 3
     assert objects_with([SECRET_NAME, SECRET_MAIL, '"id":7']) == []
+    assert objects_with([SECRET_NAME, SECRET_MAIL, '"id":7'], "tidelog-snapshots-er") == []
     assert _files_with(tmp_path, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []
     for sid in sids:
         assert verify_snapshot(settings, sid).ok and _digest_sql_check(settings, sid)

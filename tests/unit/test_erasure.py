@@ -27,7 +27,7 @@ from snapshotter.row_hashes import with_row_hashes
 from snapshotter.snapshots import create_snapshot, open_snapshot
 from snapshotter.verify import verify_snapshot
 from tidelog.crashpoints import CRASH_ENV, POINTS
-from tidelog.errors import ErasureError
+from tidelog.errors import ErasureError, SnapshotMirrorError
 from tidelog.settings import Settings
 from trainer.erasure import erase, list_erasures, verify_ledger
 
@@ -181,6 +181,36 @@ def test_erase_removes_every_byte_and_digests_still_verify(tmp_path: Path) -> No
     assert set(entry["snapshots"]) == set(sids) and len(entry["segments"]) == 3
     assert '{"id":7}' not in json.dumps(entry) and len(entry["subject"]) == 64
     assert "kafka_topics" in entry["cannot_erase"] and TOPIC in json.dumps(entry)
+
+
+def test_erasure_reaches_the_s3_snapshot_root_even_after_a_failed_upload(
+        tmp_path: Path) -> None:
+    """A local directory stands in for the S3 root (snapshotter/mirror.py): the rewritten
+    snapshots go up, the files holding the subject are deleted there, and an erasure whose
+    upload failed is finished by the next `tidelog erase`."""
+    from snapshotter.mirror import sync
+    from tests.unit.test_snapshot_mirror import _consistent
+
+    remote = tmp_path / "remote"
+    settings, sids = _world(tmp_path)
+    settings = dataclasses.replace(settings, snapshot_remote=str(remote))
+    sync(settings)
+    assert _files_with(remote, [SECRET_NAME, SECRET_MAIL])  # both snapshots hold it there
+    moved = tmp_path / "remote-away"
+    remote.rename(moved)
+    remote.write_text("unreachable")
+    with pytest.raises(SnapshotMirrorError, match="erasure .* is done here"):
+        erase(settings, TABLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
+    assert list_erasures(settings).pending  # not finished until every copy is rewritten
+    remote.unlink()
+    moved.rename(remote)
+    report = erase(settings, TABLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
+    assert report.erasure_id and not list_erasures(settings).pending
+    assert _files_with(tmp_path, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []
+    manifests = _consistent(remote)
+    assert sorted(manifests) == sorted(sids)
+    for sid in sids:
+        assert manifests[sid] == open_snapshot(settings, sid).manifest
 
 
 def test_tampered_erased_contribution_fails_verification(tmp_path: Path) -> None:

@@ -102,20 +102,20 @@ def test_sql_for_a_snapshot_not_published_there_says_how(tmp_path: Path) -> None
         snapshot_sql(settings, sid, str(tmp_path / "empty"))
 
 
-def test_an_object_store_snapshot_root_is_refused_with_what_to_do(
+def test_a_snapshot_root_of_another_scheme_is_refused_with_what_to_do(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`Path("s3://b/p")` is the relative directory `s3:/b/p`: building there would
-    look like success while nothing reached object storage."""
+    """`Path("gs://b/p")` is the relative directory `gs:/b/p`: building there would
+    look like success while nothing reached object storage. Only S3 is mirrored."""
     from tidelog.settings import load_settings
 
     monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT",
-                       "s3://AKIAEXAMPLE:sekrit@bucket/snaps?endpoint_override=h:9000")
+                       "gs://AKIAEXAMPLE:sekrit@bucket/snaps?endpoint_override=h:9000")
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path)
     message = caught.value.message
     assert "TIDELOG_SNAPSHOT_ROOT" in message and "local directory" in message
-    assert "tidelog snapshot publish SID --to s3://" in message
+    assert "s3://bucket/prefix" in message
     assert "sekrit" not in message
-    assert not (tmp_path / "s3:").exists()
+    assert not (tmp_path / "gs:").exists()
     monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT", str(tmp_path / "snaps"))
     assert load_settings(tmp_path).snapshot_root == str(tmp_path / "snaps")

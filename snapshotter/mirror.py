@@ -1,0 +1,230 @@
+"""Snapshots on an S3 root: every change to the local snapshots reaches it.
+
+With `TIDELOG_SNAPSHOT_ROOT=s3://bucket/prefix`, tidelog builds, locks, verifies and
+erases in a local working copy (`TIDELOG_SNAPSHOT_LOCAL`, default
+`$TIDELOG_HOME/snapshots`), and `sync` brings the root in line with it before the command
+that changed it returns: `snapshot create` (and `--full`), an erasure, `gc` and a delete.
+
+What the root holds is what `snapshot publish` writes (snapshotter/remote.py): `<id>/…`
+with `manifest.json` last, a layered snapshot's unchanged files read from its base's
+prefix (`locate`). `sync` keeps that true at every step, so a reader that finds a
+manifest finds every file it locates:
+
+1. The ids this store has put there are recorded first (`.mirrored.json` in the local
+   root): a snapshot deleted here is then removed there, even after a crash, and one this
+   store never wrote (another machine's, or any while the local copy was lost) is never
+   removed.
+2. Every file a local snapshot needs there is uploaded, checked against its manifest's
+   sha256 first. A file a snapshot now needs under its own prefix because its base's copy
+   changed or goes away is uploaded before that happens.
+3. A name whose content changes (a `--full` rebuild of an id) is overwritten only after
+   the manifests that vouch for the old content are taken down.
+4. Manifests that changed are written; those of snapshots deleted here are deleted.
+5. Objects under this store's prefixes that no manifest needs any more are deleted: the
+   files an erasure replaced, a deleted snapshot's files.
+
+One writer per root: the local lock orders this store's own commands; two machines
+writing one root would delete each other's uploads in step 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from snapshotter.manifest import MANIFEST_NAME, Manifest
+from snapshotter.remote import locate, plain_root, upload
+from snapshotter.storage import Storage
+from snapshotter.store import SnapshotStore
+from tidelog.errors import SnapshotMirrorError, TidelogError
+from tidelog.settings import Settings
+
+__all__ = ["MirrorReport", "sync", "sync_or_raise", "RECORD"]
+
+RECORD = ".mirrored.json"
+_LOCK = ".mirror.lock"
+
+
+@dataclass(frozen=True)
+class MirrorReport:
+    root: str  # without query parameters
+    published: tuple[str, ...]  # ids whose manifest was written
+    removed: tuple[str, ...]  # ids deleted there because they were deleted here
+    files: int  # files uploaded
+    bytes: int
+    swept: int  # objects deleted that no manifest needed any more
+
+
+def sync(settings: Settings) -> MirrorReport | None:
+    """Bring the S3 snapshot root in line with the local snapshots (module docstring);
+    None without one. SnapshotMirrorError when the root cannot be reached or written."""
+    if not settings.snapshot_remote:
+        return None
+    store = SnapshotStore.of(settings)
+    root = settings.snapshot_remote
+    try:
+        storage = Storage.open(root)
+        with _locked(store.root):
+            return _Sync(store, storage, plain_root(root)).run()
+    except TidelogError as exc:
+        if isinstance(exc, SnapshotMirrorError):
+            raise
+        raise SnapshotMirrorError(_failed(root, exc.message), root=plain_root(root)) from exc
+    except OSError as exc:
+        raise SnapshotMirrorError(_failed(root, str(exc)), root=plain_root(root)) from exc
+
+
+def sync_or_raise(settings: Settings, what: str) -> MirrorReport | None:
+    """`sync` after a change that is already done here: `what` says which, for the
+    message, so that whoever retries knows the local side needs nothing."""
+    try:
+        return sync(settings)
+    except SnapshotMirrorError as exc:
+        raise SnapshotMirrorError(f"{what}; {exc.message}", **exc.details) from exc
+
+
+def _failed(root: str, reason: str) -> str:
+    return (f"the snapshot root {plain_root(root)} was not brought in line with the local "
+            f"snapshots: {reason}. Every manifest there still names files that are there; "
+            "rerun `tidelog snapshot sync` once it is reachable")
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / _LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_record(root: Path) -> set[str]:
+    path = root / RECORD
+    if not path.exists():
+        return set()
+    return set(json.loads(path.read_text())["snapshots"])
+
+
+def _write_record(root: Path, ids: set[str]) -> None:
+    from snapshotter.erasure import write_atomically
+
+    write_atomically(root / RECORD, json.dumps({"snapshots": sorted(ids)}, indent=1))
+
+
+class _Sync:
+    def __init__(self, store: SnapshotStore, storage: Storage, root: str) -> None:
+        self.store, self.storage, self.root = store, storage, root
+        self.files = self.bytes = 0
+
+    def _listing(self) -> set[str]:
+        """Every object under the root, as `<id>/<path>`."""
+        selector = pafs.FileSelector(self.storage.base, recursive=True, allow_not_found=True)
+        prefix = self.storage.base + "/"
+        return {info.path.removeprefix(prefix) for info in
+                self.storage.fs.get_file_info(selector) if info.type == pafs.FileType.File}
+
+    def _remote_manifests(self, objects: set[str]) -> dict[str, Manifest]:
+        found = {}
+        for key in sorted(objects):
+            sid, _, rest = key.partition("/")
+            if rest == MANIFEST_NAME:
+                path = self.storage.path(sid, MANIFEST_NAME)
+                found[sid] = Manifest.loads(self.storage.read_bytes(path).decode(), path)
+        return found
+
+    def _needs(self, manifests: dict[str, Manifest], local: dict[str, Manifest]
+               ) -> dict[str, tuple[str, str]]:
+        """`<owner>/<file>` → (sha256, id of a snapshot listing it, a local one where one
+        does) for every file the manifests locate at the root."""
+        needs: dict[str, tuple[str, str]] = {}
+        for sid, manifest in manifests.items():
+            owners = locate(self.storage, manifest, manifests.get)
+            for name, table in manifest.tables.items():
+                for file in table.all_files:
+                    key = f"{owners[name][file]}/{file}"
+                    if key not in needs or (sid in local and needs[key][1] not in local):
+                        needs[key] = (table.checksums.get(file, ""), sid)
+        return needs
+
+    def run(self) -> MirrorReport:
+        objects = self._listing()
+        remote = self._remote_manifests(objects)
+        local = {m.id: m for m in self.store.manifests()}
+        record = _read_record(self.store.root)
+        gone = sorted((record - local.keys()) & remote.keys())
+        mine = record | local.keys()
+        _write_record(self.store.root, mine)  # 1. before anything of theirs is uploaded
+
+        # What the root is to hold: every manifest there, the local ones as they are now,
+        # without those deleted here.
+        target = {sid: m for sid, m in remote.items() if sid not in gone}
+        target.update(local)
+        changed = sorted(sid for sid in local if remote.get(sid) != local[sid])
+        before = self._needs(remote, local)
+        after = self._needs(target, local)
+        missing = sorted(key for key, (_, sid) in after.items()
+                         if sid not in local and (key not in objects or key not in before
+                                                  or before[key][0] != after[key][0]))
+        if missing:
+            raise SnapshotMirrorError(
+                f"snapshot {after[missing[0]][1]} there, which this store did not write, "
+                f"would lose its file {missing[0]}; nothing was changed. Delete it there, "
+                "or create it here again", root=self.root)
+
+        # 2. new objects; 3. objects whose content changes, once no manifest vouches for it
+        clashes = {key for key, (sha, _) in after.items()
+                   if key in before and before[key][0] != sha}
+        fresh = [key for key in sorted(after)
+                 if key not in clashes and (key not in objects or key not in before)]
+        self._upload(fresh, after, local)
+        taken_down = sorted(sid for sid, m in remote.items()
+                            if clashes & self._needs({sid: m}, local).keys())
+        for sid in taken_down:
+            self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
+        self._upload(sorted(clashes), after, local)
+
+        # 4. manifests, bases first (a reader locates a file through its base's manifest)
+        published = []
+        for sid in sorted(set(changed) | (set(taken_down) & target.keys()),
+                          key=lambda s: (target[s].created_at, s)):
+            self.storage.write_bytes(self.storage.path(sid, MANIFEST_NAME),
+                                     target[sid].dumps().encode())
+            published.append(sid)
+        for sid in gone:
+            self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
+        _write_record(self.store.root, (record & target.keys()) | local.keys())
+
+        # 5. what no manifest needs any more, under this store's prefixes only
+        stale = sorted(key for key in objects
+                       if key.partition("/")[0] in mine and key not in after
+                       and key.partition("/")[2] != MANIFEST_NAME)
+        for key in stale:
+            self.storage.fs.delete_file(self.storage.path(key))
+        return MirrorReport(self.root, tuple(published), tuple(gone), self.files,
+                            self.bytes, len(stale))
+
+    def _upload(self, keys: list[str], needs: dict[str, tuple[str, str]],
+                local: dict[str, Manifest]) -> None:
+        from snapshotter.snapshots import Snapshot
+
+        checked: dict[str, Snapshot] = {}
+        for key in keys:
+            sid = needs[key][1]
+            snapshot = checked.get(sid)
+            if snapshot is None:
+                snapshot = checked[sid] = Snapshot(local[sid], self.store.path(sid))
+                for name in snapshot.manifest.tables:
+                    snapshot.verify(name)  # never upload what its manifest does not vouch for
+            source = snapshot.path / key.partition("/")[2]
+            upload(self.storage, source, self.storage.path(key))
+            self.files += 1
+            self.bytes += os.stat(source).st_size

@@ -1,0 +1,188 @@
+"""An object-store snapshot root kept in line with the local snapshots (snapshotter/
+mirror.py): a local directory stands in for the S3 root here; moto's S3 server and the
+DuckDB CLI in tests/integration/test_snapshot_remote.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from api.retention import delete_snapshot_files
+from snapshotter.layout import file_sha256
+from snapshotter.manifest import Manifest
+from snapshotter.mirror import RECORD, sync
+from snapshotter.remote import locate, snapshot_sql
+from snapshotter.snapshots import create_snapshot, list_snapshots, open_snapshot
+from snapshotter.storage import Storage
+from tests.unit.test_snapshot_layout import History, _settings
+from tidelog.errors import ConfigError, SnapshotMirrorError
+from tidelog.settings import Settings, load_settings
+
+TABLE = "public.items"
+
+
+def _mirrored(tmp_path: Path) -> Settings:
+    return dataclasses.replace(_settings(tmp_path), snapshot_remote=str(tmp_path / "remote"))
+
+
+def _remote_ids(root: Path) -> list[str]:
+    return sorted(p.parent.name for p in root.glob("*/manifest.json"))
+
+
+def _consistent(root: Path) -> dict[str, Manifest]:
+    """Every manifest at `root`, after checking each file it locates is there with the
+    sha256 the manifest records."""
+    storage = Storage.open(str(root))
+    manifests = {sid: Manifest.loads((root / sid / "manifest.json").read_text())
+                 for sid in _remote_ids(root)}
+    for manifest in manifests.values():
+        owners = locate(storage, manifest, manifests.get)
+        for name, table in manifest.tables.items():
+            for file in table.all_files:
+                path = root / owners[name][file] / file
+                assert path.is_file(), f"{manifest.id} locates {path}, which is missing"
+                assert file_sha256(path) == table.checksums[file]
+    return manifests
+
+
+def _rows(settings: Settings, sid: str, root: Path | None) -> list[tuple[object, ...]]:
+    con = duckdb.connect()
+    con.execute(snapshot_sql(settings, sid, str(root) if root else None))
+    return con.execute(f'select * from "snap_{sid}".items order by id').fetchall()
+
+
+def _history(settings: Settings) -> tuple[History, str, str]:
+    history = History(settings, TABLE).seed(200)
+    base = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    for key in random.Random(3).sample(range(200), 4):
+        history.event("u", key, v=-1.0, name=f"changed{key}")
+    history.event("d", 3)
+    layered = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert layered.built_from == base.id
+    return history, base.id, layered.id
+
+
+def test_create_puts_each_snapshot_on_the_root_layered_on_its_base(tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base_id, sid = _history(settings)
+    assert _remote_ids(root) == sorted([base_id, sid])
+    manifests = _consistent(root)
+    assert manifests[sid] == open_snapshot(settings, sid).manifest
+    table = manifests[sid].tables[TABLE]
+    # the layered snapshot's data files are its base's: not copied a second time
+    assert all(not (root / sid / f).exists() for f in table.files)
+    assert (root / sid / table.delta_files[0]).is_file()
+    assert _rows(settings, sid, root) == _rows(settings, sid, None)
+    record = json.loads((Path(settings.snapshot_root) / RECORD).read_text())
+    assert record == {"snapshots": sorted([base_id, sid])}
+    again = sync(settings)
+    assert again is not None and again.files == 0 and again.published == ()
+
+
+def test_deleting_a_base_gives_its_layered_snapshot_own_copies_first(
+        tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base_id, sid = _history(settings)
+    expected = _rows(settings, sid, root)
+    delete_snapshot_files(settings, base_id)
+    assert _remote_ids(root) == [sid]
+    assert not (root / base_id).exists() or not any((root / base_id).rglob("*.parquet"))
+    _consistent(root)
+    table = open_snapshot(settings, sid).manifest.tables[TABLE]
+    assert all((root / sid / f).is_file() for f in table.files)
+    assert _rows(settings, sid, root) == expected
+
+
+def test_a_failed_upload_leaves_the_snapshot_here_and_sync_finishes_it(
+        tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    root.write_text("not a directory")  # every write under it fails
+    history = History(settings, TABLE).seed(50)
+    with pytest.raises(SnapshotMirrorError) as caught:
+        create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    assert "is built and listed here" in caught.value.message
+    assert "tidelog snapshot sync" in caught.value.message
+    assert caught.value.code == "snapshot_mirror_failed" and caught.value.transient
+    [made] = list_snapshots(settings)
+    root.unlink()
+    report = sync(settings)
+    assert report is not None and report.published == (made.id,)
+    assert _rows(settings, made.id, root) == _rows(settings, made.id, None)
+
+
+def test_a_file_whose_content_changes_is_replaced_only_under_a_taken_down_manifest(
+        tmp_path: Path) -> None:
+    """The root holds an older build of the same id (same file names, other bytes), as
+    after a `--full` rebuild: its manifest must not vouch for the new bytes."""
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    history = History(settings, TABLE).seed(120)
+    made = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    file = made.tables[TABLE].files[0]
+    (root / made.id / file).write_bytes(b"an older build's bytes")
+    stale = json.loads((root / made.id / "manifest.json").read_text())
+    stale["tables"][TABLE]["checksums"][file] = file_sha256(root / made.id / file)
+    stale["created_at"] = "2020-01-01T00:00:00.000000+00:00"
+    (root / made.id / "manifest.json").write_text(json.dumps(stale))
+    _consistent(root)  # the older build is whole
+
+    report = sync(settings)
+    assert report is not None and report.published == (made.id,) and report.files == 1
+    assert _consistent(root)[made.id] == open_snapshot(settings, made.id).manifest
+
+
+def test_snapshots_this_store_did_not_write_are_never_removed(tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base_id, sid = _history(settings)
+    # The local copy is lost: a new working copy pointing at the same root.
+    fresh = dataclasses.replace(settings, snapshot_root=str(tmp_path / "other-local"))
+    report = sync(fresh)
+    assert report is not None and report.removed == () and report.swept == 0
+    assert _remote_ids(root) == sorted([base_id, sid])
+    _consistent(root)
+
+
+def test_an_s3_snapshot_root_keeps_a_local_working_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT", "s3://bucket/snaps?region=eu-west-1")
+    settings = load_settings(tmp_path)
+    assert settings.snapshot_remote == "s3://bucket/snaps?region=eu-west-1"
+    assert settings.snapshot_root == str(tmp_path / "snapshots")
+    assert settings.snapshot_location == settings.snapshot_remote
+    monkeypatch.setenv("TIDELOG_SNAPSHOT_LOCAL", str(tmp_path / "work"))
+    settings = load_settings(tmp_path)
+    assert settings.snapshot_root == str(tmp_path / "work")
+    environ = settings.to_environ()
+    assert environ["TIDELOG_SNAPSHOT_ROOT"] == "s3://bucket/snaps?region=eu-west-1"
+    assert environ["TIDELOG_SNAPSHOT_LOCAL"] == str(tmp_path / "work")
+
+    monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT", str(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="TIDELOG_SNAPSHOT_LOCAL is the working copy"):
+        load_settings(tmp_path)
+    monkeypatch.delenv("TIDELOG_SNAPSHOT_LOCAL")
+    assert "TIDELOG_SNAPSHOT_LOCAL" not in load_settings(tmp_path).to_environ()
+
+
+def test_gc_removes_what_it_deletes_from_the_root(tmp_path: Path) -> None:
+    from snapshotter.retention import GcPlan, GcPolicy, collect
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base_id, sid = _history(settings)
+    expected = _rows(settings, sid, root)
+    plan = GcPlan(GcPolicy(0, 0), (), {sid: ("newest",)}, {base_id: "old"}, (), ())
+    result = collect(settings, plan)
+    assert result["deleted_snapshots"] == [base_id]
+    assert _remote_ids(root) == [sid]
+    assert not any(p.is_file() for p in (root / base_id).rglob("*"))
+    _consistent(root)
+    assert _rows(settings, sid, root) == expected
