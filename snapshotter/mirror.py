@@ -25,6 +25,11 @@ manifest finds every file it locates:
 
 One writer per root: the local lock orders this store's own commands; two machines
 writing one root would delete each other's uploads in step 5.
+
+`fetch` goes the other way: a snapshot at the root that the working copy lacks (built
+before the working copy was lost, or on another machine) is downloaded into it, every file
+checked against its manifest's sha256, and published there as a build is (manifest last,
+one rename), so `open_snapshot` and everything built on it find it.
 """
 
 from __future__ import annotations
@@ -33,20 +38,22 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from snapshotter.layout import file_sha256
 from snapshotter.manifest import MANIFEST_NAME, Manifest
 from snapshotter.remote import locate, plain_root, upload
 from snapshotter.storage import Storage
 from snapshotter.store import SnapshotStore
-from tidelog.errors import SnapshotMirrorError, TidelogError
+from tidelog.errors import DigestMismatch, SnapshotMirrorError, TidelogError
 from tidelog.settings import Settings
 
-__all__ = ["MirrorReport", "sync", "sync_or_raise", "RECORD"]
+__all__ = ["MirrorReport", "fetch", "sync", "sync_or_raise", "RECORD"]
 
 RECORD = ".mirrored.json"
 _LOCK = ".mirror.lock"
@@ -88,6 +95,63 @@ def sync_or_raise(settings: Settings, what: str) -> MirrorReport | None:
         return sync(settings)
     except SnapshotMirrorError as exc:
         raise SnapshotMirrorError(f"{what}; {exc.message}", **exc.details) from exc
+
+
+def fetch(settings: Settings, sid: str) -> Manifest | None:
+    """Download snapshot `sid` from the S3 root into the working copy (module docstring);
+    its manifest, or None when there is no S3 root or it does not hold `sid`."""
+    if not settings.snapshot_remote:
+        return None
+    store = SnapshotStore.of(settings)
+    root = settings.snapshot_remote
+    try:
+        storage = Storage.open(root)
+        path = storage.path(sid, MANIFEST_NAME)
+        if not storage.exists(path):
+            return None
+        manifest = Manifest.loads(storage.read_bytes(path).decode(), path)
+        with store.exclusive(sid):
+            if store.has(sid):
+                return store.manifest(sid)  # fetched (or built) meanwhile
+            store.clear_unpublished(sid)
+            tmp = store.build_dir(sid)
+            try:
+                _download(storage, manifest, tmp)
+                store.publish(tmp, manifest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except (TidelogError, OSError) as exc:
+        if isinstance(exc, DigestMismatch):
+            raise
+        reason = exc.message if isinstance(exc, TidelogError) else str(exc)
+        raise SnapshotMirrorError(
+            f"fetching snapshot {sid} from the snapshot root {plain_root(root)} failed: "
+            f"{reason}; nothing of it was kept here. Retry once the root is reachable",
+            root=plain_root(root), snapshot_id=sid) from exc
+    return manifest
+
+
+def _download(storage: Storage, manifest: Manifest, into: Path) -> None:
+    owners = locate(storage, manifest)
+    for name, table in manifest.tables.items():
+        for file in table.all_files:
+            target = into / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(storage.path(owners[name][file], file), str(target),
+                            source_filesystem=storage.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            if table.checksums:
+                if file_sha256(target) != table.checksums.get(file):
+                    raise DigestMismatch(
+                        f"snapshot {manifest.id} file {file} at the snapshot root fails the "
+                        "sha256 its manifest records; nothing of it was kept here. Check "
+                        "the root's copy, or create the snapshot again from the archive",
+                        snapshot_id=manifest.id, table=name, files=[file])
+                # checked: mark it as the manifest's verified mark says (size, mtime)
+                if (stat := table.file_stats.get(file)) is not None \
+                        and stat[0] == target.stat().st_size:
+                    os.utime(target, ns=(stat[1], stat[1]))
 
 
 def _failed(root: str, reason: str) -> str:

@@ -283,7 +283,14 @@ def rebuild_snapshot(settings: Settings, cut: Cut, tables: Sequence[str], into: 
 
 
 def open_snapshot(settings: Settings, sid: str) -> Snapshot:
+    """Snapshot `sid` of the working copy; with an S3 snapshot root, one the working copy
+    lacks is fetched from there first (snapshotter/mirror.py)."""
+    from snapshotter.catalog import register_snapshot
+    from snapshotter.mirror import fetch
+
     store = SnapshotStore.of(settings)
+    if not store.has(sid) and (fetched := fetch(settings, sid)) is not None:
+        register_snapshot(settings, fetched)
     if not store.has(sid):
         known = store.ids()
         hint = f"; known snapshots: {', '.join(known[-5:])}" if known else ""

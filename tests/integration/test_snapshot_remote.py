@@ -162,6 +162,11 @@ def test_an_s3_snapshot_root_is_kept_in_line_and_read_by_another_duckdb(
     assert keys(base.id) == []  # its files went once the layered one had its own
     assert table.files[0] in keys(layered.id)
     assert digest_there() == table.content_digest
+    # another machine's working copy, empty: it fetches the snapshot from the root
+    other = dataclasses.replace(settings, snapshot_root=str(tmp_path / "machine-b"))
+    fetched = open_snapshot(other, layered.id)
+    assert fetched.path.parent == tmp_path / "machine-b"
+    assert fetched.table(TABLE).equals(open_snapshot(settings, layered.id).table(TABLE))
 
 
 def test_erasure_rewrites_an_archive_on_s3(tmp_path: Path, s3_endpoint: str) -> None:

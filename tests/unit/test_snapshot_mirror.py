@@ -186,3 +186,41 @@ def test_gc_removes_what_it_deletes_from_the_root(tmp_path: Path) -> None:
     assert not any(p.is_file() for p in (root / base_id).rglob("*"))
     _consistent(root)
     assert _rows(settings, sid, root) == expected
+
+
+def test_a_working_copy_without_a_snapshot_fetches_it_from_the_root(tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base_id, sid = _history(settings)
+    want = open_snapshot(settings, sid).table(TABLE)
+    # another machine (or this one after losing its disk): an empty working copy
+    fresh = dataclasses.replace(settings, snapshot_root=str(tmp_path / "other-local"))
+    snapshot = open_snapshot(fresh, sid)
+    assert snapshot.manifest == open_snapshot(settings, sid).manifest
+    assert snapshot.table(TABLE).equals(want)
+    assert snapshot.path == tmp_path / "other-local" / sid
+    # its files stat as the manifest's verified marks: opening again rehashes nothing
+    table = snapshot.manifest.tables[TABLE]
+    from snapshotter.layout import file_stat
+
+    assert all(file_stat(snapshot.path / f) == table.file_stats[f] for f in table.all_files)
+    # fetched, it is this store's too, and nothing at the root changes
+    report = sync(fresh)
+    assert report is not None and report.published == () and report.files == 0
+    assert _remote_ids(root) == sorted([base_id, sid])
+
+
+def test_a_fetched_file_failing_its_sha256_is_refused_and_nothing_kept(
+        tmp_path: Path) -> None:
+    from tidelog.errors import DigestMismatch
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    history = History(settings, TABLE).seed(40)
+    made = create_snapshot(settings, [TABLE], history.cut(), catch_up=False)
+    (root / made.id / made.tables[TABLE].files[0]).write_bytes(b"tampered")
+    fresh = dataclasses.replace(settings, snapshot_root=str(tmp_path / "other-local"))
+    with pytest.raises(DigestMismatch, match="fails the sha256"):
+        open_snapshot(fresh, made.id)
+    local = tmp_path / "other-local"
+    assert not (local / made.id).exists() and not list(local.glob(".tmp-*"))
