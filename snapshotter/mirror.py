@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from snapshotter.layout import file_sha256
@@ -50,10 +51,16 @@ from snapshotter.manifest import MANIFEST_NAME, Manifest
 from snapshotter.remote import locate, plain_root, upload
 from snapshotter.storage import Storage
 from snapshotter.store import SnapshotStore
-from tidelog.errors import DigestMismatch, SnapshotMirrorError, TidelogError
+from tidelog.errors import (
+    ConfigError,
+    DigestMismatch,
+    SnapshotError,
+    SnapshotMirrorError,
+    TidelogError,
+)
 from tidelog.settings import Settings
 
-__all__ = ["MirrorReport", "fetch", "sync", "sync_or_raise", "RECORD"]
+__all__ = ["MirrorReport", "fetch", "fetch_holding", "sync", "sync_or_raise", "RECORD"]
 
 RECORD = ".mirrored.json"
 _LOCK = ".mirror.lock"
@@ -71,20 +78,20 @@ class MirrorReport:
 
 def sync(settings: Settings) -> MirrorReport | None:
     """Bring the S3 snapshot root in line with the local snapshots (module docstring);
-    None without one. SnapshotMirrorError when the root cannot be reached or written."""
+    None without one. SnapshotMirrorError (transient) when the root cannot be reached or
+    written; a fault here or in what the root holds is raised as itself."""
     if not settings.snapshot_remote:
         return None
     store = SnapshotStore.of(settings)
     root = settings.snapshot_remote
     try:
         storage = Storage.open(root)
+    except TidelogError as exc:
+        raise ConfigError(f"TIDELOG_SNAPSHOT_ROOT: {exc.message}") from exc
+    try:
         with _locked(store.root):
             return _Sync(store, storage, plain_root(root)).run()
-    except TidelogError as exc:
-        if isinstance(exc, SnapshotMirrorError):
-            raise
-        raise SnapshotMirrorError(_failed(root, exc.message), root=plain_root(root)) from exc
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:
         raise SnapshotMirrorError(_failed(root, str(exc)), root=plain_root(root)) from exc
 
 
@@ -93,8 +100,8 @@ def sync_or_raise(settings: Settings, what: str) -> MirrorReport | None:
     message, so that whoever retries knows the local side needs nothing."""
     try:
         return sync(settings)
-    except SnapshotMirrorError as exc:
-        raise SnapshotMirrorError(f"{what}; {exc.message}", **exc.details) from exc
+    except TidelogError as exc:
+        raise type(exc)(f"{what}; {exc.message}", **exc.details) from exc
 
 
 def fetch(settings: Settings, sid: str) -> Manifest | None:
@@ -132,6 +139,26 @@ def fetch(settings: Settings, sid: str) -> Manifest | None:
     return manifest
 
 
+def fetch_holding(settings: Settings, table: str) -> list[str]:
+    """Fetch every snapshot at the S3 root that holds `table` and the working copy lacks
+    (an erasure must reach them too); their ids."""
+    if not settings.snapshot_remote:
+        return []
+    store = SnapshotStore.of(settings)
+    root = settings.snapshot_remote
+    try:
+        storage = Storage.open(root)
+        ids = [sid for sid in storage.listdir(storage.base)
+               if not store.has(sid) and storage.exists(storage.path(sid, MANIFEST_NAME))]
+        holding = [sid for sid in ids if table in Manifest.loads(
+            storage.read_bytes(storage.path(sid, MANIFEST_NAME)).decode()).tables]
+    except (OSError, pa.ArrowException) as exc:
+        raise SnapshotMirrorError(_failed(root, str(exc)), root=plain_root(root)) from exc
+    for sid in holding:
+        fetch(settings, sid)
+    return holding
+
+
 def _download(storage: Storage, manifest: Manifest, into: Path) -> None:
     owners = locate(storage, manifest)
     for name, table in manifest.tables.items():
@@ -156,8 +183,9 @@ def _download(storage: Storage, manifest: Manifest, into: Path) -> None:
 
 def _failed(root: str, reason: str) -> str:
     return (f"the snapshot root {plain_root(root)} was not brought in line with the local "
-            f"snapshots: {reason}. Every manifest there still names files that are there; "
-            "rerun `tidelog snapshot sync` once it is reachable")
+            f"snapshots: {reason}. Every manifest there names files that are there (a "
+            "snapshot may be missing there meanwhile); rerun `tidelog snapshot sync` once "
+            "it is reachable")
 
 
 @contextlib.contextmanager
@@ -175,7 +203,13 @@ def _read_record(root: Path) -> set[str]:
     path = root / RECORD
     if not path.exists():
         return set()
-    return set(json.loads(path.read_text())["snapshots"])
+    try:
+        return set(json.loads(path.read_text())["snapshots"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError(
+            f"{path} is unreadable ({exc}): it lists the snapshots this store put at the "
+            "snapshot root, which only it may remove there. Restore it, or delete it: "
+            "then no snapshot deleted here before is removed there") from exc
 
 
 def _write_record(root: Path, ids: set[str]) -> None:
@@ -184,17 +218,35 @@ def _write_record(root: Path, ids: set[str]) -> None:
     write_atomically(root / RECORD, json.dumps({"snapshots": sorted(ids)}, indent=1))
 
 
+def _depths(manifests: dict[str, Manifest]) -> dict[str, int]:
+    """How many bases below each snapshot are among `manifests` (0: none)."""
+    depths: dict[str, int] = {}
+
+    def depth(sid: str, seen: frozenset[str] = frozenset()) -> int:
+        if sid not in depths:
+            base = manifests[sid].built_from
+            depths[sid] = (depth(base, seen | {sid}) + 1
+                           if base in manifests and base not in seen else 0)
+        return depths[sid]
+
+    for sid in manifests:
+        depth(sid)
+    return depths
+
+
 class _Sync:
     def __init__(self, store: SnapshotStore, storage: Storage, root: str) -> None:
         self.store, self.storage, self.root = store, storage, root
         self.files = self.bytes = 0
 
-    def _listing(self) -> set[str]:
-        """Every object under the root, as `<id>/<path>`."""
+    def _listing(self) -> tuple[set[str], set[str]]:
+        """Every object under the root, as `<id>/<path>`; and every directory."""
         selector = pafs.FileSelector(self.storage.base, recursive=True, allow_not_found=True)
         prefix = self.storage.base + "/"
-        return {info.path.removeprefix(prefix) for info in
-                self.storage.fs.get_file_info(selector) if info.type == pafs.FileType.File}
+        infos = self.storage.fs.get_file_info(selector)
+        return ({i.path.removeprefix(prefix) for i in infos if i.type == pafs.FileType.File},
+                {i.path.removeprefix(prefix) for i in infos
+                 if i.type == pafs.FileType.Directory})
 
     def _remote_manifests(self, objects: set[str]) -> dict[str, Manifest]:
         found = {}
@@ -202,29 +254,49 @@ class _Sync:
             sid, _, rest = key.partition("/")
             if rest == MANIFEST_NAME:
                 path = self.storage.path(sid, MANIFEST_NAME)
-                found[sid] = Manifest.loads(self.storage.read_bytes(path).decode(), path)
+                try:
+                    found[sid] = Manifest.loads(self.storage.read_bytes(path).decode(), path)
+                except (TidelogError, ValueError) as exc:
+                    reason = exc.message if isinstance(exc, TidelogError) else str(exc)
+                    raise SnapshotError(
+                        f"the manifest {sid}/{MANIFEST_NAME} at the snapshot root "
+                        f"{self.root} cannot be read ({reason}); nothing was changed there. "
+                        "Delete that snapshot there, or upgrade tidelog if a newer one "
+                        "wrote it", snapshot_id=sid) from exc
         return found
 
-    def _needs(self, manifests: dict[str, Manifest], local: dict[str, Manifest]
-               ) -> dict[str, tuple[str, str]]:
+    def _owners(self, manifests: dict[str, Manifest]) -> dict[str, dict[str, dict[str, str]]]:
+        return {sid: locate(self.storage, m, manifests.get) for sid, m in manifests.items()}
+
+    @staticmethod
+    def _needs(manifests: dict[str, Manifest], owners: dict[str, dict[str, dict[str, str]]],
+               local: dict[str, Manifest]) -> dict[str, tuple[str, str]]:
         """`<owner>/<file>` → (sha256, id of a snapshot listing it, a local one where one
         does) for every file the manifests locate at the root."""
         needs: dict[str, tuple[str, str]] = {}
         for sid, manifest in manifests.items():
-            owners = locate(self.storage, manifest, manifests.get)
             for name, table in manifest.tables.items():
                 for file in table.all_files:
-                    key = f"{owners[name][file]}/{file}"
+                    key = f"{owners[sid][name][file]}/{file}"
                     if key not in needs or (sid in local and needs[key][1] not in local):
                         needs[key] = (table.checksums.get(file, ""), sid)
         return needs
 
+    def _present_here(self, sid: str) -> bool:
+        """Whether the working copy holds any trace of `sid`: a snapshot set aside by a
+        `--full` rebuild (`.old-<id>`), a build, a manifest it cannot read. Only a
+        snapshot of which nothing is left here was deleted here."""
+        root = self.store.root
+        return ((root / sid).exists() or (root / f".old-{sid}").exists()
+                or any(root.glob(f".tmp-{sid}-*")))
+
     def run(self) -> MirrorReport:
-        objects = self._listing()
+        objects, directories = self._listing()
         remote = self._remote_manifests(objects)
         local = {m.id: m for m in self.store.manifests()}
         record = _read_record(self.store.root)
-        gone = sorted((record - local.keys()) & remote.keys())
+        gone = sorted(sid for sid in (record - local.keys()) & remote.keys()
+                      if not self._present_here(sid))
         mine = record | local.keys()
         _write_record(self.store.root, mine)  # 1. before anything of theirs is uploaded
 
@@ -232,40 +304,46 @@ class _Sync:
         # without those deleted here.
         target = {sid: m for sid, m in remote.items() if sid not in gone}
         target.update(local)
-        changed = sorted(sid for sid in local if remote.get(sid) != local[sid])
-        before = self._needs(remote, local)
-        after = self._needs(target, local)
+        owners_before, owners_after = self._owners(remote), self._owners(target)
+        before = self._needs(remote, owners_before, local)
+        after = self._needs(target, owners_after, local)
         missing = sorted(key for key, (_, sid) in after.items()
                          if sid not in local and (key not in objects or key not in before
                                                   or before[key][0] != after[key][0]))
         if missing:
-            raise SnapshotMirrorError(
-                f"snapshot {after[missing[0]][1]} there, which this store did not write, "
-                f"would lose its file {missing[0]}; nothing was changed. Delete it there, "
-                "or create it here again", root=self.root)
+            raise SnapshotError(
+                f"snapshot {after[missing[0]][1]} at the snapshot root {self.root}, which "
+                f"this store did not write, would lose its file {missing[0]}; nothing was "
+                "changed there. Delete it there, or open it here (which fetches it) and "
+                "rerun `tidelog snapshot sync`", snapshot_id=after[missing[0]][1])
 
-        # 2. new objects; 3. objects whose content changes, once no manifest vouches for it
+        # Manifests there that change, go, or locate a file elsewhere, and every one
+        # layered on them: down while their files change, back once all are in place.
+        depths = _depths(remote)
+        affected = {sid for sid in remote
+                    if target.get(sid) != remote[sid] or owners_after.get(sid) !=
+                    owners_before[sid]}
+        for sid in sorted(remote, key=lambda s: depths[s]):
+            if remote[sid].built_from in affected:
+                affected.add(sid)
+        # 2. new objects (no manifest there names them yet)
         clashes = {key for key, (sha, _) in after.items()
                    if key in before and before[key][0] != sha}
         fresh = [key for key in sorted(after)
                  if key not in clashes and (key not in objects or key not in before)]
         self._upload(fresh, after, local)
-        taken_down = sorted(sid for sid, m in remote.items()
-                            if clashes & self._needs({sid: m}, local).keys())
-        for sid in taken_down:
+        # 3. take down, the layered ones first; then what changes under its name
+        for sid in sorted(affected, key=lambda s: -depths[s]):
             self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
         self._upload(sorted(clashes), after, local)
 
         # 4. manifests, bases first (a reader locates a file through its base's manifest)
         published = []
-        for sid in sorted(set(changed) | (set(taken_down) & target.keys()),
-                          key=lambda s: (target[s].created_at, s)):
-            self.storage.write_bytes(self.storage.path(sid, MANIFEST_NAME),
-                                     target[sid].dumps().encode())
+        order = _depths(target)
+        for sid in sorted((set(local) - set(remote)) | (affected & target.keys()),
+                          key=lambda s: (order[s], s)):
+            self._put(self.storage.path(sid, MANIFEST_NAME), target[sid].dumps().encode())
             published.append(sid)
-        for sid in gone:
-            self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
-        _write_record(self.store.root, (record & target.keys()) | local.keys())
 
         # 5. what no manifest needs any more, under this store's prefixes only
         stale = sorted(key for key in objects
@@ -273,22 +351,39 @@ class _Sync:
                        and key.partition("/")[2] != MANIFEST_NAME)
         for key in stale:
             self.storage.fs.delete_file(self.storage.path(key))
+        for sid in sorted(mine - target.keys()):  # markers too: they would name its tables
+            if sid in directories and not any(k.startswith(f"{sid}/") for k in after):
+                self.storage.fs.delete_dir(self.storage.path(sid))
+        # last: until the sweep is done, a deleted id stays this store's to clean up
+        _write_record(self.store.root, (record & target.keys()) | local.keys())
         return MirrorReport(self.root, tuple(published), tuple(gone), self.files,
                             self.bytes, len(stale))
+
+    def _put(self, path: str, data: bytes) -> None:
+        """A whole object (a PUT is atomic)."""
+        with self.storage.fs.open_output_stream(path) as out:
+            out.write(data)
 
     def _upload(self, keys: list[str], needs: dict[str, tuple[str, str]],
                 local: dict[str, Manifest]) -> None:
         from snapshotter.snapshots import Snapshot
 
-        checked: dict[str, Snapshot] = {}
+        by_snapshot: dict[str, list[str]] = {}
         for key in keys:
-            sid = needs[key][1]
-            snapshot = checked.get(sid)
-            if snapshot is None:
-                snapshot = checked[sid] = Snapshot(local[sid], self.store.path(sid))
+            by_snapshot.setdefault(needs[key][1], []).append(key)
+        for sid, of_it in by_snapshot.items():
+            # held shared: no rebuild or erasure of it while its files are checked and sent
+            with self.store.shared(sid):
+                if not self.store.has(sid) or self.store.manifest(sid) != local[sid]:
+                    raise SnapshotMirrorError(
+                        f"snapshot {sid} changed here while the snapshot root {self.root} "
+                        "was brought in line; the change brings it in line when it is done, "
+                        "or rerun `tidelog snapshot sync`", snapshot_id=sid)
+                snapshot = Snapshot(local[sid], self.store.path(sid))
                 for name in snapshot.manifest.tables:
                     snapshot.verify(name)  # never upload what its manifest does not vouch for
-            source = snapshot.path / key.partition("/")[2]
-            upload(self.storage, source, self.storage.path(key))
-            self.files += 1
-            self.bytes += os.stat(source).st_size
+                for key in of_it:
+                    source = snapshot.path / key.partition("/")[2]
+                    upload(self.storage, source, self.storage.path(key))
+                    self.files += 1
+                    self.bytes += os.stat(source).st_size

@@ -136,8 +136,13 @@ def upload(storage: Storage, source: Path, target: str) -> None:
 
 
 def plain_root(root: str) -> str:
-    """The root without its query (endpoint options): what goes in paths and messages."""
-    return root.split("?", 1)[0].rstrip("/")
+    """The root without its query (endpoint options) or userinfo (a key pyarrow accepts
+    as `s3://KEY:SECRET@bucket`): what goes in paths, reports and messages."""
+    scheme, sep, rest = root.split("?", 1)[0].partition("://")
+    if sep:
+        rest = rest.rpartition("@")[2] if "@" in rest.split("/", 1)[0] else rest
+        return f"{scheme}{sep}{rest}".rstrip("/")
+    return scheme.rstrip("/")
 
 
 def _secret_sql(root: str, credentials: str) -> list[str]:

@@ -228,26 +228,29 @@ def create_snapshot(settings: Settings, tables: Sequence[str], at: str | Cut = "
     except OSError as exc:
         raise _write_failed(sid, store.root, exc) from exc
     # One builder per snapshot id: a second identical request waits and reuses the result.
+    found: Manifest | None = None
     with store.exclusive(sid):
         store.restore_replaced(sid)
-        exists = store.has(sid)
-        if exists and incremental:
+        if store.has(sid) and incremental:
             found = store.manifest(sid)
-            _announce(settings, found)  # same event id: a crash after the build resends
-            sync_or_raise(settings, f"snapshot {sid} is built and listed here")
-            if cut.stale_allowed:
-                # Built earlier from the same offsets; this request's cut was stale, and
-                # the caller (and a run trained on it) must see that.
-                return dataclasses.replace(found, cut=dataclasses.replace(
-                    found.cut, stale_allowed=cut.stale_allowed))
-            return found
-        store.clear_unpublished(sid)
-        store.remove_abandoned_builds()
-        try:
-            # `--full` of an existing id builds it again from the archive and swaps it in.
-            manifest = _build(settings, archive, cut, tables, store, sid, incremental)
-        except OSError as exc:
-            raise _write_failed(sid, store.root, exc) from exc
+        else:
+            store.clear_unpublished(sid)
+            store.remove_abandoned_builds()
+            try:
+                # `--full` of an existing id builds it again from the archive and swaps it in.
+                manifest = _build(settings, archive, cut, tables, store, sid, incremental)
+            except OSError as exc:
+                raise _write_failed(sid, store.root, exc) from exc
+    if found is not None:
+        # after the build lock: the S3 root's sync reads the snapshot under a shared one
+        sync_or_raise(settings, f"snapshot {sid} is built and listed here")
+        _announce(settings, found)  # same event id: a crash after the build resends
+        if cut.stale_allowed:
+            # Built earlier from the same offsets; this request's cut was stale, and
+            # the caller (and a run trained on it) must see that.
+            return dataclasses.replace(found, cut=dataclasses.replace(
+                found.cut, stale_allowed=cut.stale_allowed))
+        return found
     crash_point("snapshot.after_publish")
     register_snapshot(settings, manifest)
     # Before `dataset.ready`: a consumer told of it may read it from the S3 root.

@@ -98,7 +98,8 @@ def storage_dataset(root: str, *parts: str) -> tuple[str, str]:
     split = urlsplit(root)
     if split.scheme and split.scheme != "file" and split.netloc:
         name = "/".join(p.strip("/") for p in (split.path, *parts) if p.strip("/"))
-        return f"{split.scheme}://{split.netloc}", name
+        host = split.netloc.rpartition("@")[2]  # never a key given as userinfo
+        return f"{split.scheme}://{host}", name
     path = Path(split.path if split.scheme == "file" else root).absolute()
     return "file", str(path.joinpath(*parts))
 

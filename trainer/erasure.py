@@ -32,7 +32,7 @@ from snapshotter.erasure import (
     subject_sum_at,
 )
 from snapshotter.erasure_ledger import ErasureLedger, LedgerCheck
-from snapshotter.mirror import sync_or_raise
+from snapshotter.mirror import fetch_holding, sync_or_raise
 from tidelog.crashpoints import crash_point
 from tidelog.errors import ErasureError, TidelogError
 from tidelog.redact import redact_dsn
@@ -232,6 +232,10 @@ def erase(settings: Settings, table: str, key: Mapping[str, Any], reason: str, a
             for pending in files.journals():
                 _execute(settings, pending, files, tracking)
                 resumed.append(pending.id)
+        # Snapshots only the S3 snapshot root holds are erased too: fetched here first.
+        if fetched := fetch_holding(settings, table):
+            notes.append(f"fetched {len(fetched)} snapshot(s) of {table} that only the "
+                         f"snapshot root held: {', '.join(fetched)}")
         segments, snapshots, runs, versions = _plan(settings, subject, tracking)
         report_args: dict[str, Any] = {"table": table, "segments": segments, "snapshots": snapshots,
                        "runs": runs, "model_versions": versions,

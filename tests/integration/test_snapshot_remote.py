@@ -160,6 +160,9 @@ def test_an_s3_snapshot_root_is_kept_in_line_and_read_by_another_duckdb(
     assert digest_there() == table.content_digest
     delete_snapshot_files(settings, base.id)
     assert keys(base.id) == []  # its files went once the layered one had its own
+    # no directory marker names its tables either
+    assert s3.get_file_info(f"tidelog-snapshots/shared/{base.id}").type \
+        == pafs.FileType.NotFound
     assert table.files[0] in keys(layered.id)
     assert digest_there() == table.content_digest
     # another machine's working copy, empty: it fetches the snapshot from the root

@@ -184,10 +184,12 @@ def test_erase_removes_every_byte_and_digests_still_verify(tmp_path: Path) -> No
 
 
 def test_erasure_reaches_the_s3_snapshot_root_even_after_a_failed_upload(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A local directory stands in for the S3 root (snapshotter/mirror.py): the rewritten
     snapshots go up, the files holding the subject are deleted there, and an erasure whose
-    upload failed is finished by the next `tidelog erase`."""
+    upload failed is finished by the next `tidelog erase`. With the root unreachable from
+    the start, nothing is erased: what only the root holds could not be found."""
+    import snapshotter.mirror as mirror
     from snapshotter.mirror import sync
     from tests.unit.test_snapshot_mirror import _consistent
 
@@ -199,11 +201,24 @@ def test_erasure_reaches_the_s3_snapshot_root_even_after_a_failed_upload(
     moved = tmp_path / "remote-away"
     remote.rename(moved)
     remote.write_text("unreachable")
-    with pytest.raises(SnapshotMirrorError, match="erasure .* is done here"):
+    with pytest.raises(SnapshotMirrorError, match="not brought in line"):
         erase(settings, TABLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
-    assert list_erasures(settings).pending  # not finished until every copy is rewritten
+    assert not list_erasures(settings).pending
+    assert _files_with(tmp_path / "snapshots", [SECRET_NAME])  # nothing was erased
     remote.unlink()
     moved.rename(remote)
+
+    real = mirror._Sync.run
+    with monkeypatch.context() as patch:
+        def fail(self: object) -> object:
+            raise OSError("connection reset")
+
+        patch.setattr(mirror._Sync, "run", fail)
+        with pytest.raises(SnapshotMirrorError, match="erasure .* is done here"):
+            erase(settings, TABLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
+    assert mirror._Sync.run is real
+    assert list_erasures(settings).pending  # not finished until every copy is rewritten
+    assert _files_with(remote, [SECRET_NAME, SECRET_MAIL])
     report = erase(settings, TABLE, {"id": 7}, "GDPR art. 17 request #2", "tester")
     assert report.erasure_id and not list_erasures(settings).pending
     assert _files_with(tmp_path, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []

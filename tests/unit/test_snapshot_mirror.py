@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -224,3 +225,214 @@ def test_a_fetched_file_failing_its_sha256_is_refused_and_nothing_kept(
         open_snapshot(fresh, made.id)
     local = tmp_path / "other-local"
     assert not (local / made.id).exists() and not list(local.glob(".tmp-*"))
+
+
+# -- every step of a sync, and a failure at each ------------------------------------------
+
+
+class _Watched:
+    """The root's filesystem, checking after every change that each manifest there finds
+    every file it locates (`_consistent`), and failing the `fail_at`-th change."""
+
+    def __init__(self, fs: object, root: Path, fail_at: int | None) -> None:
+        self._fs, self._root, self._fail_at, self.changes = fs, root, fail_at, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._fs, name)
+
+    def _change(self, what: str) -> None:
+        self.changes += 1
+        if self.changes == self._fail_at:
+            raise OSError(f"connection reset at change {self.changes} ({what})")
+
+    def delete_file(self, path: str) -> None:
+        self._change(f"delete {path}")
+        self._fs.delete_file(path)  # type: ignore[attr-defined]
+        _consistent(self._root)
+
+    def open_output_stream(self, path: str) -> object:
+        self._change(f"write {path}")
+        return self._fs.open_output_stream(path)  # type: ignore[attr-defined]
+
+
+def _sync_watched(monkeypatch: pytest.MonkeyPatch, settings: Settings, root: Path,
+                  fail_at: int | None) -> _Watched:
+    import snapshotter.mirror as mirror
+    import snapshotter.remote as remote
+
+    watched: list[_Watched] = []
+    real_open, real_upload = Storage.open, remote.upload
+
+    def open_(uri: str) -> Storage:
+        storage = real_open(uri)
+        watched.append(_Watched(storage.fs, root, fail_at))
+        return Storage(watched[-1], storage.base)  # type: ignore[arg-type]
+
+    def upload(storage: Storage, source: Path, target: str) -> None:
+        fs = storage.fs
+        assert isinstance(fs, _Watched)
+        fs._change(f"upload {target}")
+        real_upload(Storage(fs._fs, storage.base), source, target)  # type: ignore[arg-type]
+        _consistent(root)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mirror.Storage, "open", staticmethod(open_))
+        patch.setattr(mirror, "upload", upload)
+        try:
+            sync(settings)
+        finally:
+            _consistent(root)
+    return watched[0]
+
+
+def _each_failure(monkeypatch: pytest.MonkeyPatch, settings: Settings, root: Path,
+                  change: object) -> None:
+    """Make `change` (a callable) to the local snapshots, then sync with a failure at each
+    step in turn: every state the root passes through is consistent, and a later sync
+    always ends where an uninterrupted one does."""
+    import shutil as sh
+
+    saved = root.parent / "saved"
+    sh.copytree(root, saved / "root")
+    record = Path(settings.snapshot_root) / RECORD
+    recorded = record.read_bytes()
+    change()  # type: ignore[operator]
+    clean = _sync_watched(monkeypatch, settings, root, None).changes
+    final = {sid: m.dumps() for sid, m in _consistent(root).items()}
+    assert clean > 0
+    done = sh.copytree(root, saved / "done")
+    for fail_at in range(1, clean + 1):
+        sh.rmtree(root)
+        sh.copytree(saved / "root", root)
+        record.write_bytes(recorded)
+        with pytest.raises(SnapshotMirrorError):
+            _sync_watched(monkeypatch, settings, root, fail_at)
+        sync(settings)
+        assert {sid: m.dumps() for sid, m in _consistent(root).items()} == final, fail_at
+        leftover = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        assert leftover == sorted(str(p.relative_to(done)) for p in done.rglob("*")
+                                  if p.is_file()), fail_at
+
+
+def _two_tables(settings: Settings) -> tuple[str, str, str]:
+    """A base of two tables, a snapshot layered on it and one layered on that."""
+    from snapshotter.cut import Cut
+
+    h1, h2 = History(settings, TABLE).seed(60), History(settings, "public.other").seed(40)
+
+    def cut() -> Cut:
+        c1, c2 = h1.cut(), h2.cut()
+        return Cut(c1.partitions + c2.partitions, lsn=max(c1.lsn, c2.lsn))
+
+    ids = []
+    for step in range(3):
+        if step:
+            h1.event("u", step, v=-1.0, name=f"c{step}")
+            h2.event("d", step + 10)
+        made = create_snapshot(settings, [TABLE, "public.other"], cut(), catch_up=False)
+        assert made.built_from == (ids[-1] if ids else "full")
+        ids.append(made.id)
+    return ids[0], ids[1], ids[2]
+
+
+def test_an_erasure_of_a_shared_file_is_consistent_at_every_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The erasure renames the base's data file in all three snapshots: the layered ones
+    must never locate it under their own prefix, where it is not."""
+    from snapshotter.erasure import Subject, erase_snapshots
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _two_tables(settings)
+    _each_failure(monkeypatch, settings, root,
+                  lambda: erase_snapshots(settings, "er_1", Subject(TABLE, {"id": 30})))
+
+
+def test_deleting_a_base_under_a_chain_is_consistent_at_every_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    base, _, _ = _two_tables(settings)
+    _each_failure(monkeypatch, settings, root,
+                  lambda: shutil.rmtree(Path(settings.snapshot_root) / base))
+
+
+def test_other_bytes_under_a_bases_file_name_are_consistent_at_every_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--full` rebuild of the base that wrote other bytes for one table (same names):
+    the base and every snapshot layered on it come down before the file changes."""
+    import os
+
+    import polars as pl
+
+    from snapshotter.layout import file_stat
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    base, _, _ = _two_tables(settings)
+    directory = Path(settings.snapshot_root) / base
+    manifest = open_snapshot(settings, base).manifest
+    file = manifest.tables[TABLE].files[0]
+
+    def rebuild() -> None:
+        pl.read_parquet(directory / file).write_parquet(
+            directory / "x.parquet", compression="gzip", row_group_size=7)
+        os.replace(directory / "x.parquet", directory / file)  # the hard links stay old
+        data = json.loads((directory / "manifest.json").read_text())
+        data["tables"][TABLE]["checksums"][file] = file_sha256(directory / file)
+        data["tables"][TABLE]["file_stats"][file] = list(file_stat(directory / file))
+        (directory / "manifest.json").write_text(json.dumps(data))
+
+    _each_failure(monkeypatch, settings, root, rebuild)
+
+
+def test_a_snapshot_set_aside_by_a_killed_full_rebuild_stays_at_the_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshotter.store as store_module
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base, sid = _history(settings)
+    real = store_module.crash_point
+
+    def killed(point: str) -> None:
+        if point == "snapshot.old_set_aside":
+            raise KeyboardInterrupt  # killed between the two renames of a `--full` publish
+        real(point)
+
+    monkeypatch.setattr(store_module, "crash_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        create_snapshot(settings, [TABLE], open_snapshot(settings, base).manifest.cut,
+                        incremental=False, catch_up=False)
+    monkeypatch.setattr(store_module, "crash_point", real)
+    report = sync(settings)
+    assert report is not None and report.removed == ()
+    assert _remote_ids(root) == sorted([base, sid])
+    _consistent(root)
+
+
+def test_an_erasure_reaches_snapshots_only_the_root_holds(tmp_path: Path) -> None:
+    from tests.unit.test_erasure import SECRET_MAIL, SECRET_NAME, _files_with, _world
+    from tests.unit.test_erasure import TABLE as PEOPLE
+    from trainer.erasure import erase, list_erasures
+
+    remote = tmp_path / "remote"
+    settings, sids = _world(tmp_path)
+    settings = dataclasses.replace(settings, snapshot_remote=str(remote))
+    sync(settings)
+    # the working copy is lost; the root still holds both snapshots and the subject
+    fresh = dataclasses.replace(settings, snapshot_root=str(tmp_path / "new-local"))
+    report = erase(fresh, PEOPLE, {"id": 7}, "GDPR art. 17", "tester")
+    assert any("only the snapshot root held" in note for note in report.notes)
+    assert set(report.snapshots) == set(sids) and not list_erasures(fresh).pending
+    assert _files_with(remote, [SECRET_NAME, SECRET_MAIL, '"id":7']) == []
+    assert sorted(_consistent(remote)) == sorted(sids)
+
+
+def test_nothing_secret_in_what_sync_reports(tmp_path: Path) -> None:
+    from snapshotter.remote import plain_root
+    from tidelog.openlineage import storage_dataset
+
+    uri = "s3://AKIDEXAMPLE:wJalrSECRETKEY@bucket/snaps?region=eu-west-1"
+    assert plain_root(uri) == "s3://bucket/snaps"
+    assert storage_dataset(uri, "public.items") == ("s3://bucket", "snaps/public.items")
