@@ -56,6 +56,7 @@ from tidelog.errors import (
     DigestMismatch,
     SnapshotError,
     SnapshotMirrorError,
+    SnapshotNotFound,
     TidelogError,
 )
 from tidelog.settings import Settings
@@ -116,10 +117,16 @@ def fetch(settings: Settings, sid: str) -> Manifest | None:
         path = storage.path(sid, MANIFEST_NAME)
         if not storage.exists(path):
             return None
-        manifest = Manifest.loads(storage.read_bytes(path).decode(), path)
-        with store.exclusive(sid):
+        # the mirror's lock: no sync replaces or sweeps a file while it comes down
+        with _locked(store.root), store.exclusive(sid):
             if store.has(sid):
                 return store.manifest(sid)  # fetched (or built) meanwhile
+            if sid in _read_record(store.root) and not _present_here(store.root, sid):
+                raise SnapshotNotFound(
+                    f"snapshot {sid} was deleted here; its copy at the snapshot root "
+                    f"{plain_root(root)} is removed by the next `tidelog snapshot sync`",
+                    snapshot_id=sid)
+            manifest = Manifest.loads(storage.read_bytes(path).decode(), path)
             store.clear_unpublished(sid)
             tmp = store.build_dir(sid)
             try:
@@ -129,7 +136,7 @@ def fetch(settings: Settings, sid: str) -> Manifest | None:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
     except (TidelogError, OSError) as exc:
-        if isinstance(exc, DigestMismatch):
+        if isinstance(exc, (DigestMismatch, SnapshotNotFound)):
             raise
         reason = exc.message if isinstance(exc, TidelogError) else str(exc)
         raise SnapshotMirrorError(
@@ -148,8 +155,11 @@ def fetch_holding(settings: Settings, table: str) -> list[str]:
     root = settings.snapshot_remote
     try:
         storage = Storage.open(root)
+        deleted = {sid for sid in _read_record(store.root)
+                   if not _present_here(store.root, sid)}  # removed there at the next sync
         ids = [sid for sid in storage.listdir(storage.base)
-               if not store.has(sid) and storage.exists(storage.path(sid, MANIFEST_NAME))]
+               if not store.has(sid) and sid not in deleted
+               and storage.exists(storage.path(sid, MANIFEST_NAME))]
         holding = [sid for sid in ids if table in Manifest.loads(
             storage.read_bytes(storage.path(sid, MANIFEST_NAME)).decode()).tables]
     except (OSError, pa.ArrowException) as exc:
@@ -218,6 +228,14 @@ def _write_record(root: Path, ids: set[str]) -> None:
     write_atomically(root / RECORD, json.dumps({"snapshots": sorted(ids)}, indent=1))
 
 
+def _present_here(root: Path, sid: str) -> bool:
+    """Whether the working copy holds any trace of `sid`: a snapshot set aside by a
+    `--full` rebuild (`.old-<id>`), a build, a manifest it cannot read. Only a snapshot
+    of which nothing is left here was deleted here."""
+    return ((root / sid).exists() or (root / f".old-{sid}").exists()
+            or any(root.glob(f".tmp-{sid}-*")))
+
+
 def _depths(manifests: dict[str, Manifest]) -> dict[str, int]:
     """How many bases below each snapshot are among `manifests` (0: none)."""
     depths: dict[str, int] = {}
@@ -232,6 +250,102 @@ def _depths(manifests: dict[str, Manifest]) -> dict[str, int]:
     for sid in manifests:
         depth(sid)
     return depths
+
+
+class _Plan:
+    """The order of a sync's changes at the root, checked in memory before it starts:
+    fresh files up; manifests taken down (`down`, layered first); files whose content
+    changes replaced; changed and new manifests written (base first); those of snapshots
+    deleted here removed (layered first). `settle` picks the fewest manifests to take
+    down such that at every one of these steps each manifest there finds every file it
+    locates, with its sha256."""
+
+    def __init__(self, storage: Storage, remote: dict[str, Manifest],
+                 target: dict[str, Manifest], objects: set[str],
+                 before: dict[str, tuple[str, str]], after: dict[str, tuple[str, str]],
+                 fresh: list[str], clashes: set[str], changed: set[str],
+                 gone: set[str]) -> None:
+        self.storage, self.remote, self.target = storage, remote, target
+        self.objects, self.before, self.after = objects, before, after
+        self.fresh, self.clashes, self.changed, self.gone = fresh, clashes, changed, gone
+        self.remote_depths, self.target_depths = _depths(remote), _depths(target)
+
+    def deletions(self, ids: set[str]) -> list[str]:
+        return sorted(ids, key=lambda s: (-self.remote_depths[s], s))
+
+    def writes(self, down: set[str]) -> list[str]:
+        ids = (self.target.keys() - self.remote.keys()) | self.changed | (
+            down & self.target.keys())
+        return sorted(ids, key=lambda s: (self.target_depths[s], s))
+
+    def _broken(self, visible: dict[str, Manifest], present: dict[str, str]) -> set[str]:
+        broken = set()
+        for sid, manifest in visible.items():
+            owners = locate(self.storage, manifest, visible.get)
+            for name, table in manifest.tables.items():
+                for file in table.all_files:
+                    key, sha = f"{owners[name][file]}/{file}", table.checksums.get(file, "")
+                    if key not in present or (sha and present[key] != sha):
+                        broken.add(sid)
+                        break
+        return broken
+
+    def _simulate(self, down: set[str], early: bool
+                  ) -> tuple[set[str], set[str], set[str]]:
+        """(manifests broken in their old form, in their new form) at some step, and
+        those broken before the first."""
+        present = {k: sha for k, (sha, _) in self.before.items() if k in self.objects}
+        present.update({k: self.after[k][0] for k in self.fresh})
+        visible = dict(self.remote)
+        old: set[str] = set()
+        new: set[str] = set()
+        written: set[str] = set()
+
+        def check() -> None:
+            for sid in self._broken(visible, present):
+                (new if sid in written else old).add(sid)
+
+        initial = self._broken(visible, present)
+        for sid in self.deletions(down | (self.gone if early else set())):
+            visible.pop(sid, None)
+            check()
+        present.update({k: self.after[k][0] for k in self.clashes})
+        check()
+        for sid in self.writes(down):
+            visible[sid] = self.target[sid]
+            written.add(sid)
+            check()
+        if not early:
+            for sid in self.deletions(self.gone - down):
+                visible.pop(sid, None)
+                check()
+        return old, new, initial
+
+    def settle(self, theirs: set[str], root: str) -> tuple[set[str], bool]:
+        """(manifests to take down, whether the deleted ones go before the writes)."""
+        down: set[str] = set()
+        early = False
+        while True:
+            old, new, initial = self._simulate(down, early)
+            if new:
+                if early:
+                    raise SnapshotError(
+                        f"the snapshot root {root} cannot be brought in line without a "
+                        f"manifest naming a missing file ({', '.join(sorted(new))}); nothing "
+                        "was changed there. Run `tidelog snapshot sync` after the other "
+                        "snapshot changes in progress are done")
+                early = True
+                continue
+            old -= down | (initial & theirs)  # theirs broken already: not ours to mend
+            if not old:
+                return down, early
+            if blocked := sorted(old & theirs):
+                raise SnapshotError(
+                    f"snapshot {blocked[0]} at the snapshot root {root}, which this store did "
+                    "not write, reads files this change replaces or removes; nothing was "
+                    "changed there. Delete it there, or open it here (which fetches it) and "
+                    "rerun `tidelog snapshot sync`", snapshot_id=blocked[0])
+            down |= old
 
 
 class _Sync:
@@ -282,31 +396,28 @@ class _Sync:
                         needs[key] = (table.checksums.get(file, ""), sid)
         return needs
 
-    def _present_here(self, sid: str) -> bool:
-        """Whether the working copy holds any trace of `sid`: a snapshot set aside by a
-        `--full` rebuild (`.old-<id>`), a build, a manifest it cannot read. Only a
-        snapshot of which nothing is left here was deleted here."""
-        root = self.store.root
-        return ((root / sid).exists() or (root / f".old-{sid}").exists()
-                or any(root.glob(f".tmp-{sid}-*")))
-
     def run(self) -> MirrorReport:
         objects, directories = self._listing()
         remote = self._remote_manifests(objects)
         local = {m.id: m for m in self.store.manifests()}
         record = _read_record(self.store.root)
-        gone = sorted(sid for sid in (record - local.keys()) & remote.keys()
-                      if not self._present_here(sid))
-        mine = record | local.keys()
-        _write_record(self.store.root, mine)  # 1. before anything of theirs is uploaded
+        theirs = remote.keys() - record - local.keys()  # never taken down, never removed
+        gone = {sid for sid in (record - local.keys()) & remote.keys()
+                if not _present_here(self.store.root, sid)}
+        # A snapshot deleted here that one of theirs is layered on stays there, theirs now.
+        depths = _depths(remote)
+        for sid in sorted(remote, key=lambda s: -depths[s]):
+            if sid in theirs and remote[sid].built_from in gone:
+                gone.discard(remote[sid].built_from)
+                theirs.add(remote[sid].built_from)
+        handed_over = theirs & record
 
         # What the root is to hold: every manifest there, the local ones as they are now,
         # without those deleted here.
         target = {sid: m for sid, m in remote.items() if sid not in gone}
         target.update(local)
-        owners_before, owners_after = self._owners(remote), self._owners(target)
-        before = self._needs(remote, owners_before, local)
-        after = self._needs(target, owners_after, local)
+        before = self._needs(remote, self._owners(remote), local)
+        after = self._needs(target, self._owners(target), local)
         missing = sorted(key for key, (_, sid) in after.items()
                          if sid not in local and (key not in objects or key not in before
                                                   or before[key][0] != after[key][0]))
@@ -316,34 +427,29 @@ class _Sync:
                 f"this store did not write, would lose its file {missing[0]}; nothing was "
                 "changed there. Delete it there, or open it here (which fetches it) and "
                 "rerun `tidelog snapshot sync`", snapshot_id=after[missing[0]][1])
-
-        # Manifests there that change, go, or locate a file elsewhere, and every one
-        # layered on them: down while their files change, back once all are in place.
-        depths = _depths(remote)
-        affected = {sid for sid in remote
-                    if target.get(sid) != remote[sid] or owners_after.get(sid) !=
-                    owners_before[sid]}
-        for sid in sorted(remote, key=lambda s: depths[s]):
-            if remote[sid].built_from in affected:
-                affected.add(sid)
-        # 2. new objects (no manifest there names them yet)
         clashes = {key for key, (sha, _) in after.items()
                    if key in before and before[key][0] != sha}
         fresh = [key for key in sorted(after)
                  if key not in clashes and (key not in objects or key not in before)]
+        plan = _Plan(self.storage, remote, target, objects, before, after, fresh, clashes,
+                     {sid for sid in local if remote.get(sid) != local[sid]}, gone)
+        down, early = plan.settle(theirs, self.root)
+        mine = (record - handed_over) | set(plan.writes(down))
+        _write_record(self.store.root, mine)  # 1. before anything of ours is uploaded
+
+        # 2. new objects (no manifest there names them yet)
         self._upload(fresh, after, local)
         # 3. take down, the layered ones first; then what changes under its name
-        for sid in sorted(affected, key=lambda s: -depths[s]):
+        for sid in plan.deletions(down | (gone if early else set())):
             self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
         self._upload(sorted(clashes), after, local)
-
         # 4. manifests, bases first (a reader locates a file through its base's manifest)
-        published = []
-        order = _depths(target)
-        for sid in sorted((set(local) - set(remote)) | (affected & target.keys()),
-                          key=lambda s: (order[s], s)):
+        published = plan.writes(down)
+        for sid in published:
             self._put(self.storage.path(sid, MANIFEST_NAME), target[sid].dumps().encode())
-            published.append(sid)
+        if not early:
+            for sid in plan.deletions(gone - down):
+                self.storage.fs.delete_file(self.storage.path(sid, MANIFEST_NAME))
 
         # 5. what no manifest needs any more, under this store's prefixes only
         stale = sorted(key for key in objects
@@ -355,8 +461,8 @@ class _Sync:
             if sid in directories and not any(k.startswith(f"{sid}/") for k in after):
                 self.storage.fs.delete_dir(self.storage.path(sid))
         # last: until the sweep is done, a deleted id stays this store's to clean up
-        _write_record(self.store.root, (record & target.keys()) | local.keys())
-        return MirrorReport(self.root, tuple(published), tuple(gone), self.files,
+        _write_record(self.store.root, mine & target.keys())
+        return MirrorReport(self.root, tuple(published), tuple(sorted(gone)), self.files,
                             self.bytes, len(stale))
 
     def _put(self, path: str, data: bytes) -> None:

@@ -21,7 +21,7 @@ from snapshotter.remote import locate, snapshot_sql
 from snapshotter.snapshots import create_snapshot, list_snapshots, open_snapshot
 from snapshotter.storage import Storage
 from tests.unit.test_snapshot_layout import History, _settings
-from tidelog.errors import ConfigError, SnapshotMirrorError
+from tidelog.errors import ConfigError, SnapshotError, SnapshotMirrorError
 from tidelog.settings import Settings, load_settings
 
 TABLE = "public.items"
@@ -436,3 +436,162 @@ def test_nothing_secret_in_what_sync_reports(tmp_path: Path) -> None:
     uri = "s3://AKIDEXAMPLE:wJalrSECRETKEY@bucket/snaps?region=eu-west-1"
     assert plain_root(uri) == "s3://bucket/snaps"
     assert storage_dataset(uri, "public.items") == ("s3://bucket", "snaps/public.items")
+
+
+# -- what a sync takes down, and whose snapshots it leaves alone ----------------------------
+
+
+def _operations(monkeypatch: pytest.MonkeyPatch, settings: Settings, root: Path
+                ) -> list[tuple[str, str]]:
+    """The changes one `sync` makes at the root: (upload | put | delete, `<id>/<path>`)."""
+    import snapshotter.mirror as mirror
+    import snapshotter.remote as remote
+
+    done: list[tuple[str, str]] = []
+    real_open, real_upload = Storage.open, remote.upload
+    prefix = str(root) + "/"
+
+    class Spy:
+        def __init__(self, fs: object) -> None:
+            self._fs = fs
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._fs, name)
+
+        def delete_file(self, path: str) -> None:
+            done.append(("delete", path.removeprefix(prefix)))
+            self._fs.delete_file(path)  # type: ignore[attr-defined]
+
+        def open_output_stream(self, path: str) -> object:
+            done.append(("put", path.removeprefix(prefix)))
+            return self._fs.open_output_stream(path)  # type: ignore[attr-defined]
+
+    def open_(uri: str) -> Storage:
+        storage = real_open(uri)
+        return Storage(Spy(storage.fs), storage.base)  # type: ignore[arg-type]
+
+    def upload(storage: Storage, source: Path, target: str) -> None:
+        done.append(("upload", target.removeprefix(prefix)))
+        real_upload(Storage(storage.fs._fs, storage.base), source, target)  # type: ignore[attr-defined]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mirror.Storage, "open", staticmethod(open_))
+        patch.setattr(mirror, "upload", upload)
+        sync(settings)
+    return done
+
+
+def _manifest_changes(done: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(op, key.split("/")[0]) for op, key in done if key.endswith("/manifest.json")]
+
+
+def test_only_what_must_come_down_comes_down(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    base, middle, top = _two_tables(settings)
+    # a plain layered create: its own files and manifest, nothing taken down
+    history = History(settings, "public.third").seed(5)
+    made = create_snapshot(settings, ["public.third"], history.cut(), catch_up=False)
+    history.event("u", 1, v=-1.0, name="x")
+    layered = create_snapshot(settings, ["public.third"], history.cut(), catch_up=False)
+    assert layered.built_from == made.id
+    # deleting the base of a chain: the others get their own copies first, and only the
+    # base's manifest goes (what the others read never goes missing)
+    shutil.rmtree(Path(settings.snapshot_root) / base)
+    done = _operations(monkeypatch, settings, root)
+    assert _manifest_changes(done) == [("delete", base)]
+    assert ("upload", f"{middle}/{open_snapshot(settings, middle).manifest.tables[TABLE].files[0]}"
+            ) in done
+    _consistent(root)
+    # a manifest whose files stay the same is replaced in place
+    path = Path(settings.snapshot_root) / middle / "manifest.json"
+    data = json.loads(path.read_text())
+    data["tidelog_version"] = "0.0.0+rebuilt"
+    path.write_text(json.dumps(data))
+    done = _operations(monkeypatch, settings, root)
+    assert _manifest_changes(done) == [("put", middle)]
+    assert [op for op, _ in done if op == "upload"] == []
+    _consistent(root)
+
+
+def _forget(settings: Settings, sid: str) -> None:
+    """`sid` stays at the root, but this store no longer has or records it: another
+    machine's snapshot, as far as this one knows."""
+    local = Path(settings.snapshot_root)
+    shutil.rmtree(local / sid)
+    data = json.loads((local / RECORD).read_text())
+    data["snapshots"].remove(sid)
+    (local / RECORD).write_text(json.dumps(data))
+
+
+def test_a_snapshot_of_theirs_layered_on_ours_is_never_taken_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapshotter.erasure import Subject, erase_snapshots
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, _, top = _two_tables(settings)
+    _forget(settings, top)
+    theirs = (root / top / "manifest.json").read_bytes()
+    # erasing a key of a file it reads through ours would take it down: refused whole
+    erase_snapshots(settings, "er_1", Subject(TABLE, {"id": 30}))
+    before = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    with pytest.raises(SnapshotError, match=f"snapshot {top} .* did not write") as caught:
+        sync(settings)
+    assert not isinstance(caught.value, SnapshotMirrorError)  # not worth retrying as is
+    assert sorted(str(p) for p in root.rglob("*") if p.is_file()) == before
+    assert (root / top / "manifest.json").read_bytes() == theirs
+    # once fetched here it is this store's to take down and put back
+    open_snapshot(settings, top)
+    erase_snapshots(settings, "er_1", Subject(TABLE, {"id": 30}))
+    sync(settings)
+    assert sorted(_consistent(root)) == sorted(_remote_ids(root)) and top in _remote_ids(root)
+
+
+def test_a_deleted_snapshot_theirs_read_is_handed_over_not_blocking(tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, middle, top = _two_tables(settings)
+    _forget(settings, top)
+    shutil.rmtree(Path(settings.snapshot_root) / middle)
+    report = sync(settings)
+    assert report is not None and report.removed == ()
+    assert middle in _remote_ids(root) and top in _remote_ids(root)
+    assert middle not in json.loads((Path(settings.snapshot_root) / RECORD).read_text())[
+        "snapshots"]
+    _consistent(root)
+    assert sync(settings) is not None  # and later syncs go on
+
+
+def test_a_snapshot_deleted_here_is_not_fetched_back(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import snapshotter.mirror as mirror
+    from snapshotter.mirror import fetch_holding
+    from tidelog.errors import SnapshotNotFound
+
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base, sid = _history(settings)
+    with monkeypatch.context() as patch:  # the delete's sync fails: still at the root
+        patch.setattr(mirror._Sync, "run", lambda self: (_ for _ in ()).throw(OSError("down")))
+        with pytest.raises(SnapshotMirrorError):
+            delete_snapshot_files(settings, sid)
+    assert sid in _remote_ids(root)
+    with pytest.raises(SnapshotNotFound, match="was deleted here"):
+        open_snapshot(settings, sid)
+    assert fetch_holding(settings, TABLE) == []
+    assert not (Path(settings.snapshot_root) / sid).exists()
+    sync(settings)
+    assert _remote_ids(root) == [base]
+
+
+def test_a_fetched_snapshot_is_not_removed_there_by_a_delete_here(tmp_path: Path) -> None:
+    settings = _mirrored(tmp_path)
+    root = tmp_path / "remote"
+    _, base, sid = _history(settings)
+    reader = dataclasses.replace(settings, snapshot_root=str(tmp_path / "reader"))
+    open_snapshot(reader, sid)
+    sync(reader)
+    delete_snapshot_files(reader, sid)
+    assert _remote_ids(root) == sorted([base, sid])
