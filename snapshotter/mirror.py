@@ -10,18 +10,23 @@ with `manifest.json` last, a layered snapshot's unchanged files read from its ba
 prefix (`locate`). `sync` keeps that true at every step, so a reader that finds a
 manifest finds every file it locates:
 
-1. The ids this store has put there are recorded first (`.mirrored.json` in the local
-   root): a snapshot deleted here is then removed there, even after a crash, and one this
-   store never wrote (another machine's, or any while the local copy was lost) is never
-   removed.
+1. The ids whose manifest this store writes there are recorded first (`.mirrored.json`
+   in the local root): a snapshot deleted here is then removed there, even after a
+   crash, and one this store never wrote (another machine's, one it only fetched, any
+   while the local copy was lost) is never removed, nor ever taken down.
 2. Every file a local snapshot needs there is uploaded, checked against its manifest's
-   sha256 first. A file a snapshot now needs under its own prefix because its base's copy
-   changed or goes away is uploaded before that happens.
-3. A name whose content changes (a `--full` rebuild of an id) is overwritten only after
-   the manifests that vouch for the old content are taken down.
-4. Manifests that changed are written; those of snapshots deleted here are deleted.
-5. Objects under this store's prefixes that no manifest needs any more are deleted: the
-   files an erasure replaced, a deleted snapshot's files.
+   sha256 first, under the snapshot's shared lock. A file a snapshot now needs under its
+   own prefix because its base's copy changes or goes away is uploaded before that.
+3. Manifests that would name a missing file at some later step (an erasure renaming a
+   file its base shares, a `--full` rebuild writing other bytes under the same names)
+   are taken down, layered ones first; then the files whose content changes are
+   replaced. `_Plan` works out which, by playing the steps in memory first.
+4. Manifests that changed are written, bases first; those of snapshots deleted here are
+   deleted, layered ones first. A snapshot deleted here that one of theirs is layered on
+   stays, handed over to them.
+5. Objects under this store's prefixes that no manifest needs any more are deleted (the
+   files an erasure replaced, a deleted snapshot's files and directory markers); the
+   record is rewritten last.
 
 One writer per root: the local lock orders this store's own commands; two machines
 writing one root would delete each other's uploads in step 5.
