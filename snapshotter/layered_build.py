@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cdc.columns import SALT
+from cdc.columns import SALT, TRUNCATE_OP
 from snapshotter import full_build
 from snapshotter.digest import (
     ContentSum,
@@ -23,10 +23,9 @@ from snapshotter.layout import (
     sql_text,
 )
 from snapshotter.manifest import TableManifest
-from snapshotter.materialise import has_salt, materialise, unavailable_columns
+from snapshotter.materialise import has_salt, materialise, survey, unavailable_columns
 from snapshotter.table_files import (
     KEY_COLUMN,
-    OP_COLUMN,
     Base,
     data_schema,
     file_rows,
@@ -50,7 +49,10 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
     prev = base.manifest.tables[table]
     if not (prev.content_digest and prev.schema_digest and prev.checksums) or prev.erased:
         return None  # an erased base's recorded sums include rows it no longer has
-    event_count = sum(int(f.select(pl.len()).collect().item()) for f in frames)
+    # One metadata pre-pass gives the event count, the column sets and the operations,
+    # and is handed on to `materialise`, which would otherwise make it again.
+    surveyed = survey(frames)
+    event_count = sum(s.rows for s in surveyed)
     if event_count > full_build.FOLD_EVENTS:
         return None  # a change this large is folded in bounded groups by a full build
     src = base.directory
@@ -62,24 +64,24 @@ def write_layered(con: duckdb.DuckDBPyConnection, table: str, topic: str, tmp: P
         return dataclasses.replace(prev, file_stats={n: file_stat(tmp / n)
                                                      for n in prev.all_files})
     file_schema = data_schema(pl.scan_parquet(str(src / prev.files[0])).collect_schema())
-    if any(data_schema(f.collect_schema()) != file_schema for f in frames):
+    if any(data_schema(s.schema) != file_schema for s in surveyed):
         return None  # a column added, dropped or retyped: rewrite the table
-    if any(has_salt(f.collect_schema()) != prev.salted for f in frames):
+    if any(has_salt(s.schema) != prev.salted for s in surveyed):
         return None  # salted events on an unsalted base: a full build salts every row
-    if frames:
-        events = pl.concat([f.select(OP_COLUMN, KEY_COLUMN) for f in frames]).collect()
-    else:
-        events = pl.DataFrame(schema={OP_COLUMN: pl.String, KEY_COLUMN: pl.String})
-    if (events[OP_COLUMN] == "t").any():
+    if any(TRUNCATE_OP in s.ops for s in surveyed):
         return None
-    changed = events.select(KEY_COLUMN).drop_nulls().unique()
+    if frames:
+        events = pl.concat([f.select(KEY_COLUMN) for f in frames]).collect()
+    else:
+        events = pl.DataFrame(schema={KEY_COLUMN: pl.String})
+    changed = events.drop_nulls().unique()
     old_deletes = (pl.read_parquet([str(src / f) for f in prev.delete_files])
                    if prev.delete_files else changed.clear())
     deletes = pl.concat([old_deletes, changed]).unique().sort(KEY_COLUMN)
     old_delta = (pl.read_parquet([str(src / f) for f in prev.delta_files])
                  if prev.delta_files else None)
     carried = [(KEY_COLUMN, pl.String()), *([(SALT, pl.Binary())] if prev.salted else [])]
-    changes = (materialise(frames, keep_key=True) if frames
+    changes = (materialise(frames, keep_key=True, surveyed=surveyed) if frames
                else pl.DataFrame(schema=[*file_schema, *carried]))
     if unavailable_columns(changes):
         return None  # an unchanged TOAST value whose real value is in the base state

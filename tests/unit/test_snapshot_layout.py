@@ -193,6 +193,45 @@ def test_layered_chain_equals_full_builds(tmp_path: Path) -> None:
     assert verify_snapshot(settings, previous.id).ok
 
 
+def test_a_layered_build_surveys_its_events_once(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata pre-pass that gives the event count, columns and operations is the
+    one `materialise` plans with, not made again (nor the count and the operations read
+    by queries of their own)."""
+    from snapshotter import survey
+
+    settings = _settings(tmp_path)
+    history = History(settings, "public.items")
+    rng = random.Random(5)
+    history.seed(500, rng)
+    create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    _random_changes(history, rng, 20, 500)
+    history.flush()
+    _random_changes(history, rng, 5, 500)  # two segments
+    surveys: list[int] = []
+    unchecked = survey._survey_unchecked
+
+    def counted(frames: list[pl.LazyFrame], keep: pl.Expr) -> list[survey.Segment]:
+        surveys.append(len(frames))
+        return unchecked(frames, keep)
+
+    planned_with: list[object] = []
+    materialise = layered_build.materialise
+
+    def recorded(*args: object, **kwargs: object) -> pl.DataFrame:
+        planned_with.append(kwargs.get("surveyed"))
+        return materialise(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(survey, "_survey_unchecked", counted)
+    monkeypatch.setattr(layered_build, "materialise", recorded)
+    manifest = create_snapshot(settings, ["public.items"], history.cut(), catch_up=False)
+    assert manifest.tables["public.items"].layered
+    assert surveys == [2]
+    assert len(planned_with) == 1 and planned_with[0] is not None
+    monkeypatch.undo()
+    _assert_same_as_full(settings, tmp_path, manifest)
+
+
 def test_delta_past_threshold_is_compacted(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _settings(tmp_path)
