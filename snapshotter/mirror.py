@@ -53,7 +53,7 @@ import pyarrow.fs as pafs
 
 from snapshotter.layout import file_sha256
 from snapshotter.manifest import MANIFEST_NAME, Manifest
-from snapshotter.remote import locate, plain_root, upload
+from snapshotter.remote import Locations, locate, plain_root, upload
 from snapshotter.storage import Storage
 from snapshotter.store import SnapshotStore
 from tidelog.errors import (
@@ -242,18 +242,24 @@ def _present_here(root: Path, sid: str) -> bool:
 
 
 def _depths(manifests: dict[str, Manifest]) -> dict[str, int]:
-    """How many bases below each snapshot are among `manifests` (0: none)."""
+    """How many bases below each snapshot are among `manifests` (0: none). Walked, not
+    recursed: a chain grows by one with every incremental snapshot."""
     depths: dict[str, int] = {}
-
-    def depth(sid: str, seen: frozenset[str] = frozenset()) -> int:
-        if sid not in depths:
-            base = manifests[sid].built_from
-            depths[sid] = (depth(base, seen | {sid}) + 1
-                           if base in manifests and base not in seen else 0)
-        return depths[sid]
-
     for sid in manifests:
-        depth(sid)
+        chain: list[str] = []
+        current = sid
+        while current not in depths:
+            chain.append(current)
+            base = manifests[current].built_from
+            if base not in manifests or base in chain:
+                below = -1  # the bottom of the chain (or a cycle): depth 0
+                break
+            current = base
+        else:
+            below = depths[current]
+        for above in reversed(chain):
+            below += 1
+            depths[above] = below
     return depths
 
 
@@ -285,8 +291,9 @@ class _Plan:
 
     def _broken(self, visible: dict[str, Manifest], present: dict[str, str]) -> set[str]:
         broken = set()
+        memo: dict[str, Locations] = {}
         for sid, manifest in visible.items():
-            owners = locate(self.storage, manifest, visible.get)
+            owners = locate(self.storage, manifest, visible.get, memo)
             for name, table in manifest.tables.items():
                 for file in table.all_files:
                     key, sha = f"{owners[name][file]}/{file}", table.checksums.get(file, "")
@@ -385,7 +392,9 @@ class _Sync:
         return found
 
     def _owners(self, manifests: dict[str, Manifest]) -> dict[str, dict[str, dict[str, str]]]:
-        return {sid: locate(self.storage, m, manifests.get) for sid, m in manifests.items()}
+        memo: dict[str, Locations] = {}
+        return {sid: locate(self.storage, m, manifests.get, memo)
+                for sid, m in manifests.items()}
 
     @staticmethod
     def _needs(manifests: dict[str, Manifest], owners: dict[str, dict[str, dict[str, str]]],

@@ -57,30 +57,46 @@ def _remote_manifest(storage: Storage, sid: str) -> Manifest | None:
     return Manifest.loads(storage.read_bytes(path).decode(), path)
 
 
+Locations = dict[str, dict[str, str]]
+
+
 def locate(storage: Storage, manifest: Manifest,
-           manifests: Callable[[str], Manifest | None] | None = None
-           ) -> dict[str, dict[str, str]]:
+           manifests: Callable[[str], Manifest | None] | None = None,
+           memo: dict[str, Locations] | None = None) -> Locations:
     """Per table, per file of `manifest`: the snapshot id whose prefix holds it.
 
     A layered table's data files live where its base's do, when the base is published
     at this root and lists them with the same sha256; everything else is the snapshot's
-    own. `manifests` looks a base up (default: at `storage`)."""
+    own. `manifests` looks a base up (default: at `storage`); `memo` keeps the answer per
+    id across calls on the same manifests. The chain of bases is walked, not recursed
+    into: it grows by one with every incremental snapshot."""
     find = manifests or (lambda sid: _remote_manifest(storage, sid))
-    found: dict[str, dict[str, str]] = {}
-    base = None
-    if manifest.built_from != "full":
-        base = find(manifest.built_from)
-    base_locations = locate(storage, base, find) if base is not None else {}
-    for name, table in manifest.tables.items():
-        mine = dict.fromkeys(table.all_files, manifest.id)
-        theirs = base.tables.get(name) if base is not None else None
-        if theirs is not None and table.layered:
-            for file in table.files:
-                if (file in theirs.all_files and table.checksums.get(file)
-                        and theirs.checksums.get(file) == table.checksums.get(file)):
-                    mine[file] = base_locations[name][file]
-        found[name] = mine
-    return found
+    memo = {} if memo is None else memo
+    chain, seen = [manifest], {manifest.id}
+    while chain[-1].id not in memo and chain[-1].built_from != "full":
+        base = find(chain[-1].built_from)
+        if base is None or base.id in seen:
+            break
+        chain.append(base)
+        seen.add(base.id)
+    below: Manifest | None = None
+    if chain[-1].id in memo:
+        below = chain.pop()
+    for current in reversed(chain):
+        found: Locations = {}
+        under = memo[below.id] if below is not None else {}
+        for name, table in current.tables.items():
+            mine = dict.fromkeys(table.all_files, current.id)
+            theirs = below.tables.get(name) if below is not None else None
+            if theirs is not None and table.layered:
+                for file in table.files:
+                    if (file in theirs.all_files and table.checksums.get(file)
+                            and theirs.checksums.get(file) == table.checksums.get(file)):
+                        mine[file] = under[name][file]
+            found[name] = mine
+        memo[current.id] = found
+        below = current
+    return memo[manifest.id]
 
 
 def publish_snapshot(settings: Settings, sid: str, root: str) -> Published:

@@ -119,3 +119,29 @@ def test_a_snapshot_root_of_another_scheme_is_refused_with_what_to_do(
     assert not (tmp_path / "gs:").exists()
     monkeypatch.setenv("TIDELOG_SNAPSHOT_ROOT", str(tmp_path / "snaps"))
     assert load_settings(tmp_path).snapshot_root == str(tmp_path / "snaps")
+
+
+def test_a_long_chain_of_layered_snapshots_is_located_without_recursion(
+        tmp_path: Path) -> None:
+    """Every incremental snapshot adds one to the chain of bases: 3,000 of them (more
+    than Python's recursion limit) still locate their shared files in the first."""
+    import dataclasses
+    import sys
+
+    from snapshotter.mirror import _depths
+
+    settings, base_id, sid = _layered(tmp_path)
+    base = open_snapshot(settings, base_id).manifest
+    layered = open_snapshot(settings, sid).manifest
+    depth = sys.getrecursionlimit() * 3
+    chain = {"s0": dataclasses.replace(base, id="s0")}
+    for number in range(1, depth):
+        chain[f"s{number}"] = dataclasses.replace(layered, id=f"s{number}",
+                                                  built_from=f"s{number - 1}")
+    top = chain[f"s{depth - 1}"]
+    owners = locate(Storage.open(str(tmp_path / "nowhere")), top, chain.get)[TABLE]
+    table = top.tables[TABLE]
+    assert all(owners[f] == "s0" for f in table.files)
+    assert owners[table.delta_files[0]] == top.id
+    depths = _depths(chain)
+    assert depths["s0"] == 0 and depths[top.id] == depth - 1
